@@ -1,0 +1,224 @@
+"""Residual blocks: basic (two 3x3) and bottleneck (1x1, 3x3, 1x1), post- and pre-activation.
+
+Parameter names follow torchvision (``conv1``, ``bn1``, ..., ``downsample``) so its checkpoints load as they are.
+With ``residual=False`` a block has no shortcut at all: the paper's "plain" baseline.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding 1 and no bias (a batch norm follows)."""
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution with no bias."""
+    return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+
+
+class ZeroPadShortcut(nn.Module):
+    """The paper's option A: identity on the old channels, subsampled by ``stride``, zeros for the new ones."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.extra_channels = out_channels - in_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, extra_channels={self.extra_channels}"
+
+
+def make_shortcut(
+    in_channels: int, out_channels: int, stride: int, kind: str, preact: bool = False
+) -> nn.Module | None:
+    """The shortcut of a block whose shape changes, or None where the identity fits.
+
+    ``kind``: ``"A"`` zero padding, ``"B"`` 1x1 projection + BN, ``"D"`` 2x2 average pool then 1x1 + BN
+    (Bag of Tricks; timm's layout ``downsample.1``/``downsample.2``). Pre-activation blocks project
+    without a BN, since the block's input is already normalised.
+    """
+    if stride == 1 and in_channels == out_channels:
+        return None
+    if kind == "A":
+        return ZeroPadShortcut(in_channels, out_channels, stride)
+    if preact:
+        return nn.Sequential(conv1x1(in_channels, out_channels, stride))
+    if kind == "B":
+        return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+    if kind == "D":
+        pool: nn.Module = (
+            nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+        )
+        return nn.Sequential(pool, conv1x1(in_channels, out_channels), nn.BatchNorm2d(out_channels))
+    raise ValueError(f"unknown shortcut kind {kind!r}; use 'A', 'B' or 'D'")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions (ResNet-18/34 and the CIFAR nets); stride on the first."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        stride: int = 1,
+        shortcut: str = "B",
+        residual: bool = True,
+        stride_in_1x1: bool = False,
+    ) -> None:
+        super().__init__()
+        del stride_in_1x1  # only bottlenecks have a 1x1 to put the stride on
+        out_channels = width * self.expansion
+        self.conv1 = conv3x3(in_channels, width, stride)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.residual = residual
+        self.downsample = make_shortcut(in_channels, out_channels, stride, shortcut) if residual else None
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.bn2.weight)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3, 1x1 expand (x4). Stride on the 3x3 (v1.5) or on the first 1x1 (v1, the paper's)."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        stride: int = 1,
+        shortcut: str = "B",
+        residual: bool = True,
+        stride_in_1x1: bool = False,
+    ) -> None:
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = conv1x1(in_channels, width, stride if stride_in_1x1 else 1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, 1 if stride_in_1x1 else stride)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, out_channels)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.residual = residual
+        self.downsample = make_shortcut(in_channels, out_channels, stride, shortcut) if residual else None
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return self.relu(out)
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.bn3.weight)
+
+
+class PreActBasicBlock(nn.Module):
+    """Pre-activation basic block (He et al. 2016): BN-ReLU-conv twice, nothing after the addition."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        stride: int = 1,
+        shortcut: str = "B",
+        residual: bool = True,
+        stride_in_1x1: bool = False,
+    ) -> None:
+        super().__init__()
+        del stride_in_1x1
+        out_channels = width * self.expansion
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = conv3x3(in_channels, width, stride)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, out_channels)
+        self.relu = nn.ReLU(inplace=False)
+        self.residual = residual
+        self.downsample = (
+            make_shortcut(in_channels, out_channels, stride, shortcut, preact=True) if residual else None
+        )
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.relu(self.bn1(x))
+        out = self.conv1(pre)
+        out = self.conv2(self.relu(self.bn2(out)))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(pre))
+        return out
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.conv2.weight)
+
+
+class PreActBottleneck(nn.Module):
+    """Pre-activation bottleneck: BN-ReLU before each of the 1x1, 3x3 (strided) and 1x1 convolutions."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        stride: int = 1,
+        shortcut: str = "B",
+        residual: bool = True,
+        stride_in_1x1: bool = False,
+    ) -> None:
+        super().__init__()
+        out_channels = width * self.expansion
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = conv1x1(in_channels, width, stride if stride_in_1x1 else 1)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, 1 if stride_in_1x1 else stride)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, out_channels)
+        self.relu = nn.ReLU(inplace=False)
+        self.residual = residual
+        self.downsample = (
+            make_shortcut(in_channels, out_channels, stride, shortcut, preact=True) if residual else None
+        )
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.relu(self.bn1(x))
+        out = self.conv1(pre)
+        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.conv3(self.relu(self.bn3(out)))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(pre))
+        return out
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.conv3.weight)
+
+
+Block = BasicBlock | Bottleneck | PreActBasicBlock | PreActBottleneck

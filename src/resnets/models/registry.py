@@ -1,0 +1,104 @@
+"""The depth table (paper Table 1 and section 4.2) and the name registry behind ``create_model``."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from torch import nn
+
+from ..errors import UserError
+from .resnet import VARIANTS, CifarResNet, ResNet
+
+# ImageNet family, paper Table 1: block kind and blocks per stage (conv2_x .. conv5_x).
+IMAGENET_DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+
+# CIFAR family, paper section 4.2: depth 6n + 2, n blocks of two 3x3 layers per stage.
+CIFAR_DEPTHS: dict[int, int] = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18, 1202: 200}
+
+# The paper's plain baselines: the same nets with every shortcut removed.
+PLAIN_IMAGENET_DEPTHS = (18, 34)
+PLAIN_CIFAR_DEPTHS = (20, 32, 44, 56, 110)
+
+
+def _registry() -> dict[str, dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {}
+    for depth in IMAGENET_DEPTHS:
+        table[f"resnet{depth}"] = {"family": "imagenet", "depth": depth, "residual": True}
+    for depth in CIFAR_DEPTHS:
+        table[f"resnet{depth}"] = {"family": "cifar", "depth": depth, "residual": True}
+    for depth in PLAIN_IMAGENET_DEPTHS:
+        table[f"plain{depth}"] = {"family": "imagenet", "depth": depth, "residual": False}
+    for depth in PLAIN_CIFAR_DEPTHS:
+        table[f"plain{depth}"] = {"family": "cifar", "depth": depth, "residual": False}
+    return table
+
+
+MODELS = _registry()
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Model names, ordered by family then depth; ``family`` is ``"imagenet"``, ``"cifar"`` or None."""
+    names = [n for n, e in MODELS.items() if family is None or e["family"] == family]
+    return sorted(names, key=lambda n: (MODELS[n]["family"] != "imagenet", not MODELS[n]["residual"],
+                                        MODELS[n]["depth"]))
+
+
+def model_family(name: str) -> str:
+    """``"imagenet"`` or ``"cifar"`` for a registered name."""
+    return _entry(name)["family"]
+
+
+def _entry(name: str) -> dict[str, Any]:
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(f"unknown model '{name}'; {hint}choose one of: {', '.join(list_models())}")
+    return MODELS[name]
+
+
+def default_variant(name: str) -> str:
+    return "v1.5" if model_family(name) == "imagenet" else "v1"
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    variant: str | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Build a ResNet by name (see ``list_models()``), freshly initialised.
+
+    ImageNet nets default to ``num_classes=1000`` and ``variant="v1.5"``; CIFAR nets to 10 classes,
+    ``variant="v1"`` and ``shortcut="A"``. Options: ``zero_init_residual``, ``in_chans``, and for CIFAR nets
+    ``shortcut``. The returned model carries ``model.spec``, the arguments that rebuild it.
+    """
+    entry = _entry(name)
+    family = entry["family"]
+    allowed = {"zero_init_residual", "in_chans"} | ({"shortcut"} if family == "cifar" else set())
+    unknown = set(options) - allowed
+    if unknown:
+        raise UserError(f"unknown option(s) {', '.join(sorted(unknown))} for {name}; "
+                        f"allowed: {', '.join(sorted(allowed))}")
+    variant = variant or default_variant(name)
+    try:
+        if family == "imagenet":
+            if variant not in VARIANTS:
+                raise UserError(f"unknown variant '{variant}' for {name}; choose one of {', '.join(VARIANTS)}")
+            kind, layers = IMAGENET_DEPTHS[entry["depth"]]
+            model: nn.Module = ResNet(kind, layers, num_classes or 1000, variant=variant,
+                                      residual=entry["residual"], **options)
+        else:
+            model = CifarResNet(CIFAR_DEPTHS[entry["depth"]], num_classes or 10, variant=variant,
+                                residual=entry["residual"], **options)
+    except ValueError as exc:
+        raise UserError(f"{name}: {exc}") from None
+    model.spec = {"name": name, "variant": variant, "num_classes": model.num_classes, **options}
+    return model

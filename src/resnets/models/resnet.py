@@ -1,0 +1,215 @@
+"""The two ResNet families: ImageNet (paper Table 1) and CIFAR (paper section 4.2).
+
+Both share one skeleton, ``stem -> layer1..layerN -> global average pool -> fc``, and one feature API:
+``forward_features`` (last map), ``forward_head`` (pool + fc) and ``forward_stages`` (every stage's output).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, conv3x3
+
+VARIANTS = ("v1.5", "v1", "d", "preact")
+
+_POST_ACT = {"basic": BasicBlock, "bottleneck": Bottleneck}
+_PRE_ACT = {"basic": PreActBasicBlock, "bottleneck": PreActBottleneck}
+
+
+def block_class(kind: str, variant: str) -> type[nn.Module]:
+    """The block class for ``kind`` (``"basic"`` or ``"bottleneck"``) in ``variant``."""
+    return (_PRE_ACT if variant == "preact" else _POST_ACT)[kind]
+
+
+class ResNetBase(nn.Module):
+    """Shared skeleton: subclasses build ``self.stem_modules`` (names), ``self.stage_names`` and ``fc``."""
+
+    stage_names: list[str]
+    stem_names: list[str]
+    num_features: int
+    feature_info: list[dict[str, int | str]]
+
+    def _make_stage(
+        self,
+        block: type[nn.Module],
+        in_channels: int,
+        width: int,
+        blocks: int,
+        stride: int,
+        **block_options: object,
+    ) -> tuple[nn.Sequential, int]:
+        layers = [block(in_channels, width, stride, **block_options)]
+        out_channels = width * block.expansion  # type: ignore[attr-defined]
+        layers += [block(out_channels, width, 1, **block_options) for _ in range(1, blocks)]
+        return nn.Sequential(*layers), out_channels
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if hasattr(m, "zero_init_last") and getattr(m, "residual", False):
+                    m.zero_init_last()
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.stem_names:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward_stages(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        """Every stage's output in one pass: ``stem``, then ``layer1`` ... (pre-activation nets: after final BN)."""
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        x = self.forward_stem(x)
+        out["stem"] = x
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+            out[name] = x
+        if self.final_bn is not None:
+            out[self.stage_names[-1]] = torch.relu(self.final_bn(x))
+        return out
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map, before pooling (N x num_features x H/32 x W/32 for ImageNet nets)."""
+        x = self.forward_stem(x)
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+        if self.final_bn is not None:
+            x = torch.relu(self.final_bn(x))
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global average pool and the classifier; ``pre_logits=True`` returns the pooled vector."""
+        x = torch.flatten(self.avgpool(x), 1)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a fresh ``num_classes``-way linear layer (for fine-tuning)."""
+        self.fc = nn.Linear(self.num_features, num_classes)
+        self.num_classes = num_classes
+
+
+class ResNet(ResNetBase):
+    """ImageNet ResNet (paper Table 1): a stem to 1/4 resolution, four stages of 64..512 widths, pool, fc.
+
+    ``variant``: ``"v1.5"`` stride on the bottleneck's 3x3; ``"v1"`` stride on its first 1x1 (the paper);
+    ``"d"`` deep 3x3 stem and average-pool shortcuts (Bag of Tricks); ``"preact"`` pre-activation blocks.
+    ``residual=False`` removes every shortcut (the paper's plain networks).
+    """
+
+    def __init__(
+        self,
+        block_kind: str,
+        layers: Sequence[int],
+        num_classes: int = 1000,
+        *,
+        variant: str = "v1.5",
+        in_chans: int = 3,
+        zero_init_residual: bool = False,
+        residual: bool = True,
+        widths: Sequence[int] = (64, 128, 256, 512),
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        self.variant = variant
+        self.num_classes = num_classes
+        block = block_class(block_kind, variant)
+        stem_width = widths[0]
+        if variant == "d":
+            self.conv1: nn.Module = nn.Sequential(
+                conv3x3(in_chans, 32, stride=2),
+                nn.BatchNorm2d(32),
+                nn.ReLU(inplace=True),
+                conv3x3(32, 32),
+                nn.BatchNorm2d(32),
+                nn.ReLU(inplace=True),
+                conv3x3(32, stem_width),
+            )
+        else:
+            self.conv1 = nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.stem_names = ["conv1", "bn1", "relu", "maxpool"]
+
+        options = {
+            "shortcut": "D" if variant == "d" else "B",
+            "residual": residual,
+            "stride_in_1x1": variant == "v1",
+        }
+        channels = stem_width
+        self.stage_names = []
+        self.feature_info = [{"module": "stem", "num_chs": stem_width, "reduction": 4}]
+        for i, (width, blocks) in enumerate(zip(widths, layers, strict=True)):
+            stride = 1 if i == 0 else 2
+            stage, channels = self._make_stage(block, channels, width, blocks, stride, **options)
+            name = f"layer{i + 1}"
+            setattr(self, name, stage)
+            self.stage_names.append(name)
+            self.feature_info.append({"module": name, "num_chs": channels, "reduction": 4 * 2**i})
+        self.final_bn = nn.BatchNorm2d(channels) if variant == "preact" else None
+        self.num_features = channels
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+        self._init_weights(zero_init_residual)
+
+
+class CifarResNet(ResNetBase):
+    """CIFAR ResNet (paper section 4.2): 3x3 stem, three stages of 2n 3x3 layers with 16, 32, 64 filters.
+
+    ``shortcut="A"`` (the paper's zero-padding identity, parameter-free) or ``"B"`` (1x1 projection).
+    Depth is 6n + 2.
+    """
+
+    def __init__(
+        self,
+        blocks_per_stage: int,
+        num_classes: int = 10,
+        *,
+        variant: str = "v1",
+        shortcut: str = "A",
+        in_chans: int = 3,
+        zero_init_residual: bool = False,
+        residual: bool = True,
+        widths: Sequence[int] = (16, 32, 64),
+    ) -> None:
+        super().__init__()
+        if variant not in ("v1", "v1.5", "preact"):
+            raise ValueError(f"CIFAR ResNets come in variants 'v1' and 'preact', not {variant!r}")
+        if shortcut not in ("A", "B"):
+            raise ValueError(f"unknown shortcut {shortcut!r}; use 'A' (zero padding) or 'B' (projection)")
+        self.variant = variant
+        self.num_classes = num_classes
+        block = block_class("basic", variant)
+        self.conv1 = conv3x3(in_chans, widths[0])
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.stem_names = ["conv1", "bn1", "relu"]
+        channels = widths[0]
+        self.stage_names = []
+        self.feature_info = [{"module": "stem", "num_chs": widths[0], "reduction": 1}]
+        for i, width in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            stage, channels = self._make_stage(
+                block, channels, width, blocks_per_stage, stride, shortcut=shortcut, residual=residual
+            )
+            name = f"layer{i + 1}"
+            setattr(self, name, stage)
+            self.stage_names.append(name)
+            self.feature_info.append({"module": name, "num_chs": channels, "reduction": 2**i})
+        self.final_bn = nn.BatchNorm2d(channels) if variant == "preact" else None
+        self.num_features = channels
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+        self._init_weights(zero_init_residual)
