@@ -2,6 +2,8 @@
 
 from .errors import UserError
 from .models import create_model, list_models
+from .summary import ModelSummary, summary
+from .weights import load_model, load_weights, read_metadata, save_weights
 
 __version__ = "0.1.0"
-__all__ = ["UserError", "create_model", "list_models", "__version__"]
+__all__ = ["UserError", "create_model", "list_models", "load_model", "load_weights", "read_metadata", "save_weights", "summary", "ModelSummary", "__version__"]

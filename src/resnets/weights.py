@@ -1,0 +1,221 @@
+"""Weights in and out: safetensors with metadata, foreign checkpoints, and loading that never runs code.
+
+A file written by ``save_weights`` rebuilds its model alone (``load_model``). ``load_weights`` accepts
+resnets, torchvision and timm weights, training checkpoints and plain state dicts; pickled files are read
+with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import UserError
+from .models import create_model
+
+FORMAT_VERSION = 1
+METADATA_KEY = "resnets"
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def save_weights(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    classes: list[str] | None = None,
+    normalization: Mapping[str, list[float]] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights as safetensors with the metadata that rebuilds it; atomic.
+
+    ``classes``: class names in index order; ``normalization``: ``{"mean": [...], "std": [...]}`` in 0..1.
+    Both default to the model's own ``classes``/``normalization`` attributes when it has them.
+    """
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise UserError("this model has no .spec; build it with resnets.create_model to save it with metadata")
+    classes = classes if classes is not None else getattr(model, "classes", None)
+    if classes is not None and len(classes) != spec["num_classes"]:
+        raise UserError(f"{len(classes)} class names given for a {spec['num_classes']}-class model")
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "spec": spec,
+        "classes": list(classes) if classes is not None else None,
+        "normalization": dict(normalization or getattr(model, "normalization", None) or {}) or None,
+        **(dict(extra) if extra else {}),
+    }
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta)}))
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The resnets metadata of a safetensors file written by ``save_weights``."""
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get(METADATA_KEY)
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"{path} is not a readable safetensors file ({exc})") from None
+    if raw is None:
+        raise UserError(f"{path} has no resnets metadata; build the model with create_model(...) "
+                        "and load it with load_weights(model, path)")
+    return json.loads(raw)
+
+
+def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model from a ``save_weights`` file alone, with ``.classes`` and ``.normalization`` set."""
+    meta = read_metadata(path)
+    spec = dict(meta["spec"])
+    model = create_model(spec.pop("name"), **spec)
+    load_weights(model, path)
+    model.classes = meta.get("classes")
+    model.normalization = meta.get("normalization")
+    return model.to(device).eval()
+
+
+def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file, a ``.pth``/checkpoint (read without unpickling code) or a mapping.
+
+    Wrappers (``state_dict``, ``model``, ``module``) and prefixes (``module.``, ``_orig_mod.``) are removed.
+    """
+    if isinstance(source, Mapping):
+        obj: Any = source
+    else:
+        path = _existing(source)
+        if _is_safetensors(path):
+            obj = load_file(str(path))
+        else:
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as exc:
+                detail = _unpickler_detail(str(exc))
+                if "GLOBAL" not in detail:
+                    raise UserError(f"{path} is not a readable weights file ({detail})") from None
+                raise UserError(f"refusing to load {path}: it holds objects other than tensors, and loading "
+                                f"it could run code ({detail}); re-save it as safetensors from a trusted "
+                                "source") from None
+            except (RuntimeError, EOFError, OSError) as exc:
+                raise UserError(f"{path} is not a readable weights file ({str(exc).splitlines()[0][:160]})") \
+                    from None
+    return _unwrap(obj, str(source) if not isinstance(source, Mapping) else "the state dict")
+
+
+def load_weights(
+    model: nn.Module,
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    reinit_head: bool = False,
+) -> nn.Module:
+    """Load weights into ``model`` exactly; a mismatch names the keys and shapes that differ.
+
+    A different number of classes is an error unless ``reinit_head=True``, which keeps the model's fresh
+    head (fine-tuning).
+    """
+    state = read_state_dict(source)
+    own = model.state_dict()
+    head = _head_keys(model)
+    if reinit_head:
+        state = {k: v for k, v in state.items() if k not in head}
+    missing = [k for k in own if k not in state and not (reinit_head and k in head)]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if shapes and set(shapes) <= head and not missing and not unexpected:
+        got, want = state[shapes[0]].shape[0], own[shapes[0]].shape[0]
+        raise UserError(f"the weights have a {got}-class head but the model has {want} classes; "
+                        "pass reinit_head=True (--reinit-head) to fine-tune with a fresh head")
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s): {_some(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s): {_some(unexpected)}")
+        if shapes:
+            parts.append("shape mismatch: " + _some(
+                [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shapes]))
+        name = getattr(model, "spec", {}).get("name", type(model).__name__)
+        raise UserError(f"weights do not fit {name}: " + "; ".join(parts))
+    model.load_state_dict(state, strict=not reinit_head)
+    return model
+
+
+def _unwrap(obj: Any, where: str) -> dict[str, torch.Tensor]:
+    while isinstance(obj, Mapping) and not _is_state_dict(obj):
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            raise UserError(f"{where} holds no state dict (keys: {_some(list(obj))})")
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise UserError(f"{where} holds a {type(obj).__name__}, not a state dict")
+    out = {}
+    for key, value in obj.items():
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def _unpickler_detail(message: str) -> str:
+    """The one informative line of torch's weights-only refusal, e.g. the blocked ``GLOBAL posix.system``."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if "GLOBAL" in ln), None) or next(
+        (ln for ln in lines if ln.startswith("Unsupported")), lines[0] if lines else "unpickling error")
+    return detail[:160]
+
+
+def _is_state_dict(obj: Mapping[str, Any]) -> bool:
+    return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _head_keys(model: nn.Module) -> set[str]:
+    return {"fc.weight", "fc.bias"}
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        header = fh.read(9)
+    return len(header) == 9 and header[8:9] == b"{"
+
+
+def _existing(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"weights file not found: {p}")
+    return p
+
+
+def _some(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
