@@ -13,7 +13,7 @@ import sys
 from ..errors import UserError
 
 # Sub-command modules, in the order ``resnets --help`` lists them.
-COMMAND_MODULES = ("demo", "summary")
+COMMAND_MODULES = ("demo", "summary", "shard")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,548 @@
+"""WebDataset tar shards: write an image folder as shards, and stream them, split across ranks and workers.
+
+Writing (:func:`write_shards`): each split folder (``train/``, ``val/``/``test/``) becomes
+``<split>-000000.tar``, ... . A sample is ``<key>.<ext>`` (the original encoded bytes, never re-encoded)
+and ``<key>.cls`` (the class index, ASCII). Training samples are shuffled once (seeded) before writing, so
+every shard holds every class. ``index.json`` beside the shards holds the class names, the shard names and
+their sample counts, image sizes and the training split's per-channel mean and std.
+
+Reading (:class:`ShardBatches`): a spec is a brace pattern (``shards/train-{000000..000099}.tar``), one
+``.tar``, a folder holding ``index.json``, or any URL or ``pipe:`` command WebDataset opens. Each epoch the
+shard list is permuted by (seed, epoch); rank ``r`` of ``W`` takes shards ``r::W``; the rank's loader worker
+``s`` of ``S`` takes shards ``s::S`` of those and reads them through a seeded shuffle buffer. Every rank
+yields the same number of batches (``total // global batch``); a stream that runs dry starts its shards
+again in a new order. The order is a pure function of (seed, epoch, rank, world size, workers), so
+``iter_from(b)`` replays an epoch from batch ``b`` exactly, skipping earlier samples without decoding them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import tempfile
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..errors import UserError
+from .folder import find_classes, scan_split
+from .images import BadImageError, decode_rgb
+from .streaming import IMAGENET_MEAN, IMAGENET_STD
+
+INDEX_NAME = "index.json"
+FORMAT = "resnets-shards-1"
+#: Images up to this side are "small" (CIFAR-style augmentation, data-set mean/std); larger are ImageNet-style.
+SMALL_IMAGE_MAX_SIDE = 64
+SHUFFLE_BUFFER = 512
+
+
+# ---- writing --------------------------------------------------------------------------------------------
+
+
+def _atomic_tar(path: Path, samples: list[tuple[str, str, bytes, int]]) -> None:
+    """Write ``(key, ext, data, label)`` samples to the tar ``path`` atomically (temp file, rename)."""
+    import webdataset as wds
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            writer = wds.TarWriter(stream, encoder=False)
+            for key, ext, data, label in samples:
+                writer.write({"__key__": key, ext: data, "cls": str(label).encode("ascii")})
+            writer.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_split(split_dir: Path, out: Path, name: str, classes: list[str], *, max_count: int,
+                max_bytes: int, shuffle_seed: int | None, skip_bad_images: bool,
+                stats: bool) -> dict[str, Any]:
+    """Write one split folder as ``<name>-NNNNNN.tar`` shards in ``out``; its entry for ``index.json``."""
+    rows = scan_split(split_dir, classes)
+    if not rows:
+        raise UserError(f"no image files in {split_dir}")
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(rows)
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    pixels, sizes, bad = 0, set(), []
+    shards: list[str] = []
+    counts: list[int] = []
+    pending: list[tuple[str, str, bytes, int]] = []
+    pending_bytes = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_bytes
+        if pending:
+            shard = f"{name}-{len(shards):06d}.tar"
+            _atomic_tar(out / shard, pending)
+            shards.append(shard)
+            counts.append(len(pending))
+            pending, pending_bytes = [], 0
+
+    for index, (rel, _, _, label) in enumerate(rows):
+        path = split_dir / rel
+        data = path.read_bytes()
+        try:
+            image = decode_rgb(data, path)  # checks every image once, at write time
+        except BadImageError as exc:
+            if not skip_bad_images:
+                raise
+            bad.append([exc.path, exc.reason])
+            continue
+        sizes.add(tuple(image.shape[1:]))
+        if stats:
+            pix = image.to(torch.float64).div_(255)
+            total += pix.sum(dim=(1, 2))
+            squares += pix.square().sum(dim=(1, 2))
+            pixels += pix.shape[1] * pix.shape[2]
+        ext = Path(rel).suffix.lower().lstrip(".") or "img"
+        pending.append((f"{index:09d}", ext, data, label))
+        pending_bytes += len(data)
+        if len(pending) >= max_count or pending_bytes >= max_bytes:
+            flush()
+    flush()
+    if not shards:
+        raise UserError(f"no readable images in {split_dir} ({len(bad)} bad)")
+    entry: dict[str, Any] = {"shards": shards, "counts": counts, "total": sum(counts),
+                             "pattern": _pattern(name, len(shards)), "bad_images": bad,
+                             "image_size": list(next(iter(sizes))) if len(sizes) == 1 else None}
+    if stats:
+        mean = total / pixels
+        entry["mean"] = mean.tolist()
+        entry["std"] = (squares / pixels - mean.square()).clamp_min(0).sqrt().tolist()
+    return entry
+
+
+def _pattern(name: str, count: int) -> str:
+    return f"{name}-000000.tar" if count == 1 else f"{name}-{{000000..{count - 1:06d}}}.tar"
+
+
+def write_shards(root: str | os.PathLike[str], out: str | os.PathLike[str], *, max_count: int = 10000,
+                 max_bytes: int = 1 << 30, shuffle_seed: int | None = 0, skip_bad_images: bool = False,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write the image folder ``root`` as shards in ``out``; returns the ``index.json`` written there.
+
+    ``root`` holds ``train/`` and optionally ``val/``/``test/`` (class sub-folders in each), or is itself one
+    split of class folders (written as ``train``). A shard closes at ``max_count`` samples or ``max_bytes``.
+    ``shuffle_seed`` (None: keep folder order) shuffles the training split before it is cut into shards.
+    """
+    root, out = Path(root), Path(out)
+    if max_count < 1 or max_bytes < 1:
+        raise UserError("max_count and max_bytes must be positive")
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder")
+    splits = [(n, root / n) for n in ("train", "val", "test") if (root / n).is_dir()]
+    if not splits:
+        splits = [("train", root)]
+    elif splits[0][0] != "train":
+        raise UserError(f"{root} has {splits[0][0]}/ but no train/ folder")
+    classes = find_classes(splits[0][1])
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / INDEX_NAME).exists():
+        raise UserError(f"{out} already holds shards ({INDEX_NAME}); pick an empty --out")
+    index: dict[str, Any] = {"format": FORMAT, "source": str(root), "classes": classes, "splits": {}}
+    for name, folder in splits:
+        if name != "train":
+            extra = [c for c in find_classes(folder, allow_empty=True) if c not in classes]
+            if extra:
+                raise UserError(f"{folder} has class folder(s) {', '.join(extra)} not in train/")
+        entry = write_split(folder, out, name, classes, max_count=max_count, max_bytes=max_bytes,
+                            shuffle_seed=shuffle_seed if name == "train" else None,
+                            skip_bad_images=skip_bad_images, stats=name == "train")
+        index["splits"][name] = entry
+        log(f"{name}: {entry['total']} images in {len(entry['shards'])} shard(s) {out / entry['pattern']}"
+            + (f", {len(entry['bad_images'])} bad image(s) skipped" if entry["bad_images"] else ""))
+    tmp = out / f".{INDEX_NAME}.tmp"
+    tmp.write_text(json.dumps(index, indent=1) + "\n")
+    os.replace(tmp, out / INDEX_NAME)
+    return index
+
+
+# ---- locating ---------------------------------------------------------------------------------------------
+
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+
+
+def is_shard_spec(spec: str) -> bool:
+    """Whether a ``--data`` spec names WebDataset shards (a ``.tar`` pattern or URL, a pipe, a shard folder)."""
+    text = str(spec)
+    if text.startswith("pipe:") or re.search(r"\.tar(\.gz)?(\}|$)", text.split("::")[0]):
+        return True
+    return Path(text).is_dir() and (Path(text) / INDEX_NAME).is_file()
+
+
+@dataclass
+class ShardSet:
+    """One split as shards: their URLs, the class names, the sample count and the image statistics."""
+
+    urls: list[str]
+    split: str
+    classes: list[str]
+    total: int
+    counts: list[int] | None = None
+    image_size: tuple[int, int] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    index: dict[str, Any] = field(default_factory=dict)
+    base: str = ""
+
+    @property
+    def small_images(self) -> bool:
+        """Whether the images all share one size no larger than :data:`SMALL_IMAGE_MAX_SIDE`."""
+        return self.image_size is not None and max(self.image_size) <= SMALL_IMAGE_MAX_SIDE
+
+
+def expand(spec: str) -> list[str]:
+    """The shard URLs of a spec: brace patterns expanded, ``::`` separating several lists."""
+    from braceexpand import braceexpand
+
+    urls: list[str] = []
+    for part in spec.split("::"):
+        urls.extend(braceexpand(part))
+    return urls
+
+
+def _join(base: str, name: str) -> str:
+    if _URL.match(base) and not re.match(r"^[a-zA-Z]:[\\/]", base):
+        return urllib.parse.urljoin(base.rstrip("/") + "/", name)
+    return str(Path(base) / name)
+
+
+def _dirname(url: str) -> str:
+    if url.startswith("pipe:"):
+        return ""
+    if _URL.match(url) and not url.startswith("file:"):
+        return url.rsplit("/", 1)[0]
+    return str(Path(url.removeprefix("file:")).parent)
+
+
+def _read_index(base: str) -> dict[str, Any] | None:
+    """``index.json`` at ``base`` (a folder or URL prefix), or None if there is none."""
+    if not base:
+        return None
+    if not _URL.match(base) or base.startswith("file:"):
+        path = Path(base.removeprefix("file:")) / INDEX_NAME
+        if not path.is_file():
+            return None
+        text = path.read_text()
+    else:
+        from webdataset.gopen import gopen
+
+        try:
+            with gopen(_join(base, INDEX_NAME)) as f:
+                text = f.read().decode()
+        except Exception:  # noqa: BLE001 - any failure to fetch means "no index"
+            return None
+    try:
+        index = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{_join(base, INDEX_NAME)} is not valid JSON: {exc}") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise UserError(f"{_join(base, INDEX_NAME)} is not a resnets shard index")
+    return index
+
+
+def _split_of(urls: list[str], index: dict[str, Any]) -> str | None:
+    names = {Path(u).name for u in urls}
+    for split, entry in index["splits"].items():
+        if names <= set(entry["shards"]):
+            return split
+    return None
+
+
+def _from_entry(urls: list[str], split: str, index: dict[str, Any], base: str) -> ShardSet:
+    entry = index["splits"][split]
+    count_of = dict(zip(entry["shards"], entry["counts"], strict=True))
+    counts = [count_of[Path(u).name] for u in urls]
+    train = index["splits"].get("train", {})
+    size = entry.get("image_size")
+    return ShardSet(urls, split, list(index["classes"]), sum(counts), counts,
+                    tuple(size) if size else None, train.get("mean"), train.get("std"), index, base)
+
+
+def open_shards(spec: str) -> ShardSet:
+    """The shards a spec names, with class names and counts from ``index.json`` beside them (or a scan)."""
+    text = str(spec)
+    if Path(text).is_dir():
+        index = _read_index(text)
+        if index is None or "train" not in index["splits"]:
+            raise UserError(f"{text} holds no {INDEX_NAME} with a train split")
+        return _from_entry([str(Path(text) / s) for s in index["splits"]["train"]["shards"]], "train", index, text)
+    urls = expand(text)
+    if not urls:
+        raise UserError(f"no shards in {text!r}")
+    base = _dirname(urls[0])
+    index = _read_index(base)
+    if index is not None:
+        split = _split_of(urls, index)
+        if split is None:
+            raise UserError(f"{text}: shards not listed in {_join(base, INDEX_NAME)}")
+        return _from_entry(urls, split, index, base)
+    return scan_shards(urls)
+
+
+def scan_shards(urls: list[str], split: str = "train") -> ShardSet:
+    """A ShardSet from reading every shard once (no ``index.json``): counts, and classes ``0..max label``."""
+    counts, top = [], -1
+    for url in urls:
+        n = 0
+        for sample in _samples([url]):
+            top = max(top, _label(sample))
+            n += 1
+        counts.append(n)
+    if not sum(counts):
+        raise UserError(f"no samples in {urls[0]}{' ...' if len(urls) > 1 else ''}")
+    return ShardSet(urls, split, [str(i) for i in range(top + 1)], sum(counts), counts)
+
+
+def sibling_split(shards: ShardSet, names: Sequence[str] = ("val", "test")) -> ShardSet | None:
+    """The evaluation split written beside ``shards`` (``val`` or ``test`` in the same index), if any."""
+    if not shards.index:
+        return None
+    for name in names:
+        entry = shards.index["splits"].get(name)
+        if entry:
+            return _from_entry([_join(shards.base, s) for s in entry["shards"]], name, shards.index, shards.base)
+    return None
+
+
+# ---- reading ----------------------------------------------------------------------------------------------
+
+
+def _samples(urls: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """The samples (dicts of key, url and member bytes) of ``urls``, in order."""
+    from webdataset.tariterators import tarfile_samples
+
+    return tarfile_samples({"url": u} for u in urls)
+
+
+def _label(sample: dict[str, Any]) -> int:
+    if "cls" not in sample:
+        raise UserError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no .cls member")
+    return int(sample["cls"])
+
+
+def _image_bytes(sample: dict[str, Any]) -> tuple[str, bytes]:
+    for key, value in sample.items():
+        if not key.startswith("__") and key != "cls" and isinstance(value, bytes):
+            return key, value
+    raise UserError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image member")
+
+
+def decode_sample(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
+    """(uint8 3xHxW image, label) of a shard sample; BadImageError names the shard and key."""
+    ext, data = _image_bytes(sample)
+    return decode_rgb(data, f"{sample.get('__url__')}:{sample.get('__key__')}.{ext}"), _label(sample)
+
+
+def mix_seed(*parts: Any) -> int:
+    """A 63-bit seed mixed from ``parts``."""
+    digest = hashlib.sha256(":".join(map(str, ("resnets-shards", *parts))).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def rank_shards(urls: Sequence[str], seed: int, epoch: int, rank: int, world_size: int) -> list[str]:
+    """This rank's shards for ``epoch``: a permutation seeded by (seed, epoch), then every ``world_size``-th."""
+    order = list(urls)
+    random.Random(mix_seed(seed, epoch)).shuffle(order)
+    mine = order[rank::world_size]
+    if not mine:  # fewer shards than ranks: share them round-robin
+        mine = [order[rank % len(order)]]
+    return mine
+
+
+def stream_samples(urls: Sequence[str], seed: int, buffer: int = SHUFFLE_BUFFER) -> Iterator[dict[str, Any]]:
+    """Endless samples of ``urls``: pass ``p`` reads them in a (seed, p) order through a seeded shuffle buffer."""
+    for p in range(1 << 62):
+        rng = random.Random(mix_seed(seed, p))
+        order = list(urls)
+        if p:
+            rng.shuffle(order)
+        pool: list[dict[str, Any]] = []
+        for sample in _samples(order):
+            if len(pool) < buffer:
+                pool.append(sample)
+                continue
+            i = rng.randrange(len(pool))
+            pool[i], sample = sample, pool[i]
+            yield sample
+        rng.shuffle(pool)
+        yield from pool
+
+
+class _TrainStream(IterableDataset):
+    """Batches ``start..steps-1`` of one rank's epoch; DataLoader worker ``i`` makes every ``S``-th of them."""
+
+    def __init__(self, shards: list[str], *, per_rank: int, steps: int, start: int, streams: int, seed: int,
+                 transform: Callable[[torch.Tensor], torch.Tensor], skip_bad_images: bool) -> None:
+        self.shards, self.per_rank, self.steps, self.start = shards, per_rank, steps, start
+        self.streams, self.seed, self.transform, self.skip_bad_images = streams, seed, transform, skip_bad_images
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        stride = self.streams if info is not None else 1
+        # DataLoader output j comes from worker j % S; output j is batch start + j, of stream (start + j) % S.
+        first = self.start + worker
+        if first >= self.steps:
+            return
+        stream = first % stride
+        position = first // stride  # batches of this stream already consumed
+        samples = stream_samples(self.shards[stream::stride] or self.shards, mix_seed(self.seed, stream))
+        for _ in range(position * self.per_rank):
+            next(samples)
+        for b in range(first, self.steps, stride):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(mix_seed(self.seed, "batch", b))  # augmentation is a function of the batch
+                batch = self._batch(samples)
+            yield batch
+
+    def _batch(self, samples: Iterator[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = [], []
+        while len(images) < self.per_rank:
+            sample = next(samples)
+            try:
+                image, label = decode_sample(sample)
+            except BadImageError:
+                if not self.skip_bad_images:
+                    raise
+                continue
+            images.append(self.transform(image))
+            labels.append(label)
+        return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+
+def small_image_transform(pad: int, flip: bool, mean: Sequence[float], std: Sequence[float]
+                          ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """CIFAR-style training transform of a uint8 image: zero-pad ``pad``, random crop back, flip, normalise."""
+    from torchvision.transforms import v2
+
+    steps: list[Any] = []
+    if pad:
+        steps.append(_PadCrop(pad))
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+
+class _PadCrop(torch.nn.Module):
+    """Zero-pad by ``pad`` and crop a random window of the original size (the paper's CIFAR augmentation)."""
+
+    def __init__(self, pad: int) -> None:
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        padded = torch.nn.functional.pad(image, (self.pad,) * 4)
+        dy, dx = (int(v) for v in torch.randint(0, 2 * self.pad + 1, (2,)))
+        return padded[..., dy:dy + h, dx:dx + w]
+
+
+def eval_transform(mean: Sequence[float], std: Sequence[float]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """uint8 image -> normalised float image, no augmentation."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+
+class ShardBatches:
+    """Training batches streamed from shards: ``len`` global steps per epoch, ``set_epoch``, ``iter_from``.
+
+    Each rank yields ``batch_size // world_size`` images per step (``batch_size`` is the global batch), as
+    float tensors, normalised and augmented: CIFAR-style (pad, crop, flip) for small images, else
+    ``transform`` (e.g. ImageNet's random-resized crop).
+    """
+
+    def __init__(self, shards: ShardSet, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 workers: int = 0, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 pad: int = 4, flip: bool = True, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 skip_bad_images: bool = False) -> None:
+        if batch_size % world_size:
+            raise UserError(f"the global batch size {batch_size} must be divisible by the number of processes "
+                            f"{world_size}")
+        self.shards, self.batch_size, self.seed = shards, batch_size, seed
+        self.rank, self.world_size, self.workers = rank, world_size, max(0, workers)
+        self.mean = list(mean or shards.mean or IMAGENET_MEAN)
+        self.std = list(std or shards.std or IMAGENET_STD)
+        self.transform = transform or small_image_transform(pad, flip, self.mean, self.std)
+        self.skip_bad_images = skip_bad_images
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.shards.total // self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration replays."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches of the current epoch from step ``start_batch`` on."""
+        mine = rank_shards(self.shards.urls, self.seed, self.epoch, self.rank, self.world_size)
+        workers = min(self.workers, len(mine))
+        stream = _TrainStream(mine, per_rank=self.batch_size // self.world_size, steps=len(self),
+                              start=max(0, start_batch), streams=max(1, workers),
+                              seed=mix_seed(self.seed, self.epoch, self.rank), transform=self.transform,
+                              skip_bad_images=self.skip_bad_images)
+        if workers == 0:
+            yield from stream
+            return
+        loader = DataLoader(stream, batch_size=None, num_workers=workers, in_order=True)
+        yield from loader
+
+
+class _EvalStream(IterableDataset):
+    """Every sample of ``urls`` exactly once over all (rank, worker) pairs: sample ``i`` goes to ``i % parts``."""
+
+    def __init__(self, urls: list[str], batch_size: int, rank: int, world_size: int,
+                 transform: Callable[[torch.Tensor], torch.Tensor], skip_bad_images: bool) -> None:
+        self.urls, self.batch_size, self.rank, self.world_size = urls, batch_size, rank, world_size
+        self.transform, self.skip_bad_images = transform, skip_bad_images
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        parts, part = self.world_size * workers, self.rank + self.world_size * worker
+        images: list[torch.Tensor] = []
+        labels: list[int] = []
+        for i, sample in enumerate(_samples(self.urls)):
+            if i % parts != part:
+                continue
+            try:
+                image, label = decode_sample(sample)
+            except BadImageError:
+                if not self.skip_bad_images:
+                    raise
+                continue
+            images.append(self.transform(image))
+            labels.append(label)
+            if len(images) == self.batch_size:
+                yield torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+                images, labels = [], []
+        if images:
+            yield torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+
+def eval_loader(shards: ShardSet, batch_size: int, *, rank: int = 0, world_size: int = 1, workers: int = 0,
+                transform: Callable[[torch.Tensor], torch.Tensor], skip_bad_images: bool = False) -> DataLoader:
+    """Evaluation batches of this rank's share of ``shards`` (each sample on exactly one rank)."""
+    stream = _EvalStream(shards.urls, batch_size, rank, world_size, transform, skip_bad_images)
+    return DataLoader(stream, batch_size=None, num_workers=max(0, workers))

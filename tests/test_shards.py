@@ -1,0 +1,159 @@
+"""WebDataset shards: writing an image folder, locating shards, and streaming them split over ranks and workers."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from resnets.cli import main
+from resnets.data.images import BadImageError
+from resnets.data.shards import (
+    ShardBatches,
+    eval_loader,
+    eval_transform,
+    is_shard_spec,
+    open_shards,
+    sibling_split,
+    write_shards,
+)
+from resnets.errors import UserError
+
+CLASSES = ("cat", "dog", "emu")
+
+
+def _png(colour: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    """train/ with 3 classes x 8 images, test/ with 3 x 2; each image one flat colour coding (class, index)."""
+    root = tmp_path / "images"
+    for split, count in (("train", 8), ("test", 2)):
+        for c, name in enumerate(CLASSES):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(count):
+                (d / f"{i:03d}.png").write_bytes(_png((40 * c, 10 * i, 150 + 3 * i + c if split == "train" else 100)))
+    return root
+
+
+def _members(tar: Path) -> dict[str, bytes]:
+    with tarfile.open(tar) as t:
+        return {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}  # type: ignore[union-attr]
+
+
+def test_write_shards_keeps_bytes_labels_and_counts(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    index = write_shards(folder, out, max_count=5, log=lambda _: None)
+    train = index["splits"]["train"]
+    assert index["classes"] == list(CLASSES)
+    assert train["counts"] == [5, 5, 5, 5, 4] and train["total"] == 24
+    assert train["pattern"] == "train-{000000..000004}.tar" and train["image_size"] == [8, 8]
+    assert index["splits"]["test"]["counts"] == [5, 1]
+    assert json.loads((out / "index.json").read_text()) == index
+    originals = {p.read_bytes(): CLASSES.index(p.parent.name) for p in (folder / "train").rglob("*.png")}
+    seen = []
+    for shard in train["shards"]:
+        members = _members(out / shard)
+        keys = sorted({name.split(".")[0] for name in members})
+        for key in keys:
+            data, label = members[f"{key}.png"], int(members[f"{key}.cls"])
+            assert originals[data] == label  # original bytes, right class index
+            seen.append(data)
+    assert sorted(seen) == sorted(originals)  # every image exactly once
+    # the training split is shuffled before cutting (first shard is not all one class), the test split is not
+    first = [int(v) for k, v in _members(out / train["shards"][0]).items() if k.endswith(".cls")]
+    assert len(set(first)) > 1
+    with pytest.raises(UserError, match="already holds shards"):
+        write_shards(folder, out, log=lambda _: None)
+
+
+def test_bad_image_raises_or_is_skipped(folder: Path, tmp_path: Path) -> None:
+    (folder / "train" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(BadImageError, match="broken.png"):
+        write_shards(folder, tmp_path / "a", log=lambda _: None)
+    index = write_shards(folder, tmp_path / "b", skip_bad_images=True, log=lambda _: None)
+    assert index["splits"]["train"]["total"] == 24
+    assert index["splits"]["train"]["bad_images"][0][0].endswith("broken.png")
+
+
+def test_specs_pattern_folder_single_tar_pipe_and_scan(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    write_shards(folder, out, max_count=10, log=lambda _: None)
+    by_pattern = open_shards(str(out / "train-{000000..000002}.tar"))
+    by_folder = open_shards(str(out))
+    assert by_pattern.urls == by_folder.urls and by_pattern.total == 24 and by_pattern.classes == list(CLASSES)
+    assert by_pattern.small_images and by_pattern.mean is not None
+    test = sibling_split(by_pattern)
+    assert test is not None and test.split == "test" and test.total == 6
+    assert open_shards(str(out / "train-000001.tar")).total == 10
+    for spec in (str(out / "train-{000000..000002}.tar"), str(out), "pipe:cat x.tar", "http://h/d-{0..3}.tar"):
+        assert is_shard_spec(spec)
+    assert not is_shard_spec(str(folder)) and not is_shard_spec("sample")
+    # without index.json: one reading pass counts samples and finds the labels
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(out / "train-000000.tar", bare)
+    scanned = open_shards(str(bare / "train-000000.tar"))
+    assert scanned.total == 10 and scanned.classes == ["0", "1", "2"] and scanned.mean is None
+    # a pipe: URL streams the same samples as the file
+    piped = open_shards(f"pipe:cat {bare / 'train-000000.tar'}")
+    assert piped.total == 10
+
+
+def _all_labels_and_pixels(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[int, float]]:
+    return sorted((int(y), round(float(x[1].mean()), 4)) for xs, ys in batches for x, y in zip(xs, ys, strict=True))
+
+
+def test_stream_split_over_ranks_and_workers_resumes_exactly(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    write_shards(folder, out, max_count=3, log=lambda _: None)  # 8 train shards of 3
+    shards = open_shards(str(out))
+    # global batch 6 over 2 ranks: 4 steps per epoch, 3 images per rank per step
+    epochs = {}
+    for rank in range(2):
+        b = ShardBatches(shards, 6, seed=7, rank=rank, world_size=2, workers=2, pad=0, flip=False)
+        assert len(b) == 4
+        b.set_epoch(1)
+        epochs[rank] = list(b)
+        assert [len(y) for _, y in epochs[rank]] == [3, 3, 3, 3]
+        assert list(b.iter_from(0))[0][1].tolist() == epochs[rank][0][1].tolist()  # same epoch, same order
+        resumed = list(b.iter_from(3))
+        assert len(resumed) == 1 and torch.equal(resumed[0][0], epochs[rank][3][0])
+        single = ShardBatches(shards, 6, seed=7, rank=rank, world_size=2, workers=0, pad=0, flip=False)
+        single.set_epoch(1)
+        assert len(list(single)) == 4
+    # the two ranks read different shards: 24 distinct images over the epoch (each shard once)
+    images = _all_labels_and_pixels(epochs[0] + epochs[1])
+    assert len(set(images)) == 24
+    other = ShardBatches(shards, 6, seed=7, rank=0, world_size=2, workers=2, pad=0, flip=False)
+    other.set_epoch(2)
+    assert [y.tolist() for _, y in other] != [y.tolist() for _, y in epochs[0]]  # a new order each epoch
+
+
+def test_eval_loader_gives_each_sample_to_one_rank(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    write_shards(folder, out, max_count=4, log=lambda _: None)
+    test = sibling_split(open_shards(str(out)))
+    assert test is not None
+    transform = eval_transform([0.5] * 3, [0.25] * 3)
+    parts = [list(eval_loader(test, 4, rank=r, world_size=2, workers=w, transform=transform))
+             for r, w in ((0, 0), (1, 2))]
+    labels = sorted(int(y) for part in parts for _, ys in part for y in ys)
+    assert labels == [0, 0, 1, 1, 2, 2]
+
+
+def test_cli_shard(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["shard", str(folder / "train"), "--out", str(tmp_path / "s"), "--max-count", "10"]) == 0
+    assert "train: 24 images in 3 shard(s)" in capsys.readouterr().out
+    assert main(["shard", str(tmp_path / "missing"), "--out", str(tmp_path / "t")]) == 2
