@@ -1,0 +1,254 @@
+"""The model family against the paper's numbers, torchvision's and timm's implementations, and its own API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from resnets import UserError, create_model, summary
+from resnets.models import ZeroPadShortcut
+from resnets.models.registry import CIFAR_DEPTHS, PLAIN_CIFAR_DEPTHS, PLAIN_IMAGENET_DEPTHS
+
+IMAGENET_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
+CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
+# Multiply-adds at 1x3x224x224, in billions: v1.5 = torchvision's published figures; v1 = the paper's nets.
+GMACS_V15 = {18: 1.814, 34: 3.664, 50: 4.089, 101: 7.801, 152: 11.514}
+GMACS_V1 = {18: 1.814, 34: 3.664, 50: 3.858, 101: 7.570, 152: 11.282}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny inputs gain nothing from threads; on shared cores, extra threads only spin. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def meta_model(name: str, **kwargs: object) -> nn.Module:
+    """A model without storage: enough for parameter counts, shapes and MACs, at no cost."""
+    with torch.device("meta"):
+        return create_model(name, **kwargs)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def randomize_batchnorm(model: nn.Module, seed: int) -> None:
+    """Non-trivial BN affine parameters and running statistics, so a misplaced BN cannot go unnoticed."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) * 0.5 + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) * 0.5 + 0.75)
+
+
+def max_logit_diff(ours: nn.Module, ref: nn.Module, size: int = 48) -> float:
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return (ours.eval()(x) - ref.eval()(x)).abs().max().item()
+
+
+# --- the paper's numbers -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", IMAGENET_PARAMS)
+def test_imagenet_parameter_counts(depth: int) -> None:
+    assert n_params(meta_model(f"resnet{depth}")) == IMAGENET_PARAMS[depth]
+    assert n_params(meta_model(f"resnet{depth}", variant="v1")) == IMAGENET_PARAMS[depth]  # stride moves only
+
+
+@pytest.mark.parametrize("depth", CIFAR_PARAMS)
+def test_cifar_parameter_counts_option_a(depth: int) -> None:
+    assert n_params(meta_model(f"resnet{depth}")) == CIFAR_PARAMS[depth]
+
+
+@pytest.mark.parametrize("depth", IMAGENET_PARAMS)
+def test_macs_at_224_are_counted_exactly(depth: int) -> None:
+    v15 = summary(meta_model(f"resnet{depth}"), (1, 3, 224, 224)).total_macs
+    v1 = summary(meta_model(f"resnet{depth}", variant="v1"), (1, 3, 224, 224)).total_macs
+    assert round(v15 / 1e9, 3) == GMACS_V15[depth]
+    assert round(v1 / 1e9, 3) == GMACS_V1[depth]
+
+
+# --- weight compatibility ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", IMAGENET_PARAMS)
+def test_torchvision_state_dict_loads_strictly_and_logits_agree(depth: int) -> None:
+    torch.manual_seed(depth)
+    ref = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+    randomize_batchnorm(ref, depth)
+    ours = meta_model(f"resnet{depth}")  # v1.5, torchvision's layout; assign=True takes the tensors as they are
+    ours.load_state_dict(ref.state_dict(), strict=True, assign=True)
+    assert max_logit_diff(ours, ref) < 1e-5
+
+
+def test_v1_puts_the_stride_on_the_first_1x1_and_v15_on_the_3x3() -> None:
+    v1, v15 = meta_model("resnet50", variant="v1"), meta_model("resnet50")
+    assert v1.layer2[0].conv1.stride == (2, 2) and v1.layer2[0].conv2.stride == (1, 1)
+    assert v15.layer2[0].conv1.stride == (1, 1) and v15.layer2[0].conv2.stride == (2, 2)
+    for model in (v1, v15):  # the projection strides in both; conv2_x (layer1) never strides
+        assert model.layer2[0].downsample[0].stride == (2, 2)
+        assert all(m.stride == (1, 1) for m in model.layer1.modules() if isinstance(m, nn.Conv2d))
+
+
+@pytest.mark.parametrize("name", ["resnet18d", "resnet50d"])
+def test_d_variant_matches_timm(name: str) -> None:
+    torch.manual_seed(0)
+    ref = timm.create_model(name, pretrained=False)
+    randomize_batchnorm(ref, 1)
+    ours = create_model(name.removesuffix("d"), variant="d")
+    keys = set(ours.state_dict())
+    for key in ("conv1.0.weight", "conv1.1.weight", "conv1.3.weight", "conv1.4.weight", "conv1.6.weight",
+                "bn1.weight", "layer2.0.downsample.1.weight", "layer2.0.downsample.2.running_var"):
+        assert key in keys
+    assert isinstance(ours.layer2[0].downsample[0], nn.AvgPool2d)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    assert max_logit_diff(ours, ref) < 1e-5
+
+
+# --- variants and options ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20"])
+def test_preact_forward(name: str) -> None:
+    model = create_model(name, variant="preact").eval()
+    assert model.final_bn is not None
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, model.num_classes) and torch.isfinite(out).all()
+
+
+def test_zero_init_residual_zeroes_the_last_layer_of_every_block() -> None:
+    r50, r18 = create_model("resnet50", zero_init_residual=True), create_model("resnet18", zero_init_residual=True)
+    blocks50 = [b for s in (r50.layer1, r50.layer2, r50.layer3, r50.layer4) for b in s]
+    assert len(blocks50) == 16 and all((b.bn3.weight == 0).all() for b in blocks50)
+    assert all((b.bn2.weight == 1).all() for b in blocks50)  # only the last BN
+    assert all((b.bn2.weight == 0).all() for s in (r18.layer1, r18.layer4) for b in s)
+    pre = create_model("resnet50", variant="preact", zero_init_residual=True)
+    assert all((b.conv3.weight == 0).all() for s in (pre.layer1, pre.layer4) for b in s)
+    pre18 = create_model("resnet18", variant="preact", zero_init_residual=True)
+    assert all((b.conv2.weight == 0).all() for b in pre18.layer3)
+    default = create_model("resnet18")
+    assert (default.layer1[0].bn2.weight == 1).all()
+    plain = create_model("plain20", zero_init_residual=True)  # no shortcut: zeroing would cut the signal
+    assert (plain.layer1[0].bn2.weight == 1).all()
+
+
+@pytest.fixture(scope="module")
+def resnet50() -> nn.Module:
+    return create_model("resnet50").eval()
+
+
+@pytest.mark.parametrize("height, width, features", [(32, 32, (1, 1)), (33, 47, (2, 2)), (64, 97, (2, 4)),
+                                                     (100, 100, (4, 4))])
+def test_any_input_size_from_32_works(height: int, width: int, features: tuple[int, int]) -> None:
+    model = create_model("resnet18").eval()
+    with torch.no_grad():
+        feats = model.forward_features(torch.randn(1, 3, height, width))
+        assert feats.shape == (1, 512, *features)  # ceil(side / 32)
+        assert model.forward_head(feats).shape == (1, 1000)
+
+
+def test_resnet50_at_32_gives_a_1x1_map(resnet50: nn.Module) -> None:
+    with torch.no_grad():
+        assert resnet50.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, 2048, 1, 1)
+
+
+def test_forward_features_head_and_stages(resnet50: nn.Module) -> None:
+    model = resnet50
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (2, 2048, 2, 2)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, 2048)
+        assert torch.equal(model.forward_head(feats), model(x))
+        stages = model.forward_stages(x)
+    assert {k: tuple(v.shape[1:]) for k, v in stages.items()} == {
+        "stem": (64, 16, 16), "layer1": (256, 16, 16), "layer2": (512, 8, 8),
+        "layer3": (1024, 4, 4), "layer4": (2048, 2, 2),
+    }
+    assert torch.equal(stages["layer4"], feats)
+
+    cifar = create_model("resnet20").eval()
+    with torch.no_grad():
+        stages = cifar.forward_stages(torch.randn(1, 3, 32, 32))
+    assert [tuple(v.shape[1:]) for v in stages.values()] == [(16, 32, 32), (16, 32, 32), (32, 16, 16), (64, 8, 8)]
+
+
+# --- CIFAR shortcuts and plain nets ------------------------------------------------------------------------
+
+
+def test_shortcut_a_subsamples_and_pads_zero_channels() -> None:
+    x = torch.arange(32.0).reshape(1, 2, 4, 4)  # channel 0 holds 0..15, channel 1 holds 16..31, row-major
+    shortcut = ZeroPadShortcut(2, 4, stride=2)
+    expected = torch.tensor([[[[0.0, 2.0], [8.0, 10.0]],
+                              [[16.0, 18.0], [24.0, 26.0]],
+                              [[0.0, 0.0], [0.0, 0.0]],
+                              [[0.0, 0.0], [0.0, 0.0]]]])
+    assert torch.equal(shortcut(x), expected)
+    assert list(shortcut.parameters()) == [] and list(shortcut.buffers()) == []
+
+
+def test_cifar_option_a_has_no_shortcut_parameters_and_b_adds_the_projections() -> None:
+    a, b = meta_model("resnet20"), meta_model("resnet20", shortcut="B")
+    assert isinstance(a.layer2[0].downsample, ZeroPadShortcut) and isinstance(a.layer3[0].downsample, ZeroPadShortcut)
+    assert not any("downsample" in k for k in a.state_dict())
+    projections = n_params(b.layer2[0].downsample) + n_params(b.layer3[0].downsample)
+    assert projections == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)  # 1x1 conv + BN, twice
+    assert n_params(b) == CIFAR_PARAMS[20] + projections == 272_474
+    assert b.layer1[0].downsample is None  # stage 1 keeps its shape: identity
+
+
+@pytest.mark.parametrize("depth", PLAIN_CIFAR_DEPTHS)
+def test_plain_cifar_nets_match_option_a_and_have_no_shortcuts(depth: int) -> None:
+    plain = meta_model(f"plain{depth}")
+    assert n_params(plain) == CIFAR_PARAMS[depth]
+    blocks = [b for s in (plain.layer1, plain.layer2, plain.layer3) for b in s]
+    assert len(blocks) == 3 * CIFAR_DEPTHS[depth]
+    assert all(b.downsample is None and not b.residual for b in blocks)
+
+
+@pytest.mark.parametrize("depth", PLAIN_IMAGENET_DEPTHS)
+def test_plain_imagenet_nets_are_resnets_without_projections(depth: int) -> None:
+    plain, res = meta_model(f"plain{depth}"), meta_model(f"resnet{depth}")
+    projections = sum(n_params(m) for name, m in res.named_modules() if name.endswith("downsample"))
+    assert n_params(plain) == IMAGENET_PARAMS[depth] - projections
+    assert not any(name.endswith("downsample") for name, m in plain.named_modules())
+
+
+def test_plain_block_adds_no_shortcut() -> None:
+    plain = create_model("plain20").eval()
+    block = plain.layer1[0]
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        expected = torch.relu(block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x))))))
+        assert torch.equal(block(x), expected)
+
+
+# --- mistakes ----------------------------------------------------------------------------------------------
+
+
+def test_unknown_name_variant_and_option_are_one_line_user_errors() -> None:
+    with pytest.raises(UserError, match="unknown model 'resnet-50'; did you mean 'resnet50'") as exc:
+        create_model("resnet-50")
+    assert "\n" not in str(exc.value) and "resnet152" in str(exc.value)
+    with pytest.raises(UserError, match="unknown variant 'v2' for resnet50; choose one of v1.5, v1, d, preact"):
+        create_model("resnet50", variant="v2")
+    with pytest.raises(UserError, match="resnet20: CIFAR ResNets come in variants"):
+        create_model("resnet20", variant="d")
+    with pytest.raises(UserError, match="unknown option.*shortcut for resnet50; allowed: in_chans, zero_init"):
+        create_model("resnet50", shortcut="A")
+    with pytest.raises(UserError, match="unknown shortcut 'C'"):
+        create_model("resnet20", shortcut="C")
