@@ -19,7 +19,7 @@ allocating weights or computing anything, which makes even ResNet-152 at 224x224
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -105,7 +105,8 @@ class ModelSummary:
         right = {2, 3}  # numbers are right-aligned
 
         def fmt(line: Sequence[str]) -> str:
-            cells = [s.rjust(w) if i in right else s.ljust(w) for i, (s, w) in enumerate(zip(line, widths, strict=True))]
+            pairs = enumerate(zip(line, widths, strict=True))
+            cells = [s.rjust(w) if i in right else s.ljust(w) for i, (s, w) in pairs]
             return "  ".join(cells).rstrip()
 
         title = self.model + (f" ({self.variant})" if self.variant else "")
@@ -200,7 +201,7 @@ def summary(
     named = dict(model.named_modules())
     shapes: dict[str, tuple[int, ...]] = {}
 
-    def hook(name: str):  # noqa: ANN202 - a forward hook factory
+    def hook(name: str) -> Callable[[nn.Module, Any, torch.Tensor], None]:
         def record(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
             shapes[name] = tuple(output.shape[1:])
         return record
