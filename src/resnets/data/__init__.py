@@ -1,0 +1,25 @@
+"""Data for training and evaluation: reading images, image folders, CIFAR archives, caching, loaders.
+
+* :func:`read_rgb` - one image file to a uint8 3xHxW RGB tensor, whatever its mode (see ``images``).
+* :func:`load_image_folder`, :func:`find_classes` - an image-folder split into memory, cached once decoded.
+* :func:`load_cifar` - CIFAR-10/100 from the official python archive, parsed without running code.
+* :func:`open_data` - a spec (folder, ``cifar10``, archive, ``sample``) to :class:`DataSplits`.
+* :class:`DeviceBatches` - fast batches of small images with the paper's augmentation, on any device.
+* :func:`streaming_loader` - a DataLoader for large images (ImageNet-style folders).
+"""
+
+from .batches import DeviceBatches
+from .cache import default_cache_dir
+from .cifar import download_cifar, load_cifar
+from .folder import find_classes, load_image_folder
+from .images import MAX_IMAGE_PIXELS, BadImageError, decode_rgb, read_rgb
+from .sample import extract_sample
+from .splits import DataSplits, open_data
+from .streaming import ImageFolderDataset, imagenet_transforms, streaming_loader
+from .tensors import ImageTensors, LoadReport
+
+__all__ = [
+    "MAX_IMAGE_PIXELS", "BadImageError", "DataSplits", "DeviceBatches", "ImageFolderDataset", "ImageTensors",
+    "LoadReport", "decode_rgb", "default_cache_dir", "download_cifar", "extract_sample", "find_classes",
+    "imagenet_transforms", "load_cifar", "load_image_folder", "open_data", "read_rgb", "streaming_loader",
+]

@@ -1,0 +1,134 @@
+"""The fast small-image loader: whole data set on the device, batches cut and augmented with tensor ops.
+
+Training batches use the paper's CIFAR augmentation (pad 4 pixels with zeros, take a random crop of the
+original size, flip horizontally with probability 1/2), done for the whole batch at once with one gather.
+The order and the augmentation of an epoch are a pure function of (seed, epoch), so a resumed run replays
+exactly the same batches, from any batch index (:meth:`DeviceBatches.iter_from`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from .tensors import ImageTensors
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed for one epoch, mixed from the run's seed and the epoch number."""
+    digest = hashlib.sha256(f"resnets-batches:{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class DeviceBatches:
+    """Iterate (x, y) batches of an :class:`ImageTensors`: x float NCHW normalised, y int64, on ``device``.
+
+    ``train=True``: a new random order every epoch (see :meth:`set_epoch`), and per image a random crop
+    of size ``crop`` (default: the image size) from the image zero-padded by ``pad``, flipped
+    horizontally with probability 1/2 if ``flip``; ``drop_last`` defaults to True. ``train=False``: the
+    images in order, centre-cropped to ``crop`` if given, never augmented; ``drop_last`` defaults to False.
+    ``generator`` supplies the seed (``generator.initial_seed()``); without it the seed is ``seed``.
+    ``mean``/``std`` are per-channel in 0..1, e.g. ``data.mean()``/``data.std()`` of the training split.
+    """
+
+    def __init__(self, data: ImageTensors, batch_size: int, *, train: bool, device: str | torch.device = "cpu",
+                 mean: Sequence[float], std: Sequence[float], pad: int = 4, flip: bool = True,
+                 crop: int | tuple[int, int] | None = None, drop_last: bool | None = None,
+                 generator: torch.Generator | None = None, seed: int = 0, channels_last: bool = True,
+                 dtype: torch.dtype = torch.float32) -> None:
+        if batch_size <= 0:
+            raise UserError(f"batch_size must be positive, got {batch_size}")
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise UserError(f"mean and std need 3 values (std > 0), got {mean} and {std}")
+        if pad < 0:
+            raise UserError(f"pad must be >= 0, got {pad}")
+        self.device = torch.device(device)
+        self.images = data.images.to(self.device)  # the whole uint8 set, moved once
+        self.labels = data.labels.to(self.device)
+        self.batch_size = batch_size
+        self.train = train
+        self.pad = pad if train else 0
+        self.flip = flip and train
+        self.drop_last = train if drop_last is None else drop_last
+        self.seed = generator.initial_seed() if generator is not None else seed
+        self.channels_last = channels_last
+        self.dtype = dtype
+        height, width = data.image_size
+        self.crop = (height, width) if crop is None else ((crop, crop) if isinstance(crop, int) else tuple(crop))
+        if self.crop[0] > height + 2 * self.pad or self.crop[1] > width + 2 * self.pad:
+            raise UserError(f"crop {self.crop} larger than the (padded) images {height}x{width} + pad {self.pad}")
+        std_t = torch.tensor(std, dtype=torch.float64)
+        self._scale = (1.0 / (255.0 * std_t)).to(dtype).view(1, 3, 1, 1).to(self.device)
+        self._shift = (torch.tensor(mean, dtype=torch.float64) / std_t).to(dtype).view(1, 3, 1, 1).to(self.device)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration replays."""
+        self.epoch = int(epoch)
+
+    def _plan(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """This epoch's order, crop offsets (N x 2) and flip mask (N), drawn on the CPU from the epoch seed."""
+        n = len(self.labels)
+        if not self.train:
+            return torch.arange(n), None, None
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(n, generator=g)
+        height, width = self.images.shape[2:]
+        max_dy = height + 2 * self.pad - self.crop[0]
+        max_dx = width + 2 * self.pad - self.crop[1]
+        offsets = torch.stack([torch.randint(0, max_dy + 1, (n,), generator=g),
+                               torch.randint(0, max_dx + 1, (n,), generator=g)], dim=1)
+        flips = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+        return order, offsets, flips
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The current epoch's batches from index ``start_batch`` on (the same as skipping that many)."""
+        order, offsets, flips = self._plan()
+        order = order.to(self.device)
+        if offsets is not None:
+            offsets, flips = offsets.to(self.device), flips.to(self.device)
+        for b in range(max(0, start_batch), len(self)):
+            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            idx = order[sl]
+            batch = self.images[idx]
+            if offsets is not None:
+                batch = self._augment(batch, offsets[sl], flips[sl])
+            elif self.crop != tuple(batch.shape[2:]):
+                batch = self._center_crop(batch)
+            yield self._normalise(batch), self.labels[idx]
+
+    def _augment(self, batch: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """Crop windows at ``offsets`` of the zero-padded batch, mirrored where ``flips``: one gather."""
+        p = self.pad
+        padded = F.pad(batch, (p, p, p, p)) if p else batch
+        n, c, ph, pw = padded.shape
+        ch, cw = self.crop
+        rows = offsets[:, :1] + torch.arange(ch, device=batch.device)  # n x ch
+        cols_fwd = torch.arange(cw, device=batch.device)
+        cols = offsets[:, 1:] + torch.where(flips[:, None], cw - 1 - cols_fwd, cols_fwd)  # n x cw
+        flat = (rows[:, :, None] * pw + cols[:, None, :]).view(n, 1, ch * cw).expand(n, c, ch * cw)
+        return padded.view(n, c, ph * pw).gather(2, flat).view(n, c, ch, cw)
+
+    def _center_crop(self, batch: torch.Tensor) -> torch.Tensor:
+        ch, cw = self.crop
+        top = (batch.shape[2] - ch) // 2
+        left = (batch.shape[3] - cw) // 2
+        return batch[:, :, top:top + ch, left:left + cw]
+
+    def _normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = torch.empty(batch.shape, dtype=self.dtype, device=batch.device, memory_format=fmt)
+        x.copy_(batch)
+        return x.mul_(self._scale).sub_(self._shift)

@@ -1,0 +1,175 @@
+"""Image folders (``split/<class>/**/*.jpg``): the class index, and loading a split into memory once.
+
+A split is decoded once into a uint8 tensor cache entry (see :mod:`resnets.data.cache`), keyed by the
+sorted relative paths, sizes and modification times of its files, the ``size`` argument and the class list,
+so any added, removed, touched or changed file is noticed and the split is decoded again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .cache import cache_key, load_entry, resolve_cache_dir, save_entry
+from .decode import decode_files
+from .images import BadImageError, is_image_file
+from .tensors import ImageTensors, LoadReport
+
+Size = int | tuple[int, int]
+
+
+def find_classes(split_dir: str | os.PathLike[str], *, allow_empty: bool = False) -> list[str]:
+    """Sorted class folder names of ``split_dir``, ignoring hidden folders and files.
+
+    A class folder without images is a :class:`UserError` naming it, unless ``allow_empty``.
+    """
+    root = Path(split_dir)
+    if not root.is_dir():
+        raise UserError(f"not a folder: {root}")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise UserError(f"no class folders in {root} (expected {root}/<class>/<image files>)")
+    if not allow_empty:
+        for name in classes:
+            if not _image_files(root / name):
+                raise UserError(f"class folder {root / name} has no image files")
+    return classes
+
+
+def _image_files(class_dir: Path) -> list[os.DirEntry[str]]:
+    """Image file entries under ``class_dir`` (recursive, hidden files and folders skipped)."""
+    found: list[os.DirEntry[str]] = []
+    stack = [class_dir]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    stack.append(Path(entry.path))
+                elif entry.is_file() and is_image_file(entry.name):
+                    found.append(entry)
+    return found
+
+
+def scan_split(split_dir: str | os.PathLike[str], classes: list[str]) -> list[tuple[str, int, int, int]]:
+    """(relative path, byte size, mtime in ns, label) of every image of ``classes`` present, sorted by path."""
+    root = Path(split_dir)
+    rows: list[tuple[str, int, int, int]] = []
+    for label, name in enumerate(classes):
+        if not (root / name).is_dir():
+            continue
+        for entry in _image_files(root / name):
+            st = entry.stat()
+            rows.append((Path(entry.path).relative_to(root).as_posix(), st.st_size, st.st_mtime_ns, label))
+    rows.sort()
+    return rows
+
+
+def _as_hw(size: Size) -> tuple[int, int]:
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if len(hw) != 2 or min(hw) <= 0:
+        raise UserError(f"size must be a positive int or (height, width), got {size!r}")
+    return int(hw[0]), int(hw[1])
+
+
+def load_image_folder(split_dir: str | os.PathLike[str], classes: list[str] | None = None, *,
+                      size: Size | None = None, skip_bad_images: bool = False,
+                      cache_dir: str | os.PathLike[str] | None = None,
+                      workers: int | None = None) -> tuple[ImageTensors, LoadReport]:
+    """Load an image-folder split into memory, decoding it once into the cache.
+
+    ``classes=None`` takes the class list from this split. Otherwise ``classes`` is the training split's
+    list and labels follow it: a class folder here that is not in it is a :class:`UserError`; a class
+    missing here is allowed and listed in ``report.missing_classes``. Bad images raise
+    :class:`BadImageError` unless ``skip_bad_images``, which leaves them out and lists them in
+    ``report.bad_images``. Images of different sizes need ``size`` (int or (height, width)); with ``size``
+    every image is resized to it (antialiased bilinear).
+    """
+    start = time.perf_counter()
+    root = Path(split_dir)
+    if classes is None:
+        classes = find_classes(root)
+    else:
+        classes = list(classes)
+        present = find_classes(root, allow_empty=True)
+        extra = [c for c in present if c not in classes]
+        if extra:
+            raise UserError(f"{root} has class folder(s) {', '.join(extra)} not in the training classes "
+                            f"({', '.join(classes)}); labels would not match")
+    hw = _as_hw(size) if size is not None else None
+    rows = scan_split(root, classes)
+    report = LoadReport(source=str(root), classes=list(classes))
+    if not rows:
+        raise UserError(f"no image files in {root}")
+
+    key = cache_key({"kind": "image-folder", "files": [r[:3] for r in rows], "size": hw, "classes": classes})
+    cache_path = resolve_cache_dir(cache_dir) / "folders" / f"{key}.safetensors"
+    report.cache_path = str(cache_path)
+    entry = load_entry(cache_path)
+    if entry is not None:
+        tensors, meta = entry
+        report.bad_images = [tuple(b) for b in meta["bad_images"]]
+        if report.bad_images and not skip_bad_images:
+            path, reason = report.bad_images[0]
+            raise BadImageError(path, reason)
+        data = ImageTensors(tensors["images"], tensors["labels"], list(classes))
+        report.cache_hit, report.resized = True, int(meta["resized"])
+        return data, _finish(report, data, start)
+
+    results = decode_files([root / r[0] for r in rows], workers=workers)
+    images: list[torch.Tensor] = []
+    labels: list[int] = []
+    for row, result in zip(rows, results, strict=True):
+        if isinstance(result, BadImageError):
+            if not skip_bad_images:
+                raise result
+            report.bad_images.append((result.path, result.reason))
+            continue
+        images.append(result)
+        labels.append(row[3])
+    if not images:
+        raise UserError(f"no readable images in {root} ({len(report.bad_images)} bad)")
+    images, report.resized = _same_size(images, hw, root)
+    data = ImageTensors(torch.stack(images), torch.tensor(labels, dtype=torch.int64), list(classes))
+    try:
+        save_entry(cache_path, {"images": data.images, "labels": data.labels},
+                   {"source": str(root), "bad_images": report.bad_images, "resized": report.resized})
+    except OSError as exc:
+        warnings.warn(f"could not write data cache {cache_path}: {exc}", stacklevel=2)
+    return data, _finish(report, data, start)
+
+
+def _same_size(images: list[torch.Tensor], hw: tuple[int, int] | None,
+               root: Path) -> tuple[list[torch.Tensor], int]:
+    """Images all of one size (resized to ``hw`` if given), and how many were resized."""
+    if hw is None:
+        first = tuple(images[0].shape[1:])
+        for img in images:
+            if tuple(img.shape[1:]) != first:
+                raise UserError(f"images in {root} have different sizes ({first[0]}x{first[1]} and "
+                                f"{img.shape[1]}x{img.shape[2]}); pass a size to resize them all")
+        return images, 0
+    from torchvision.transforms.v2 import functional as TF
+
+    out, resized = [], 0
+    for img in images:
+        if tuple(img.shape[1:]) != hw:
+            img = TF.resize(img, list(hw), antialias=True)
+            resized += 1
+        out.append(img)
+    return out, resized
+
+
+def _finish(report: LoadReport, data: ImageTensors, start: float) -> LoadReport:
+    counts = data.class_counts()
+    report.num_images = len(data)
+    report.class_counts = counts
+    report.missing_classes = [c for c, n in counts.items() if n == 0]
+    report.seconds = time.perf_counter() - start
+    return report

@@ -1,0 +1,111 @@
+"""``open_data``: one call from a data spec (folder, CIFAR name or archive, "sample") to train/test splits."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .cifar import DATASETS, find_cifar, load_cifar
+from .folder import Size, load_image_folder
+from .sample import extract_sample
+from .tensors import ImageTensors, LoadReport
+
+#: Seed of the fixed permutation that ``val_split`` holds out from the training split.
+VAL_SPLIT_SEED = 0
+
+
+@dataclass
+class DataSplits:
+    """Train and test (or validation) splits sharing one class list, with how each was loaded."""
+
+    train: ImageTensors
+    test: ImageTensors
+    classes: list[str]
+    name: str
+    report: dict[str, LoadReport] = field(default_factory=dict)
+
+
+def _cifar_report(source: str, data: ImageTensors, start: float) -> LoadReport:
+    counts = data.class_counts()
+    return LoadReport(source=source, num_images=len(data), classes=list(data.classes), class_counts=counts,
+                      missing_classes=[c for c, n in counts.items() if n == 0],
+                      seconds=time.perf_counter() - start)
+
+
+def _cifar_name(path: Path) -> str | None:
+    for name, spec in DATASETS.items():
+        if path.name in (spec["archive"], spec["folder"]) or find_cifar(path, name) not in (None, path):
+            return name
+    if path.is_dir():
+        for name, spec in DATASETS.items():
+            if (path / spec["meta"]).is_file():
+                return name
+    return None
+
+
+def open_data(spec: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
+              skip_bad_images: bool = False, download: bool = False, val_split: int = 0,
+              size: Size | None = None) -> DataSplits:
+    """Open a data set by spec and return its train and test splits.
+
+    ``spec`` is ``"sample"`` (the shipped CIFAR-10 sample), ``"cifar10"``/``"cifar100"`` (from
+    ``<cache dir>/cifar``, downloaded there if ``download``), the path of a CIFAR archive or extracted folder,
+    or a folder with ``train/`` and ``val/`` (or ``test/``) image folders. ``val_split=n`` replaces the test
+    split by the last ``n`` images of a fixed seeded permutation of the training split (the paper's 45k/5k).
+    """
+    text = os.fspath(spec)
+    start = time.perf_counter()
+    if text == "sample":
+        splits = _open_folder(extract_sample(cache_dir), "cifar10-sample", cache_dir, skip_bad_images, size)
+    elif text in DATASETS:
+        train = load_cifar(None, text, True, download=download, cache_dir=cache_dir)
+        report = {"train": _cifar_report(text, train, start)}
+        test = load_cifar(None, text, False, cache_dir=cache_dir)
+        report["test"] = _cifar_report(text, test, start)
+        splits = DataSplits(train, test, list(train.classes), text, report)
+    else:
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise UserError(f"data not found: {text} (expected a folder with train/ and val/ or test/, a CIFAR "
+                            "archive or folder, 'cifar10', 'cifar100' or 'sample')")
+        name = _cifar_name(path)
+        if name is not None:
+            train = load_cifar(path, name, True)
+            test = load_cifar(path, name, False)
+            splits = DataSplits(train, test, list(train.classes), name,
+                                {"train": _cifar_report(text, train, start), "test": _cifar_report(text, test, start)})
+        else:
+            splits = _open_folder(path, path.name, cache_dir, skip_bad_images, size)
+    return hold_out(splits, val_split) if val_split else splits
+
+
+def _open_folder(root: Path, name: str, cache_dir: str | os.PathLike[str] | None, skip_bad_images: bool,
+                 size: Size | None) -> DataSplits:
+    if not (root / "train").is_dir():
+        raise UserError(f"{root} has no train/ folder (expected train/<class>/... and val/ or test/)")
+    test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    if test_dir is None:
+        raise UserError(f"{root} has no val/ or test/ folder next to train/")
+    train, train_report = load_image_folder(root / "train", size=size, skip_bad_images=skip_bad_images,
+                                            cache_dir=cache_dir)
+    test, test_report = load_image_folder(test_dir, train.classes, size=size or train.image_size,
+                                          skip_bad_images=skip_bad_images, cache_dir=cache_dir)
+    return DataSplits(train, test, list(train.classes), name, {"train": train_report, test_dir.name: test_report})
+
+
+def hold_out(splits: DataSplits, count: int) -> DataSplits:
+    """Train on all but the last ``count`` images of a fixed seeded permutation; test on those ``count``."""
+    n = len(splits.train)
+    if not 0 < count < n:
+        raise UserError(f"val_split must be between 1 and {n - 1} (the training split has {n} images), got {count}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
+    train, val = splits.train.subset(order[: n - count]), splits.train.subset(order[n - count:])
+    report = dict(splits.report)
+    report["val"] = LoadReport(source=f"last {count} of a seeded permutation of the training split",
+                               num_images=count, classes=list(splits.classes), class_counts=val.class_counts())
+    return DataSplits(train, val, splits.classes, f"{splits.name} ({n - count}/{count} val split)", report)
