@@ -13,7 +13,7 @@ import sys
 from ..errors import UserError
 
 # Sub-command modules, in the order ``resnets --help`` lists them.
-COMMAND_MODULES = ("demo", "summary", "shard")
+COMMAND_MODULES = ("demo", "summary", "train", "eval", "shard")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,42 @@
+"""``resnets eval``: score trained weights on a data set (top-1, top-5, per class, confusion matrix)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="evaluate weights on a data set: accuracy, confusion matrix, report")
+    p.add_argument("--weights", required=True, help="a .safetensors file written by resnets train")
+    p.add_argument("--data", default="sample", help="sample (default), cifar10, cifar100, or a folder")
+    p.add_argument("--tta", choices=("flip", "10crop"), help="test-time augmentation")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    p.add_argument("--out", help="folder for the JSON report and confusion PNG (default: the weights' folder)")
+    p.add_argument("--cache-dir")
+    p.add_argument("--skip-bad-images", action="store_true")
+    p.add_argument("--max-images", type=int, metavar="N", help="score a fixed subset of N images only")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate
+
+    report = evaluate(args.weights, args.data, tta=args.tta, device=args.device, precision=args.precision,
+                      batch_size=args.batch_size, out_dir=args.out, cache_dir=args.cache_dir,
+                      skip_bad_images=args.skip_bad_images, workers=args.workers, max_images=args.max_images)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['model']['name']} on {report['data']} ({report['images']} images"
+          f"{', TTA ' + report['tta'] if report['tta'] else ''}): top-1 {report['top1']:.2f}%  "
+          f"top-5 {report['top5']:.2f}%  loss {report['loss']:.4f}")
+    width = max(len(c) for c in report["classes"])
+    for name, acc in report["per_class"].items():
+        print(f"  {name:<{width}}  {'-' if acc is None else f'{acc:6.2f}%'}")
+    print(f"report {report['report']}; confusion matrix {report['confusion_png']}")
+    return 0

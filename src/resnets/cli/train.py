@@ -1,0 +1,102 @@
+"""``resnets train``: train a ResNet on real images (recipes, checkpoints, resume, metrics, plots)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..errors import UserError
+
+# flag dest -> TrainConfig field (flags left at None keep the recipe's value)
+_FIELDS = ("model", "variant", "data", "epochs", "iterations", "batch_size", "lr", "out", "device", "precision",
+           "compile", "skip_bad_images", "cache_dir", "val_split", "seed", "workers", "ema", "label_smoothing",
+           "mixup_alpha", "cutmix_alpha", "accum_steps", "checkpoint_every", "log_every", "tensorboard",
+           "stop_after_steps", "train_images", "test_images", "download", "weight_decay", "momentum",
+           "channels_last", "zero_init_residual")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a ResNet (default: resnet20 on the shipped sample, a couple of minutes)",
+        description="Train a ResNet. A recipe sets every default; --config FILE (JSON/TOML) and flags override "
+                    "it; the resolved settings are saved as config.json in the run folder.")
+    p.add_argument("--model", help="model name (default resnet20)")
+    p.add_argument("--variant", help="architecture variant (v1, v1.5, d, preact)")
+    p.add_argument("--data", help="sample (default), cifar10, cifar100, a CIFAR archive, or a folder with "
+                                  "train/ and val/ (or test/)")
+    p.add_argument("--recipe", help="cifar-paper, imagenet-paper, cifar-fast, imagenet-fast "
+                                    "(default: the fast one of the model's family)")
+    p.add_argument("--config", metavar="FILE", help="JSON or TOML file of settings")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="override any setting (repeatable), e.g. --set milestones=[100,150]")
+    p.add_argument("--epochs", type=float, help="training length in epochs (replaces the recipe's length)")
+    p.add_argument("--iterations", type=int, help="training length in optimiser steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate (fast recipes: at batch 128 / 256, scaled)")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--mixup", dest="mixup_alpha", type=float, metavar="ALPHA")
+    p.add_argument("--cutmix", dest="cutmix_alpha", type=float, metavar="ALPHA")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="keep EMA weights")
+    p.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--accum-steps", type=int, help="split each batch into this many micro-batches")
+    p.add_argument("--out", help="run folder (default runs/<model>-<recipe>-<time>)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"))
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
+    p.add_argument("--skip-bad-images", action="store_true", default=None)
+    p.add_argument("--cache-dir")
+    p.add_argument("--download", action="store_true", default=None, help="download cifar10/cifar100 if missing")
+    p.add_argument("--val-split", type=int, metavar="N", help="hold out N training images for validation")
+    p.add_argument("--train-images", type=int, metavar="N", help="train on N images only (quick runs)")
+    p.add_argument("--test-images", type=int, metavar="N", help="evaluate on N images only")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="loader processes for streamed (ImageNet-size) data")
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every N steps")
+    p.add_argument("--log-every", type=int, metavar="STEPS")
+    p.add_argument("--tensorboard", action="store_true", default=None, help="also log to TensorBoard")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--stop-after-steps", type=int, metavar="N", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> settings; values are JSON where they parse (numbers, lists, true), else text."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set wants KEY=VALUE, got '{item}'")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import TrainConfig, resolve_config, train
+
+    overrides = {name: getattr(args, name) for name in _FIELDS}
+    overrides.update(parse_set(args.set))
+    if args.no_progress or not sys.stderr.isatty():
+        overrides["progress"] = False if args.no_progress else None
+    if args.resume:
+        config = TrainConfig(**{k: v for k, v in overrides.items()
+                                if v is not None and k in TrainConfig.__dataclass_fields__})
+        result = train(config, resume=args.resume)
+    else:
+        result = train(resolve_config(overrides, recipe=args.recipe, config_file=args.config))
+    if args.json:
+        print(json.dumps({"run_dir": str(result.run_dir), "step": result.step, "final": result.final,
+                          "best": result.best, "interrupted": result.interrupted}, indent=2))
+    elif result.best:
+        print(f"best {'val' if result.best.get('val_acc') is not None else ''} accuracy "
+              f"{result.best['val_acc']:.2f}% (epoch {result.best['epoch']}); weights {result.best_weights}")
+    return 0

@@ -1,0 +1,280 @@
+"""Evaluation: top-1, top-5, per-class accuracy and the confusion matrix, with optional flip or 10-crop TTA.
+
+``evaluate_model`` scores a model on batches already normalised (used by the training loop every epoch);
+``evaluate`` is the whole job behind ``resnets eval``: weights file + data set -> JSON report + confusion PNG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+
+TTA_MODES = ("flip", "10crop")
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` to ``dtype`` on ``device``, or a no-op for float32 (``dtype`` None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def ten_crop_views(x: torch.Tensor, crop: int) -> list[torch.Tensor]:
+    """The four corner crops and the centre crop of side ``crop``, each also mirrored: ten views of ``x``."""
+    h, w = x.shape[-2:]
+    if h < crop or w < crop:
+        raise UserError(f"10-crop needs images of at least {crop} pixels, got {h}x{w}")
+    top, left = (h - crop) // 2, (w - crop) // 2
+    views = [x[..., :crop, :crop], x[..., :crop, w - crop:], x[..., h - crop:, :crop], x[..., h - crop:, w - crop:],
+             x[..., top:top + crop, left:left + crop]]
+    return views + [v.flip(-1) for v in views]
+
+
+def tta_views(x: torch.Tensor, tta: str | None, *, crop: int | None = None, pad: int = 4) -> list[torch.Tensor]:
+    """The views whose softmax outputs are averaged: ``x``; ``flip``: x and its mirror; ``10crop``: see
+    ``ten_crop_views`` (``crop`` given: crops of that side from ``x``; else ``x`` padded by ``pad``, crops of
+    its own size)."""
+    if tta is None:
+        return [x]
+    if tta == "flip":
+        return [x, x.flip(-1)]
+    if tta == "10crop":
+        if crop is None:
+            crop = x.shape[-1]
+            x = F.pad(x, (pad, pad, pad, pad))
+        return ten_crop_views(x, crop)
+    raise UserError(f"unknown TTA mode '{tta}'; choose one of: {', '.join(TTA_MODES)}")
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    num_classes: int,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    tta: str | None = None,
+    crop: int | None = None,
+    channels_last: bool = False,
+) -> dict[str, Any]:
+    """Loss, top-1 and top-5 accuracy (%), and the confusion matrix (rows: true class) of ``model``.
+
+    With ``tta`` the class probabilities of the views are averaged; the loss is the NLL of that average.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    loss_sum, top5, n = 0.0, 0, 0
+    k = min(5, num_classes)
+    for x, y in batches:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        probs = None
+        for view in tta_views(x, tta, crop=crop):
+            if channels_last:
+                view = view.contiguous(memory_format=torch.channels_last)
+            with autocast_context(device, autocast_dtype):
+                logits = model(view)
+            p = logits.float().softmax(1)
+            probs = p if probs is None else probs + p
+        assert probs is not None
+        probs /= len(tta_views(x[:1], tta, crop=crop))
+        loss_sum += float(F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum"))
+        pred = probs.argmax(1)
+        top5 += int((probs.topk(k, 1).indices == y[:, None]).any(1).sum())
+        confusion += torch.bincount((y * num_classes + pred).cpu(), minlength=num_classes**2).view(
+            num_classes, num_classes)
+        n += len(y)
+    model.train(was_training)
+    if n == 0:
+        raise UserError("nothing to evaluate: the data set is empty")
+    correct = int(confusion.diag().sum())
+    return {"loss": loss_sum / n, "top1": 100.0 * correct / n, "top5": 100.0 * top5 / n, "n": n,
+            "confusion": confusion}
+
+
+def limit_images(data: Any, count: int | None) -> Any:
+    """``count`` images of ``data`` (an ``ImageTensors``): the first of a fixed seeded permutation; all if None."""
+    if count is None or count >= len(data):
+        return data
+    return data.subset(torch.randperm(len(data), generator=torch.Generator().manual_seed(1234))[:count])
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; UserError for CUDA without a GPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU here")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UserError(f"unknown device '{device}'; use cpu, cuda or auto")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` (``auto``: bf16 where the hardware has it, fp16 on older GPUs)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else None
+    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in table:
+        raise UserError(f"unknown precision '{precision}'; use auto, bf16, fp16 or fp32")
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("fp16 needs a CUDA device; on CPU use bf16 or fp32")
+    return table[precision]
+
+
+def is_streaming_folder(spec: str) -> bool:
+    """True for an image folder whose images are large (ImageNet-like): those are streamed, not held in memory."""
+    from .data.images import is_image_file
+
+    root = Path(spec)
+    if not root.is_dir():
+        return False
+    for split in ("val", "test", "train"):
+        d = root / split
+        if d.is_dir():
+            for class_dir in sorted(p for p in d.iterdir() if p.is_dir()):
+                for f in sorted(class_dir.iterdir()):
+                    if is_image_file(f):
+                        from PIL import Image
+
+                        with Image.open(f) as im:
+                            return max(im.size) > 64
+    return False
+
+
+def evaluate(
+    weights: str | Path,
+    data: str,
+    *,
+    tta: str | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 256,
+    out_dir: str | Path | None = None,
+    cache_dir: str | None = None,
+    skip_bad_images: bool = False,
+    workers: int = 4,
+    max_images: int | None = None,
+) -> dict[str, Any]:
+    """Score a ``save_weights`` file on the test (or val) split of ``data``; write a JSON report and a PNG.
+
+    Returns the report: top1, top5, loss, per-class accuracy, confusion matrix, and where the files went
+    (``out_dir``, default the weights' folder: ``eval-<data>[-<tta>].json`` and ``...-confusion.png``).
+    ``max_images`` scores a fixed seeded subset only (in-memory data sets), for quick checks.
+    """
+    from .weights import atomic_write, load_model
+
+    if tta is not None and tta not in TTA_MODES:
+        raise UserError(f"unknown TTA mode '{tta}'; choose one of: {', '.join(TTA_MODES)}")
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    model = load_model(weights, device=dev)
+    classes: list[str] | None = getattr(model, "classes", None)
+    norm = getattr(model, "normalization", None)
+    start = time.perf_counter()
+    batches, data_classes, crop = _eval_batches(data, norm, dev, batch_size=batch_size, cache_dir=cache_dir,
+                                                skip_bad_images=skip_bad_images, workers=workers,
+                                                tta=tta, channels_last=True, max_images=max_images)
+    if model.num_classes != len(data_classes):
+        raise UserError(f"the weights classify {model.num_classes} classes but {data} has {len(data_classes)}")
+    if classes is not None and list(classes) != list(data_classes):
+        raise UserError(f"the weights' classes ({_some(classes)}) differ from {data}'s ({_some(data_classes)})")
+    classes = list(data_classes)
+    result = evaluate_model(model, batches, num_classes=len(classes), device=dev, autocast_dtype=dtype, tta=tta,
+                            crop=crop, channels_last=True)
+    confusion = result.pop("confusion")
+    totals = confusion.sum(1)
+    per_class = {c: (100.0 * int(confusion[i, i]) / int(totals[i]) if totals[i] else None)
+                 for i, c in enumerate(classes)}
+    out = Path(out_dir) if out_dir is not None else Path(weights).resolve().parent
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "eval-" + _slug(data) + (f"-{tta}" if tta else "")
+    report: dict[str, Any] = {
+        "weights": str(weights), "data": str(data), "model": model.spec, "tta": tta, "images": result["n"],
+        "top1": result["top1"], "top5": result["top5"], "loss": result["loss"], "per_class": per_class,
+        "classes": classes, "confusion": confusion.tolist(), "seconds": time.perf_counter() - start,
+        "device": str(dev), "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
+        "report": str(out / f"{stem}.json"), "confusion_png": str(out / f"{stem}-confusion.png"),
+    }
+    plot_confusion(confusion, classes, out / f"{stem}-confusion.png",
+                   title=f"{model.spec['name']} on {data}: top-1 {result['top1']:.2f}%")
+    atomic_write(out / f"{stem}.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
+    return report
+
+
+def _eval_batches(data: str, norm: dict[str, list[float]] | None, device: torch.device, *, batch_size: int,
+                  cache_dir: str | None, skip_bad_images: bool, workers: int, tta: str | None,
+                  channels_last: bool, max_images: int | None) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor]], list[str], int | None]:
+    """Normalised evaluation batches of ``data``'s test/val split, its classes, and the 10-crop side (or None)."""
+    from . import data as rdata
+
+    if is_streaming_folder(data):
+        split_dir = next((Path(data) / s for s in ("val", "test") if (Path(data) / s).is_dir()), None)
+        if split_dir is None:
+            raise UserError(f"{data} has no val/ or test/ folder to evaluate on")
+        classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+        image_size = 256 if tta == "10crop" else 224
+        loader = rdata.streaming_loader(split_dir, classes, train=False, batch_size=batch_size, workers=workers,
+                                        image_size=image_size, resize=256)
+        return loader, classes, (224 if tta == "10crop" else None)
+    splits = rdata.open_data(data, cache_dir=cache_dir, skip_bad_images=skip_bad_images)
+    mean = norm["mean"] if norm else splits.train.mean()
+    std = norm["std"] if norm else splits.train.std()
+    batches = rdata.DeviceBatches(limit_images(splits.test, max_images), batch_size, train=False, device=device, mean=mean, std=std,
+                                  channels_last=channels_last)
+    return batches, list(splits.classes), None
+
+
+def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | Path, *, title: str = "") -> Path:
+    """A PNG of the row-normalised confusion matrix (rows: true class, columns: predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(classes)
+    rates = confusion.double() / confusion.sum(1, keepdim=True).clamp_min(1)
+    size = min(12.0, 3 + 0.45 * k)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=100)
+    im = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if k <= 30:
+        ax.set_xticks(range(k), classes, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(k), classes, fontsize=8)
+        if k <= 15:
+            for i in range(k):
+                for j in range(k):
+                    if confusion[i, j]:
+                        ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
+                                color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def _slug(text: str) -> str:
+    name = Path(text).name or text
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60] or "data"
+
+
+def _some(items: list[str], n: int = 4) -> str:
+    return ", ".join(items[:n]) + (", ..." if len(items) > n else "")

@@ -1,0 +1,476 @@
+"""The training loop: ``train(config) -> RunResult``, readable top to bottom.
+
+setup (device, precision, seed, data, model, optimiser, schedule, EMA, resume) -> for each epoch: for each
+batch: LR, forward/backward (micro-batches), step, EMA, log, callbacks, checkpoint -> evaluate, log, save
+last/best -> plots. A run is a directory: config.json, metrics.jsonl/.csv, last.pt, best.pt,
+best.safetensors, and PNG plots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..evaluate import autocast_context, evaluate_model, resolve_device, resolve_precision
+from ..evaluate import limit_images as _limit
+from ..models import create_model
+from ..models.registry import model_family
+from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .ema import ModelEMA
+from .metrics import MetricsLogger
+from .optim import LRSchedule, build_optimizer, set_lr
+
+# Settings that may change when a run is resumed (everything else comes from the checkpoint).
+RESUMABLE_OVERRIDES = ("stop_after_steps", "progress", "tensorboard", "plots", "workers", "log_every",
+                       "checkpoint_every", "epochs", "iterations")
+MAX_SKIPPED_STEPS = 5  # fp16: stop after this many consecutive non-finite steps
+
+
+class NonFiniteLossError(UserError):
+    """The loss became NaN or infinite; the run stopped and its last checkpoint is the last good one."""
+
+
+@dataclass
+class RunResult:
+    """What a run produced: its directory, the last and best epoch records, and where it stopped."""
+
+    run_dir: Path
+    final: dict[str, Any]
+    best: dict[str, Any]
+    step: int
+    interrupted: bool = False
+
+    @property
+    def best_weights(self) -> Path:
+        return self.run_dir / "best.safetensors"
+
+
+@dataclass
+class TrainState:
+    """The live state of a run, handed to callbacks after every optimiser step."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    step: int = 0  # optimiser steps done
+    epoch: int = 0  # 0-based epoch in progress
+    batch: int = 0  # batches of this epoch done
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    lr: float = 0.0
+    loss: float = float("nan")  # of the last step
+    stop: bool = False  # set by a callback (or a signal) to checkpoint and stop after this step
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Callback = Callable[[TrainState], None]
+
+
+@dataclass
+class DataBundle:
+    """What the loop needs from the data: batch iterables, class names and the input normalisation."""
+
+    train: Any  # len(), set_epoch(e), iter_from(b) -> iterator of (x, y)
+    val: Any  # iterable of (x, y)
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+    generator: torch.Generator | None
+    description: str
+
+
+class _StreamingBatches:
+    """A DataLoader made resumable: its order is seeded by (seed, epoch) and ``iter_from`` skips batches."""
+
+    def __init__(self, loader: Any, generator: torch.Generator, seed: int) -> None:
+        self.loader, self.generator, self.seed, self.epoch = loader, generator, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def iter_from(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from ..data.batches import epoch_seed
+
+        self.generator.manual_seed(epoch_seed(self.seed, self.epoch))  # the order and the workers' seeds
+        it = iter(self.loader)
+        for i, batch in enumerate(it):
+            if i >= start:
+                yield batch
+
+
+def build_data(cfg: TrainConfig, device: torch.device) -> DataBundle:
+    """Open ``cfg.data``: small images in memory as ``DeviceBatches``; ImageNet-style folders streamed."""
+    from .. import data as rdata
+    from ..evaluate import is_streaming_folder
+
+    if is_streaming_folder(cfg.data):
+        root = Path(cfg.data)
+        val_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
+        if not (root / "train").is_dir() or val_dir is None:
+            raise UserError(f"{root} needs train/ and val/ (or test/) folders of class sub-folders")
+        classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+        loader_gen = torch.Generator()
+        train = rdata.streaming_loader(root / "train", classes, train=True, batch_size=cfg.batch_size,
+                                       workers=cfg.workers, image_size=cfg.image_size, resize=cfg.resize,
+                                       skip_bad_images=cfg.skip_bad_images, generator=loader_gen,
+                                       pin_memory=device.type == "cuda")
+        val = rdata.streaming_loader(val_dir, classes, train=False, batch_size=cfg.batch_size,
+                                     workers=cfg.workers, image_size=cfg.image_size, resize=cfg.resize,
+                                     skip_bad_images=cfg.skip_bad_images, pin_memory=device.type == "cuda")
+        return DataBundle(_StreamingBatches(train, loader_gen, cfg.seed), val, classes, mean, std, None, f"{root} (streamed)")
+    splits = rdata.open_data(cfg.data, cache_dir=cfg.cache_dir, skip_bad_images=cfg.skip_bad_images,
+                             download=cfg.download, val_split=cfg.val_split)
+    train_set, test_set = _limit(splits.train, cfg.train_images), _limit(splits.test, cfg.test_images)
+    mean, std = list(train_set.mean()), list(train_set.std())
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train = rdata.DeviceBatches(train_set, cfg.batch_size, train=True, device=device, mean=mean, std=std,
+                                pad=cfg.pad, flip=cfg.flip, generator=generator, channels_last=cfg.channels_last)
+    val = rdata.DeviceBatches(test_set, max(cfg.batch_size, 256), train=False, device=device, mean=mean,
+                              std=std, channels_last=cfg.channels_last)
+    what = "validation" if cfg.val_split else "test"
+    desc = f"{splits.name}: {len(train_set)} train / {len(test_set)} {what} images, {len(splits.classes)} classes"
+    return DataBundle(train, val, list(splits.classes), mean, std, generator, desc)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed torch, CUDA, Python and NumPy; with ``deterministic``, ask PyTorch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Mixup or CutMix (chosen at random when both are on): mixed x, targets a and b, and a's weight."""
+    use_cutmix = cfg.cutmix_alpha > 0 and (cfg.mixup_alpha <= 0 or torch.rand((), generator=gen) < 0.5)
+    alpha = cfg.cutmix_alpha if use_cutmix else cfg.mixup_alpha
+    lam = _beta(alpha, gen)
+    perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
+    if use_cutmix:
+        h, w = x.shape[-2:]
+        cut = math.sqrt(1 - lam)
+        ch, cw = int(h * cut), int(w * cut)
+        cy, cx = int(torch.randint(h, (), generator=gen)), int(torch.randint(w, (), generator=gen))
+        y0, y1, x0, x1 = max(cy - ch // 2, 0), min(cy + ch // 2, h), max(cx - cw // 2, 0), min(cx + cw // 2, w)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    else:
+        x = x * lam + x[perm] * (1 - lam)
+    return x, y, y[perm], lam
+
+
+def _beta(alpha: float, gen: torch.Generator) -> float:
+    """A Beta(alpha, alpha) draw made from ``gen``: g1 / (g1 + g2) with g1, g2 ~ Gamma(alpha)."""
+    a = torch._standard_gamma(torch.full((2,), alpha), generator=gen)
+    return float(a[0] / a.sum())
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: str | Path | None = None,
+    on_step: Sequence[Callback] = (),
+    on_epoch: Sequence[Callback] = (),
+    log: Callable[[str], None] = print,
+) -> RunResult:
+    """Train ``config`` (see ``resolve_config``); with ``resume``, continue the run in that directory exactly.
+
+    ``on_step`` callbacks run after every optimiser step, ``on_epoch`` after every evaluation; either may set
+    ``state.stop`` to checkpoint and stop, or raise ``KeyboardInterrupt`` (the run checkpoints, then re-raises).
+    """
+    # ---- resume: the checkpoint's config, with the few settings that may change --------------------------
+    ckpt: dict[str, Any] | None = None
+    if resume is not None:
+        run_dir = Path(resume)
+        ckpt = load_checkpoint(run_dir / "last.pt")
+        cfg = TrainConfig(**ckpt["config"])
+        for key in RESUMABLE_OVERRIDES:
+            value = getattr(config, key)
+            if value != getattr(TrainConfig(), key) or key in ("stop_after_steps", "progress"):
+                setattr(cfg, key, value)
+        if config.epochs is not None or config.iterations is not None:
+            cfg.epochs, cfg.iterations = config.epochs, config.iterations
+            if cfg.epochs is None and cfg.iterations is None:
+                cfg.epochs, cfg.iterations = ckpt["config"]["epochs"], ckpt["config"]["iterations"]
+    else:
+        cfg = config
+        run_dir = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.model}-{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if (run_dir / "last.pt").exists():
+            raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
+
+    # ---- engine: device, precision, determinism ---------------------------------------------------------
+    device = resolve_device(cfg.device)
+    amp_dtype = resolve_precision(cfg.precision, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    seed_everything(cfg.seed, cfg.deterministic)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    # ---- data and model ----------------------------------------------------------------------------------
+    data = build_data(cfg, device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model = create_model(cfg.model, num_classes=len(data.classes), variant=cfg.variant,
+                         zero_init_residual=cfg.zero_init_residual).to(device, memory_format=memory_format)
+    forward = torch.compile(model) if cfg.compile else model
+    optimizer = build_optimizer(model, cfg)
+    ema = ModelEMA(model, cfg.ema_decay) if cfg.ema else None
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    steps_per_epoch = len(data.train)
+    if steps_per_epoch == 0:
+        raise UserError(f"the training set is smaller than one batch ({cfg.batch_size})")
+    total_steps = cfg.iterations if cfg.iterations is not None else math.ceil(cfg.epochs * steps_per_epoch)
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    schedule = LRSchedule.from_config(cfg, total_steps, steps_per_epoch)
+    state = TrainState(cfg, run_dir, model, optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    # running sums since the epoch began and since the last step record
+    sums = {"epoch_loss": 0.0, "epoch_correct": 0.0, "epoch_seen": 0, "epoch_time": 0.0,
+            "win_loss": 0.0, "win_correct": 0.0, "win_seen": 0, "win_time": 0.0}
+    best: dict[str, Any] = {}
+    elapsed = 0.0
+
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt["scaler"]:
+            scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
+        set_rng_state(ckpt["rng"], data.generator)
+        aug_gen.set_state(ckpt["aug_rng"])
+        state.step, state.epoch, state.batch = ckpt["step"], ckpt["epoch"], ckpt["batch"]
+        sums.update(ckpt["sums"])
+        best, elapsed = ckpt["best"], ckpt["elapsed_s"]
+    metrics = MetricsLogger(run_dir, tensorboard=cfg.tensorboard, resume_step=state.step if ckpt else None)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    log(f"{'resuming' if ckpt else 'training'} {cfg.model} ({cfg.recipe}) on {data.description}; "
+        f"{total_steps} steps of {cfg.batch_size} ({num_epochs} epochs) on {device}, "
+        f"{str(amp_dtype).removeprefix('torch.') if amp_dtype else 'fp32'}; run dir {run_dir}")
+
+    def checkpoint(path: str = "last.pt") -> None:
+        save_checkpoint({
+            "version": CHECKPOINT_VERSION, "config": cfg.to_dict(), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+            "ema": ema.state_dict() if ema else None, "rng": rng_state(data.generator),
+            "aug_rng": aug_gen.get_state(), "step": state.step, "epoch": state.epoch, "batch": state.batch,
+            "sums": dict(sums), "best": best, "metrics": metrics.records, "elapsed_s": elapsed,
+            "classes": data.classes, "normalization": {"mean": data.mean, "std": data.std},
+        }, run_dir / path)
+
+    def stop_now(reason: str) -> None:
+        checkpoint()
+        log(f"{reason} at step {state.step} (epoch {state.epoch + 1}); checkpoint {run_dir / 'last.pt'}; "
+            f"continue with: resnets train --resume {run_dir}")
+
+    # Ctrl-C or SIGTERM: finish the step, checkpoint, stop. A second Ctrl-C aborts at once.
+    signals = _StopSignals() if threading.current_thread() is threading.main_thread() else None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_steps, initial=state.step, unit="step", disable=not cfg.progress, dynamic_ncols=True,
+               leave=True)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    shipped = ema.module if ema is not None else model
+    consistent, skipped, interrupted = True, 0, False
+    final: dict[str, Any] = {}
+    try:
+        while state.step < total_steps:
+            # ---- one epoch ---------------------------------------------------------------------------
+            data.train.set_epoch(state.epoch)
+            model.train()
+            bar.set_description(f"epoch {state.epoch + 1}/{num_epochs}")
+            t0 = time.perf_counter()
+            batches = data.train.iter_from(state.batch) if state.batch < steps_per_epoch else iter(())
+            for x, y in batches:
+                consistent = False
+                state.lr = schedule(state.step)
+                set_lr(optimizer, state.lr)
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
+                y_b, lam = y, 1.0
+                if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
+                    x, y, y_b, lam = mix_batch(x, y, cfg, aug_gen)
+                loss_sum = torch.zeros((), device=device)
+                correct = torch.zeros((), device=device)
+                for xs, ys, ybs in zip(x.chunk(cfg.accum_steps), y.chunk(cfg.accum_steps),
+                                       y_b.chunk(cfg.accum_steps), strict=True):
+                    with autocast_context(device, amp_dtype):
+                        logits = forward(xs)
+                        loss = criterion(logits, ys)
+                        if lam < 1.0:
+                            loss = lam * loss + (1 - lam) * criterion(logits, ybs)
+                    part = loss * (len(ys) / len(y))
+                    (scaler.scale(part) if scaler else part).backward()
+                    loss_sum += part.detach()
+                    correct += (logits.detach().argmax(1) == ys).sum()
+                loss_value = float(loss_sum)
+                finite = math.isfinite(loss_value)
+                if scaler is not None:
+                    scaler.step(optimizer)  # skips the update when the gradients overflowed
+                    scaler.update()
+                    skipped = 0 if finite else skipped + 1
+                    if skipped >= MAX_SKIPPED_STEPS:
+                        _raise_non_finite(loss_value, state, run_dir, f"{skipped} steps in a row")
+                elif not finite:
+                    _raise_non_finite(loss_value, state, run_dir, "")
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update(model)
+                state.step += 1
+                state.batch += 1
+                state.loss = loss_value
+                consistent = True
+
+                # ---- bookkeeping: running sums, progress bar, step record ----------------------------
+                n = len(y)
+                now = time.perf_counter()
+                dt, t0 = now - t0, now
+                elapsed += dt
+                if finite:
+                    for prefix in ("epoch_", "win_"):
+                        sums[prefix + "loss"] += loss_value * n
+                        sums[prefix + "correct"] += float(correct)
+                        sums[prefix + "seen"] += n
+                        sums[prefix + "time"] += dt
+                bar.update(1)
+                if state.step % cfg.log_every == 0 or state.step == total_steps:
+                    record = {"kind": "step", "epoch": state.epoch + 1, "step": state.step, "lr": state.lr,
+                              "train_loss": sums["win_loss"] / max(1, sums["win_seen"]),
+                              "train_acc": 100.0 * sums["win_correct"] / max(1, sums["win_seen"]),
+                              "images_per_s": sums["win_seen"] / max(1e-9, sums["win_time"]), "elapsed_s": elapsed}
+                    metrics.log(record)
+                    bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_acc']:.1f}%",
+                                    img_s=f"{record['images_per_s']:.0f}", lr=f"{state.lr:.3g}")
+                    sums.update(win_loss=0.0, win_correct=0.0, win_seen=0, win_time=0.0)
+                for callback in on_step:
+                    callback(state)
+                if signals is not None and signals.requested:
+                    state.stop = True
+                done = state.step >= total_steps
+                if state.stop or (cfg.stop_after_steps is not None and state.step >= cfg.stop_after_steps
+                                  and not done):
+                    stop_now(f"stopped ({signals.name if signals and signals.requested else 'on request'})")
+                    interrupted = True
+                    break
+                if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 \
+                        and state.batch < steps_per_epoch and not done:
+                    checkpoint()
+                if done:
+                    break
+                t0 = time.perf_counter()
+            if interrupted:
+                if signals is not None and signals.requested:
+                    raise KeyboardInterrupt
+                break
+
+            # ---- end of epoch: evaluate, log, save last and best ------------------------------------
+            val = evaluate_model(shipped, data.val, num_classes=len(data.classes), device=device,
+                                 autocast_dtype=amp_dtype, channels_last=cfg.channels_last)
+            seen = max(1, sums["epoch_seen"])
+            final = {"kind": "epoch", "epoch": state.epoch + 1, "step": state.step, "lr": state.lr,
+                     "train_loss": sums["epoch_loss"] / seen, "train_acc": 100.0 * sums["epoch_correct"] / seen,
+                     "val_loss": val["loss"], "val_acc": val["top1"], "val_top5": val["top5"],
+                     "images_per_s": sums["epoch_seen"] / max(1e-9, sums["epoch_time"]), "elapsed_s": elapsed}
+            metrics.log(final)
+            bar.write(f"epoch {final['epoch']}: train loss {final['train_loss']:.4f} acc {final['train_acc']:.2f}% | "
+                      f"{'val' if cfg.val_split else 'test'} loss {final['val_loss']:.4f} acc {final['val_acc']:.2f}% "
+                      f"top-5 {final['val_top5']:.2f}% | {final['images_per_s']:.0f} img/s")
+            state.epoch += 1
+            state.batch = 0
+            sums.update(epoch_loss=0.0, epoch_correct=0.0, epoch_seen=0, epoch_time=0.0)
+            is_best = not best or final["val_acc"] > best["val_acc"]
+            if is_best:
+                best = dict(final)
+            checkpoint()
+            if is_best:
+                checkpoint("best.pt")
+                _save_shipped(shipped, run_dir / "best.safetensors", data, cfg, final)
+            for callback in on_epoch:
+                callback(state)
+            if state.stop:
+                log(f"stopped by a callback after epoch {state.epoch}")
+                interrupted = True
+                break
+    except KeyboardInterrupt:
+        if consistent and not interrupted:
+            stop_now("interrupted")
+        raise
+    finally:
+        bar.close()
+        metrics.close()
+        if signals is not None:
+            signals.restore()
+    if cfg.plots and metrics.records:
+        from .plots import plot_metrics
+
+        plot_metrics(metrics.records, run_dir)
+    if not final:
+        final = next((r for r in reversed(metrics.records) if r["kind"] == "epoch"), {})
+    return RunResult(run_dir=run_dir, final=final, best=best, step=state.step, interrupted=interrupted)
+
+
+def _save_shipped(model: nn.Module, path: Path, data: DataBundle, cfg: TrainConfig, record: dict[str, Any]) -> None:
+    from ..weights import save_weights
+
+    save_weights(model, path, classes=data.classes, normalization={"mean": data.mean, "std": data.std},
+                 extra={"trained": {"recipe": cfg.recipe, "data": cfg.data, "epoch": record["epoch"],
+                                    "step": record["step"], "val_acc": record["val_acc"],
+                                    "image_size": cfg.image_size if model_family(cfg.model) == "imagenet" else None}})
+
+
+def _raise_non_finite(value: float, state: TrainState, run_dir: Path, detail: str) -> None:
+    last = run_dir / "last.pt"
+    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+    raise NonFiniteLossError(f"loss became {value} at step {state.step + 1} (epoch {state.epoch + 1})"
+                             f"{' for ' + detail if detail else ''}; training stopped and {kept}; "
+                             "try a lower --lr or --precision fp32")
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM -> ``requested`` (the loop checkpoints and stops); a second SIGINT raises at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.name = ""
+        self._old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in self._old:
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.name = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for s, handler in self._old.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(s, handler)

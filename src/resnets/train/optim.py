@@ -1,0 +1,85 @@
+"""Optimiser and learning-rate schedule: parameter groups, SGD, and a schedule that is a pure function of step."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict[str, Any]]:
+    """Two groups: weights that decay, and (unless ``decay_norm_and_bias``) norm weights and biases that don't.
+
+    A parameter of one dimension (BN scale and shift, every bias) is a "norm or bias" parameter.
+    """
+    if decay_norm_and_bias:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum over ``param_groups``, at the config's effective LR."""
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias)
+    return torch.optim.SGD(groups, lr=cfg.effective_lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+@dataclass
+class LRSchedule:
+    """The learning rate at every optimiser step, from the config and the run's steps per epoch.
+
+    ``multistep``: ``lr * gamma**k`` after the k-th milestone; ``cosine``: cosine from ``lr`` to
+    ``lr * final_lr_fraction``; ``onecycle``: linear rise over the first ``warmup`` fraction of the run, then
+    linear fall. Warm-up (multistep, cosine) lasts ``warmup`` schedule units, at ``warmup_lr`` if set, else a
+    linear ramp. Milestones and warm-up count iterations or epochs, per ``schedule_unit``.
+    """
+
+    kind: str
+    lr: float
+    total_steps: int
+    milestones: list[int]
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    warmup_lr: float | None = None
+    final_lr_fraction: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, total_steps: int, steps_per_epoch: int) -> LRSchedule:
+        unit = steps_per_epoch if cfg.schedule_unit == "epochs" else 1
+        if cfg.schedule == "onecycle":
+            warmup_steps = round(cfg.warmup * total_steps)
+        else:
+            warmup_steps = round(cfg.warmup * unit)
+        return cls(kind=cfg.schedule, lr=cfg.effective_lr, total_steps=total_steps,
+                   milestones=[round(m * unit) for m in cfg.milestones], gamma=cfg.gamma,
+                   warmup_steps=warmup_steps, warmup_lr=cfg.warmup_lr, final_lr_fraction=cfg.final_lr_fraction)
+
+    def __call__(self, step: int) -> float:
+        """The LR for the update that ends step ``step + 1`` (``step`` counts updates already made)."""
+        if self.kind == "onecycle":
+            low = self.lr * self.final_lr_fraction
+            if step < self.warmup_steps:
+                return self.lr * (step + 1) / self.warmup_steps
+            rest = max(1, self.total_steps - self.warmup_steps)
+            return low + (self.lr - low) * max(0.0, 1 - (step - self.warmup_steps) / rest)
+        if step < self.warmup_steps:
+            return self.warmup_lr if self.warmup_lr is not None else self.lr * (step + 1) / self.warmup_steps
+        if self.kind == "multistep":
+            return self.lr * self.gamma ** sum(step >= m for m in self.milestones)
+        low = self.lr * self.final_lr_fraction
+        span = max(1, self.total_steps - self.warmup_steps)
+        t = min(1.0, (step - self.warmup_steps) / span)
+        return low + (self.lr - low) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,49 @@
+"""PNG plots of a run's loss, accuracy and learning rate, drawn from its metrics records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def plot_metrics(records: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Write ``loss.png``, ``accuracy.png`` and ``lr.png`` into ``out_dir``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+
+    def series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    figures = {
+        "loss.png": ("loss", [(steps, "train_loss", "train (steps)", 0.4), (epochs, "train_loss", "train", 1),
+                              (epochs, "val_loss", "validation", 1)]),
+        "accuracy.png": ("top-1 accuracy (%)", [(steps, "train_acc", "train (steps)", 0.4),
+                                                (epochs, "train_acc", "train", 1),
+                                                (epochs, "val_acc", "validation", 1)]),
+        "lr.png": ("learning rate", [(steps, "lr", "learning rate", 1)]),
+    }
+    paths = []
+    for name, (ylabel, lines) in figures.items():
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        for rows, key, label, alpha in lines:
+            x, y = series(rows, key)
+            if x:
+                ax.plot(x, y, label=label, alpha=alpha, marker="o" if rows is epochs else None, markersize=3)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        fig.tight_layout()
+        path = out_dir / name
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
