@@ -39,8 +39,10 @@ DATASETS: dict[str, dict[str, Any]] = {
                  "labels": b"fine_labels", "names": b"fine_label_names"},
 }
 
-# The only globals an official CIFAR pickle (or one written by current numpy) needs to rebuild ndarrays.
+# The only globals an official CIFAR pickle (or one re-pickled by Python 3 / current numpy) needs:
+# numpy's ndarray reconstruction, and _codecs.encode, which protocol-2 pickles from Python 3 use for bytes.
 _ALLOWED_GLOBALS = {
+    ("_codecs", "encode"): ("_codecs", "encode"),
     ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"): ("numpy", "ndarray"),
