@@ -13,7 +13,8 @@ import sys
 from ..errors import UserError
 
 # Sub-command modules, in the order ``resnets --help`` lists them.
-COMMAND_MODULES = ("demo", "summary", "train", "eval", "shard")
+COMMAND_MODULES = ("demo", "summary", "train", "eval", "shard", "predict", "embed", "search", "explain", "export",
+                   "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

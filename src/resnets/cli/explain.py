@@ -1,0 +1,25 @@
+"""``resnets explain``: a Grad-CAM heat map of what the model looked at, as a PNG."""
+
+from __future__ import annotations
+
+import argparse
+
+from .predict import add_weights_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("explain", help="Grad-CAM heat map over an image (PNG)")
+    add_weights_args(p)
+    p.add_argument("image", metavar="IMAGE", help="an image file")
+    p.add_argument("--out", required=True, metavar="PNG", help="where to write the overlay")
+    p.add_argument("--class", dest="class_name", default=None, metavar="NAME",
+                   help="explain this class (name or index) instead of the predicted one")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..infer.explain import explain
+
+    exp = explain(args.weights, args.image, out=args.out, class_name=args.class_name, model_name=args.model)
+    print(f"{exp.path}: {exp.class_name} ({exp.probability:.1%}); Grad-CAM on {exp.layer} -> {exp.out}")
+    return 0

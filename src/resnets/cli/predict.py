@@ -1,0 +1,64 @@
+"""``resnets predict``: top-k labels for image files, folders and globs."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_weights_args(p: argparse.ArgumentParser) -> None:
+    """The ``--weights``/``--model`` pair shared by the inference commands."""
+    p.add_argument("--weights", required=True, metavar="FILE",
+                   help="a resnets .safetensors file, or a torchvision/timm .pth with --model")
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="architecture of a foreign .pth (e.g. resnet50); ImageNet names and normalisation")
+
+
+def add_precision_arg(p: argparse.ArgumentParser) -> None:
+    """``--precision``: the fast path's number format."""
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto: bf16 (BN folded, channels_last) where the CPU has native bf16; fp32 opts out")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("predict", help="top-k labels for images (files, folders, globs)")
+    add_weights_args(p)
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    p.add_argument("--topk", type=int, default=5, help="labels per image (default 5)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    add_precision_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import csv
+    import json
+    import sys
+
+    from ..infer.predict import predict
+
+    def report(path: str, message: str) -> None:
+        print(f"resnets predict: skipped {path}: {message}", file=sys.stderr)
+
+    result = predict(args.weights, args.paths, model_name=args.model, topk=args.topk,
+                     batch_size=args.batch_size, precision=args.precision, on_failure=report)
+    out = sys.stdout
+    if args.format == "json":
+        json.dump([{"path": p.path, "top": [{"label": n, "index": i, "prob": round(v, 6)} for n, i, v in p.labels]}
+                   for p in result.predictions], out, indent=1)
+        out.write("\n")
+    elif args.format == "csv":
+        writer = csv.writer(out)
+        writer.writerow(["path", "rank", "label", "index", "prob"])
+        for p in result.predictions:
+            for rank, (n, i, v) in enumerate(p.labels, 1):
+                writer.writerow([p.path, rank, n, i, f"{v:.6f}"])
+    else:
+        width = max((len(p.path) for p in result.predictions), default=4)
+        for p in result.predictions:
+            tops = "  ".join(f"{n} {v:.1%}" for n, _, v in p.labels)
+            out.write(f"{p.path:<{width}}  {tops}\n")
+    if not result.predictions and not result.failures:
+        print("resnets predict: no images found", file=sys.stderr)
+        return 1
+    return 1 if result.failures else 0

@@ -1,0 +1,119 @@
+"""Grad-CAM (Selvaraju et al. 2017) on a ResNet's last stage, drawn as a heat map over the image."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from .loading import LoadedModel, load_for_inference, require
+
+
+@dataclass
+class Explanation:
+    """A Grad-CAM map (H x W in 0..1, input resolution) for one class of one image."""
+
+    path: str
+    class_index: int
+    class_name: str
+    probability: float
+    cam: np.ndarray
+    image: np.ndarray  # H x W x 3 uint8: the network's view of the image (resized, cropped)
+    layer: str
+    out: str | None = None
+
+
+def grad_cam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """``(cam, logits, layer)`` for a 1 x 3 x H x W input: the last stage's activations weighted by the mean
+    gradient of the class score (predicted class by default), ReLU'd, upsampled to H x W, scaled to 0..1."""
+    layer = model.stage_names[-1]
+    feats: list[torch.Tensor] = []
+    handle = getattr(model, layer).register_forward_hook(lambda _m, _i, out: feats.append(out))
+    try:
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(False)
+            logits = model(x)
+            idx = int(logits.argmax(1)) if class_index is None else class_index
+            (grads,) = torch.autograd.grad(logits[0, idx], feats[0])
+    finally:
+        handle.remove()
+    acts = feats[0].detach()
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * acts).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    top = cam.max()
+    cam = cam / top if top > 0 else cam
+    return cam, logits.detach(), layer
+
+
+def explain(
+    weights: str | os.PathLike[str] | LoadedModel,
+    image: str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str] | None = None,
+    class_name: str | None = None,
+    model_name: str | None = None,
+) -> Explanation:
+    """Grad-CAM of ``image`` for the predicted class or ``class_name`` (a name or an index); with ``out``,
+    a PNG of the heat map over the image is written atomically."""
+    from ..data import read_rgb
+
+    if out is not None:
+        require("matplotlib", "explain")
+    loaded = load_for_inference(weights, model_name)
+    idx = None if class_name is None else class_index(loaded.classes, class_name)
+    raw = read_rgb(image)
+    x = loaded.preprocess(raw).unsqueeze(0)
+    model = loaded.model.eval()
+    cam, logits, layer = grad_cam(model, x, idx)
+    probs = torch.softmax(logits, 1)[0]
+    idx = int(probs.argmax()) if idx is None else idx
+    mean = torch.tensor(loaded.mean).view(3, 1, 1)
+    std = torch.tensor(loaded.std).view(3, 1, 1)
+    view = ((x[0] * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    result = Explanation(str(image), idx, loaded.classes[idx], float(probs[idx]), cam.numpy(), view, layer)
+    if out is not None:
+        result.out = str(save_overlay(result, out))
+    return result
+
+
+def class_index(classes: list[str], name: str) -> int:
+    """Index of class ``name`` (exact, then case-insensitive, then a number); UserError otherwise."""
+    if name in classes:
+        return classes.index(name)
+    lowered = [c.lower() for c in classes]
+    if name.lower() in lowered:
+        return lowered.index(name.lower())
+    if name.isdigit() and int(name) < len(classes):
+        return int(name)
+    import difflib
+
+    close = difflib.get_close_matches(name, classes, n=3)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise UserError(f"no class named {name!r} among the model's {len(classes)} classes{hint}")
+
+
+def save_overlay(exp: Explanation, out: str | os.PathLike[str]) -> Path:
+    """Write the image, the heat map over it and its colour bar as a PNG, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    from ..weights import atomic_write
+
+    fig = Figure(figsize=(4.2, 4.6), dpi=100)
+    ax = fig.add_subplot()
+    ax.imshow(exp.image, interpolation="bilinear")
+    shown = ax.imshow(exp.cam, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0, interpolation="bilinear")
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(f"{exp.class_name} ({exp.probability:.1%}), Grad-CAM on {exp.layer}", fontsize=9)
+    ax.set_axis_off()
+    fig.tight_layout()
+    return atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))

@@ -1,0 +1,125 @@
+"""Export a model to ONNX (dynamic batch) or TorchScript, checked against PyTorch before it is kept.
+
+The file is written to a temporary path, checked (ONNX through onnxruntime, TorchScript by running it) on
+random inputs at two batch sizes, and only renamed into place when the check passes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .loading import LoadedModel, load_for_inference, require
+
+FORMATS = ("onnx", "torchscript")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
+CHECK_BATCHES = (1, 3)
+# Pass if max |ours - torch| <= ATOL + RTOL * max |torch| over both batches.
+ATOL, RTOL = 1e-4, 1e-4
+
+
+class ExportCheckError(RuntimeError):
+    """The exported model's outputs differ from PyTorch's beyond tolerance; nothing was written."""
+
+
+@dataclass
+class ExportResult:
+    """Where the model went, and how far its outputs were from PyTorch's on the check inputs."""
+
+    path: str
+    format: str
+    max_abs_diff: float
+    max_abs_ref: float
+    batches: tuple[int, ...]
+
+
+def export(
+    weights: str | os.PathLike[str] | LoadedModel,
+    format: str = "onnx",
+    *,
+    out: str | os.PathLike[str] | None = None,
+    model_name: str | None = None,
+    opset: int = 18,
+) -> ExportResult:
+    """Export ``weights`` to ``format`` (``"onnx"`` or ``"torchscript"``) at ``out`` (default: beside the
+    weights); raises ExportCheckError, leaving no file, when the check fails."""
+    if format not in FORMATS:
+        raise UserError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format == "onnx":
+        require("onnx", "export")
+        require("onnxruntime", "export")
+    loaded = load_for_inference(weights, model_name)
+    model = loaded.model.eval()
+    out_path = Path(out) if out is not None else Path(loaded.source).with_suffix(SUFFIX[format])
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    size = loaded.input_size
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(b, 3, size, size, generator=gen) for b in CHECK_BATCHES]
+    with torch.inference_mode():
+        refs = [model(x) for x in inputs]
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():  # the exporters' deprecation and constant-folding chatter
+            warnings.simplefilter("ignore", (UserWarning, FutureWarning, DeprecationWarning))
+            if format == "onnx":
+                _write_onnx(model, loaded, inputs[0], tmp, opset)
+                outs = _run_onnx(tmp, inputs)
+            else:
+                _write_torchscript(model, inputs[0], tmp)
+                scripted = torch.jit.load(tmp)
+                with torch.inference_mode():
+                    outs = [scripted(x) for x in inputs]
+        diff = max(float((o - r).abs().max()) for o, r in zip(outs, refs, strict=True))
+        ref_max = max(float(r.abs().max()) for r in refs)
+        if not diff <= ATOL + RTOL * ref_max:
+            raise ExportCheckError(f"{format} outputs differ from PyTorch by up to {diff:.3g} "
+                                   f"(allowed {ATOL + RTOL * ref_max:.3g}); nothing written")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, out_path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return ExportResult(str(out_path), format, diff, ref_max, CHECK_BATCHES)
+
+
+def _write_onnx(model: torch.nn.Module, loaded: LoadedModel, example: torch.Tensor, path: str, opset: int) -> None:
+    import onnx
+
+    torch.onnx.export(model, (example,), path, dynamo=False, opset_version=opset, input_names=["images"],
+                      output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    proto = onnx.load(path)
+    meta = {"model": loaded.name, "classes": json.dumps(loaded.classes), "mean": json.dumps(loaded.mean),
+            "std": json.dumps(loaded.std), "input_size": str(loaded.input_size)}
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
+
+
+def _run_onnx(path: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return [torch.from_numpy(session.run(None, {"images": x.numpy()})[0]) for x in inputs]
+
+
+def _write_torchscript(model: torch.nn.Module, example: torch.Tensor, path: str) -> None:
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example, check_trace=False)
+    traced.save(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

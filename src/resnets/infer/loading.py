@@ -1,0 +1,199 @@
+"""A trained model ready for inference: weights resolved, class names, preprocessing, and image paths."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+@cache
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names in index order (shipped in ``resnets/assets``)."""
+    text = (resources.files("resnets") / "assets" / "imagenet_classes.txt").read_text(encoding="utf-8")
+    names = tuple(line for line in text.splitlines() if line)
+    if len(names) != 1000:
+        raise UserError(f"the shipped ImageNet class list has {len(names)} names, not 1000; reinstall resnets")
+    return names
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with what inference needs to feed it and name its outputs."""
+
+    model: nn.Module
+    classes: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    family: str  # "imagenet" or "cifar"
+    source: str  # the weights file, absolute
+    name: str  # the model name, e.g. "resnet50"
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square network input: 224 for ImageNet nets, 32 for CIFAR nets."""
+        return 224 if self.family == "imagenet" else 32
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """A uint8 3xHxW RGB image to the normalised float 3xSxS network input."""
+        return preprocess(image, self.family, self.mean, self.std)
+
+
+def preprocess(image: torch.Tensor, family: str, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Resize and crop as the family was trained (ImageNet: shorter side 256, centre 224; CIFAR: 32, centre 32),
+    then scale to 0..1 and normalise."""
+    resize, crop = (256, 224) if family == "imagenet" else (32, 32)
+    x = image.unsqueeze(0).float()
+    h, w = x.shape[-2:]
+    scale = resize / min(h, w)
+    nh, nw = max(crop, round(h * scale)), max(crop, round(w * scale))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (nh - crop) // 2, (nw - crop) // 2
+    x = x[..., top:top + crop, left:left + crop].clamp_(0, 255) / 255.0
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x - m) / s)[0]
+
+
+def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name: str | None = None) -> LoadedModel:
+    """Load ``weights``: a resnets safetensors file (rebuilt from its metadata), or with ``model_name`` a
+    torchvision/timm ``.pth``/checkpoint (then ImageNet names and normalisation when it has 1000 classes)."""
+    if isinstance(weights, LoadedModel):
+        return weights
+    from ..models import create_model, model_family
+    from ..weights import load_model, load_weights, read_metadata
+
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UserError(f"weights file {path} not found")
+    is_resnets = _has_resnets_metadata(path, read_metadata)
+    if is_resnets:
+        model = load_model(path)
+        if model_name and model_name != model.spec["name"]:
+            raise UserError(f"{path} holds a {model.spec['name']}, not a {model_name}")
+    elif model_name is None:
+        raise UserError(f"{path} is not a resnets weights file; name its architecture with --model NAME "
+                        "(e.g. --model resnet50 for torchvision's ImageNet weights)")
+    else:
+        model = create_model(model_name)
+        load_weights(model, path)
+        model.classes = None
+        model.normalization = None
+    model.eval()
+    name = model.spec["name"]
+    family = model_family(name)
+    classes = list(getattr(model, "classes", None) or [])
+    num_classes = model.spec["num_classes"]
+    if not classes:
+        classes = list(imagenet_classes()) if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
+    norm = getattr(model, "normalization", None)
+    if norm:
+        mean, std = tuple(norm["mean"]), tuple(norm["std"])
+    elif family == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean, std = CIFAR_MEAN, CIFAR_STD
+    return LoadedModel(model, classes, mean, std, family, str(path.resolve()), name)  # type: ignore[arg-type]
+
+
+def _has_resnets_metadata(path: Path, read_metadata: object) -> bool:
+    try:
+        read_metadata(path)  # type: ignore[operator]
+    except UserError:
+        return False
+    return True
+
+
+def expand_paths(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image files named by ``inputs`` (files, folders searched recursively, globs), in order, each once.
+
+    Returns ``(paths, problems)``; a problem is ``(input, message)`` for an input that names nothing.
+    """
+    from ..data.images import is_image_file
+
+    paths: list[str] = []
+    problems: list[tuple[str, str]] = []
+    seen: set[str] = set()
+
+    def add(p: str) -> None:
+        if p not in seen:
+            seen.add(p)
+            paths.append(p)
+
+    for item in inputs:
+        text = os.fspath(item)
+        if os.path.isdir(text):
+            found = sorted(str(p) for p in _walk_images(Path(text), is_image_file))
+            if not found:
+                problems.append((text, "folder holds no image files"))
+            for p in found:
+                add(p)
+        elif os.path.exists(text):
+            add(text)
+        elif glob.has_magic(text):
+            matches = sorted(glob.glob(text, recursive=True))
+            files = [m for m in matches if os.path.isfile(m)]
+            for d in (m for m in matches if os.path.isdir(m)):
+                files += sorted(str(p) for p in _walk_images(Path(d), is_image_file))
+            if not files:
+                problems.append((text, "pattern matches no files"))
+            for p in files:
+                add(p)
+        else:
+            problems.append((text, "no such file or folder"))
+    return paths, problems
+
+
+def _walk_images(root: Path, is_image_file: object) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and is_image_file(name):  # type: ignore[operator]
+                yield Path(dirpath) / name
+
+
+def read_batches(paths: Sequence[str], loaded: LoadedModel, batch_size: int
+                 ) -> Iterator[tuple[list[str], torch.Tensor | None, list[tuple[str, str]]]]:
+    """Read and preprocess ``paths`` in batches: yields ``(good_paths, inputs, failures)`` per batch;
+    an unreadable file becomes a ``(path, message)`` failure and the rest of its batch goes on."""
+    from ..data import BadImageError, read_rgb
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {batch_size}")
+    for start in range(0, len(paths), batch_size):
+        good: list[str] = []
+        tensors: list[torch.Tensor] = []
+        failures: list[tuple[str, str]] = []
+        for p in paths[start:start + batch_size]:
+            try:
+                tensors.append(loaded.preprocess(read_rgb(p)))
+                good.append(p)
+            except BadImageError as exc:
+                failures.append((p, str(exc)))
+            except (OSError, UserError) as exc:
+                failures.append((p, f"{p}: {exc}"))
+        yield good, (torch.stack(tensors) if tensors else None), failures
+
+
+def require(module: str, extra: str) -> None:
+    """UserError naming the extra to install when optional ``module`` is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"this needs {module}: pip install 'resnets[{extra}]'")

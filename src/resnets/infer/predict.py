@@ -1,0 +1,76 @@
+"""Top-k class predictions for image files, batched, skipping (and reporting) files that cannot be read."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import UserError
+from .fastpath import FastModel
+from .loading import LoadedModel, expand_paths, load_for_inference, read_batches
+
+
+@dataclass
+class Prediction:
+    """One image's top-k: ``labels[i]`` is ``(class name, class index, probability)``, most likely first."""
+
+    path: str
+    labels: list[tuple[str, int, float]]
+
+
+@dataclass
+class PredictResult:
+    """Predictions for every readable image, and ``(path, message)`` for each input that failed."""
+
+    predictions: list[Prediction] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    precision: str = "fp32"
+
+
+def predict(
+    weights: str | os.PathLike[str] | LoadedModel,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    model_name: str | None = None,
+    topk: int = 5,
+    batch_size: int = 32,
+    precision: str = "auto",
+    on_failure: object = None,
+) -> PredictResult:
+    """Predict the top ``topk`` classes of the images at ``paths`` (files, folders, globs).
+
+    ``precision``: ``"auto"`` (bf16 where the CPU has it natively), ``"bf16"`` or ``"fp32"``.
+    ``on_failure(path, message)`` is called for each unreadable input as it happens.
+    """
+    loaded = load_for_inference(weights, model_name)
+    if topk < 1:
+        raise UserError(f"--topk must be at least 1, not {topk}")
+    k = min(topk, len(loaded.classes))
+    files, problems = expand_paths(paths)
+    result = PredictResult(precision="fp32")
+    for item in problems:
+        _fail(result, item, on_failure)
+    if not files:
+        return result
+    fast = FastModel(loaded.model, precision)
+    result.precision = fast.precision
+    for good, inputs, failures in read_batches(files, loaded, batch_size):
+        for item in failures:
+            _fail(result, item, on_failure)
+        if inputs is None:
+            continue
+        probs = torch.softmax(fast(inputs), dim=1)
+        values, indices = probs.topk(k, dim=1)
+        for path, vals, idxs in zip(good, values.tolist(), indices.tolist(), strict=True):
+            result.predictions.append(
+                Prediction(path, [(loaded.classes[i], i, v) for v, i in zip(vals, idxs, strict=True)]))
+    return result
+
+
+def _fail(result: PredictResult, item: tuple[str, str], on_failure: object) -> None:
+    result.failures.append(item)
+    if callable(on_failure):
+        on_failure(*item)
