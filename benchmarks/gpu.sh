@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Every GPU check in one run of at most 8 minutes (the device tool's budget is 15 minutes a task).
+#
+#   benchmarks/gpu.sh OUT_DIR [CIFAR10_JPEG_DIR]
+#
+# Needs python3 with torch and torchvision (the lent machine has them) and this checkout; nothing is installed.
+# CIFAR10_JPEG_DIR defaults to .gpu/cifar10-jpeg, a copy of ../shared/data/cifar10-jpeg that the device call
+# carries (see docs/results.md, "GPU"). Each step has its own time limit, so one failure cannot eat the budget;
+# results go to OUT_DIR as JSON and logs, and a summary is printed last.
+set -uo pipefail
+out=${1:?usage: benchmarks/gpu.sh OUT_DIR [CIFAR10_JPEG_DIR]}
+data=${2:-.gpu/cifar10-jpeg}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+status=0
+
+step() {  # step NAME SECONDS COMMAND...
+    local name=$1 limit=$2; shift 2
+    echo "== $name (limit ${limit}s)"
+    local t0=$SECONDS
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    echo "   rc=$rc in $((SECONDS - t0))s"; tail -n 3 "$out/$name.log"
+    [ $rc -eq 0 ] || status=1
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.txt" 2>&1
+"$py" -c 'import torch, torchvision; print(torch.__version__, torchvision.__version__, torch.cuda.get_device_name())' \
+    >>"$out/gpu.txt" 2>&1
+cat "$out/gpu.txt"
+
+# 1. ResNet-50 training, synthetic data: bf16 + channels_last + compiled vs torchvision eager fp32.
+step train_resnet50 170 "$py" benchmarks/gpu_train.py --model resnet50 --batch 256 --steps 30
+# 2. ResNet-50 inference, bf16, batch 256.
+step infer_resnet50 90 "$py" benchmarks/gpu_infer.py --batch 256 --iters 50
+# 3. ResNet-20 on full CIFAR-10 with the fast recipe: wall time and test accuracy.
+if [ -d "$data/train" ]; then
+    step cifar10_resnet20 200 "$py" -m resnets train --model resnet20 --data "$data" --recipe cifar-fast \
+        --device cuda --precision bf16 --out "$out/cifar10_resnet20" --cache-dir "$out/cache" --no-progress --json
+    rm -rf "$out/cache"
+else
+    echo "== cifar10_resnet20 skipped: no data at $data"; status=1
+fi
+
+echo "== summary"
+for f in "$out"/train_resnet50.log "$out"/infer_resnet50.log; do grep -h '^{' "$f" | tail -n 1; done
+grep -h '"best' "$out"/cifar10_resnet20.log 2>/dev/null | tail -n 1
+exit $status
