@@ -14,7 +14,7 @@ _FIELDS = ("model", "variant", "data", "epochs", "iterations", "batch_size", "lr
            "compile", "skip_bad_images", "cache_dir", "val_split", "seed", "workers", "ema", "label_smoothing",
            "mixup_alpha", "cutmix_alpha", "accum_steps", "checkpoint_every", "log_every", "tensorboard",
            "stop_after_steps", "train_images", "test_images", "download", "weight_decay", "momentum",
-           "channels_last", "zero_init_residual")
+           "channels_last", "zero_init_residual", "sync_bn")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,7 +63,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--stop-after-steps", type=int, metavar="N", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=run)
+    p.add_argument("--nproc", type=int, metavar="N", help="train with N processes on this machine: relaunches "
+                   "this command under torchrun --standalone --nproc-per-node N (gloo on CPU, NCCL on CUDA); "
+                   "--batch-size stays the global batch (see docs/distributed.md)")
+    p.add_argument("--max-restarts", type=int, default=0, metavar="K",
+                   help="with --nproc: restart all processes up to K times after a failure, resuming from the "
+                        "last checkpoint (needs --out)")
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="with several processes: batch-norm statistics of the global batch (SyncBatchNorm)")
+    p.set_defaults(func=run, parser=p)
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -80,8 +88,41 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def torchrun_command(args: argparse.Namespace) -> list[str]:
+    """The ``python -m torch.distributed.run ... -m resnets train ...`` command that ``--nproc N`` runs."""
+    if args.nproc < 1:
+        raise UserError(f"--nproc must be at least 1, got {args.nproc}")
+    argv: list[str] = []
+    for action in args.parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest in ("nproc", "max_restarts", "help") or value is None:
+            continue
+        flag = action.option_strings[0]
+        if isinstance(action, argparse.BooleanOptionalAction):
+            argv.append(flag if value else "--no-" + flag.removeprefix("--"))
+        elif isinstance(action, argparse._StoreTrueAction):
+            argv += [flag] if value else []
+        elif isinstance(action, argparse._AppendAction):
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag, str(value)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc),
+            "--max-restarts", str(args.max_restarts), "-m", "resnets", "train", *argv]
+
+
 def run(args: argparse.Namespace) -> int:
     from ..train import TrainConfig, resolve_config, train
+
+    if args.nproc is not None:
+        import os
+        import subprocess
+
+        if "TORCHELASTIC_RUN_ID" in os.environ:
+            raise UserError("--nproc launches torchrun itself; under torchrun leave it out")
+        if args.max_restarts and not (args.out or args.resume):
+            raise UserError("--max-restarts resumes from the run folder: give --out")
+        return subprocess.call(torchrun_command(args))
 
     overrides = {name: getattr(args, name) for name in _FIELDS}
     overrides.update(parse_set(args.set))
@@ -93,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
         result = train(config, resume=args.resume)
     else:
         result = train(resolve_config(overrides, recipe=args.recipe, config_file=args.config))
+    from ..train.distributed import launched_world
+
+    if launched_world()[0] != 0:  # under torchrun only rank 0 reports
+        return 0
     if args.json:
         print(json.dumps({"run_dir": str(result.run_dir), "step": result.step, "final": result.final,
                           "best": result.best, "interrupted": result.interrupted}, indent=2))

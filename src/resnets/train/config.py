@@ -70,6 +70,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     channels_last: bool = True
     compile: bool = False
+    sync_bn: bool = False  # several processes: BN statistics of the global batch, not of each rank's slice
     seed: int = 0
     deterministic: bool = True
     workers: int = 4

@@ -30,6 +30,7 @@ from ..evaluate import autocast_context, evaluate_model, resolve_device, resolve
 from ..evaluate import limit_images as _limit
 from ..models import create_model
 from ..models.registry import model_family
+from . import distributed as D
 from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .ema import ModelEMA
@@ -118,11 +119,19 @@ class _StreamingBatches:
                 yield batch
 
 
-def build_data(cfg: TrainConfig, device: torch.device) -> DataBundle:
-    """Open ``cfg.data``: small images in memory as ``DeviceBatches``; ImageNet-style folders streamed."""
+def build_data(cfg: TrainConfig, device: torch.device, env: D.DistEnv | None = None) -> DataBundle:
+    """Open ``cfg.data``: small images in memory as ``DeviceBatches``; ImageNet-style folders streamed; shards
+    streamed. With several processes (``env``) each rank gets its slice of every batch and of the test set."""
     from .. import data as rdata
+    from ..data.shards import is_shard_spec
     from ..evaluate import is_streaming_folder
 
+    env = env or D.DistEnv(device=device)
+    if is_shard_spec(cfg.data):
+        return _shard_data(cfg, device, env)
+    if env.enabled and is_streaming_folder(cfg.data):
+        raise UserError(f"{cfg.data}: several processes stream large images from WebDataset shards; write them "
+                        f"with: resnets shard {cfg.data} --out SHARDS, then train with --data SHARDS")
     if is_streaming_folder(cfg.data):
         root = Path(cfg.data)
         val_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
@@ -146,11 +155,41 @@ def build_data(cfg: TrainConfig, device: torch.device) -> DataBundle:
     generator = torch.Generator().manual_seed(cfg.seed)
     train = rdata.DeviceBatches(train_set, cfg.batch_size, train=True, device=device, mean=mean, std=std,
                                 pad=cfg.pad, flip=cfg.flip, generator=generator, channels_last=cfg.channels_last)
+    if env.enabled:  # each rank: its slice of every global batch, and of the test set
+        train = D.RankBatches(train, env.rank, env.world_size)
+        test_set = test_set.subset(D.rank_slice(len(test_set), env.rank, env.world_size))
     val = rdata.DeviceBatches(test_set, max(cfg.batch_size, 256), train=False, device=device, mean=mean,
                               std=std, channels_last=cfg.channels_last)
     what = "validation" if cfg.val_split else "test"
     desc = f"{splits.name}: {len(train_set)} train / {len(test_set)} {what} images, {len(splits.classes)} classes"
     return DataBundle(train, val, list(splits.classes), mean, std, generator, desc)
+
+
+def _shard_data(cfg: TrainConfig, device: torch.device, env: D.DistEnv) -> DataBundle:
+    """WebDataset shards, streamed: this rank's shards for training, its share of the test shards."""
+    from ..data import shards as wd
+    from ..data.streaming import IMAGENET_MEAN, IMAGENET_STD, imagenet_transforms
+
+    train_set = wd.open_shards(cfg.data)
+    test_set = wd.sibling_split(train_set)
+    if test_set is None:
+        raise UserError(f"{cfg.data}: no val or test split in an index.json beside the shards "
+                        "(write them with resnets shard DIR --out SHARDS)")
+    small = train_set.small_images
+    mean = list(train_set.mean) if small and train_set.mean else list(IMAGENET_MEAN)
+    std = list(train_set.std) if small and train_set.std else list(IMAGENET_STD)
+    train_tf = None if small else imagenet_transforms(True, cfg.image_size, cfg.resize, mean, std)
+    eval_tf = wd.eval_transform(mean, std) if small else imagenet_transforms(False, cfg.image_size, cfg.resize,
+                                                                             mean, std)
+    train = wd.ShardBatches(train_set, cfg.batch_size, seed=cfg.seed, rank=env.rank, world_size=env.world_size,
+                            workers=cfg.workers, mean=mean, std=std, pad=cfg.pad, flip=cfg.flip,
+                            transform=train_tf, skip_bad_images=cfg.skip_bad_images)
+    val = wd.eval_loader(test_set, max(cfg.batch_size // env.world_size, 256), rank=env.rank,
+                         world_size=env.world_size, workers=min(cfg.workers, 2), transform=eval_tf,
+                         skip_bad_images=cfg.skip_bad_images)
+    desc = (f"{cfg.data} (streamed shards): {train_set.total} train / {test_set.total} {test_set.split} images, "
+            f"{len(train_set.classes)} classes")
+    return DataBundle(train, val, list(train_set.classes), mean, std, None, desc)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -208,6 +247,8 @@ def train(
     """
     # ---- resume: the checkpoint's config, with the few settings that may change --------------------------
     ckpt: dict[str, Any] | None = None
+    if resume is None and config.out and D.restart_count() > 0 and (Path(config.out) / "last.pt").is_file():
+        resume = config.out  # torchrun restarted the workers (--max-restarts): go on from the last checkpoint
     if resume is not None:
         run_dir = Path(resume)
         ckpt = load_checkpoint(run_dir / "last.pt")
@@ -223,22 +264,33 @@ def train(
     else:
         cfg = config
         run_dir = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.model}-{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if D.restart_count() > 0 and not cfg.out:
+            raise UserError("torchrun restarted this run but it has no --out to resume from; give --out")
         if (run_dir / "last.pt").exists():
             raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
 
     # ---- engine: device, precision, determinism ---------------------------------------------------------
-    device = resolve_device(cfg.device)
+    env = D.init_distributed(resolve_device(cfg.device))  # one process: rank 0 of 1, nothing joined
+    device = env.device
+    if not env.is_main:
+        log = _quiet
+    if env.enabled and not cfg.out and ckpt is None:
+        run_dir = Path(D.broadcast_object(env, str(run_dir)))  # rank 0's timestamped name everywhere
     amp_dtype = resolve_precision(cfg.precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     seed_everything(cfg.seed, cfg.deterministic)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     # ---- data and model ----------------------------------------------------------------------------------
-    data = build_data(cfg, device)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    data = build_data(cfg, device, env)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     model = create_model(cfg.model, num_classes=len(data.classes), variant=cfg.variant,
                          zero_init_residual=cfg.zero_init_residual).to(device, memory_format=memory_format)
-    forward = torch.compile(model) if cfg.compile else model
+    if cfg.sync_bn and env.enabled:
+        model = D.convert_sync_batchnorm(model, device)  # BN statistics of the global batch, not the rank's
+    forward = D.wrap_ddp(model, env)  # the model itself for one process
+    forward = torch.compile(forward) if cfg.compile else forward
     optimizer = build_optimizer(model, cfg)
     ema = ModelEMA(model, cfg.ema_decay) if cfg.ema else None
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -268,13 +320,18 @@ def train(
         state.step, state.epoch, state.batch = ckpt["step"], ckpt["epoch"], ckpt["batch"]
         sums.update(ckpt["sums"])
         best, elapsed = ckpt["best"], ckpt["elapsed_s"]
-    metrics = MetricsLogger(run_dir, tensorboard=cfg.tensorboard, resume_step=state.step if ckpt else None)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    metrics = MetricsLogger(run_dir, tensorboard=cfg.tensorboard, resume_step=state.step if ckpt else None) \
+        if env.is_main else _MemoryMetrics()
+    if env.is_main:
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     log(f"{'resuming' if ckpt else 'training'} {cfg.model} ({cfg.recipe}) on {data.description}; "
-        f"{total_steps} steps of {cfg.batch_size} ({num_epochs} epochs) on {device}, "
+        f"{total_steps} steps of {cfg.batch_size} ({num_epochs} epochs) on {device}"
+        f"{f' x {env.world_size} processes ({env.backend})' if env.enabled else ''}, "
         f"{str(amp_dtype).removeprefix('torch.') if amp_dtype else 'fp32'}; run dir {run_dir}")
 
     def checkpoint(path: str = "last.pt") -> None:
+        if not env.is_main:  # rank 0 writes; every rank holds the same weights
+            return
         save_checkpoint({
             "version": CHECKPOINT_VERSION, "config": cfg.to_dict(), "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
@@ -282,6 +339,7 @@ def train(
             "aug_rng": aug_gen.get_state(), "step": state.step, "epoch": state.epoch, "batch": state.batch,
             "sums": dict(sums), "best": best, "metrics": metrics.records, "elapsed_s": elapsed,
             "classes": data.classes, "normalization": {"mean": data.mean, "std": data.std},
+            "world_size": env.world_size,  # informational: epoch/batch count global steps, for any world size
         }, run_dir / path)
 
     def stop_now(reason: str) -> None:
@@ -293,7 +351,7 @@ def train(
     signals = _StopSignals() if threading.current_thread() is threading.main_thread() else None
     from tqdm import tqdm
 
-    bar = tqdm(total=total_steps, initial=state.step, unit="step", disable=not cfg.progress, dynamic_ncols=True,
+    bar = tqdm(total=total_steps, initial=state.step, unit="step", disable=not cfg.progress or not env.is_main, dynamic_ncols=True,
                leave=True)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     shipped = ema.module if ema is not None else model
@@ -329,7 +387,9 @@ def train(
                     (scaler.scale(part) if scaler else part).backward()
                     loss_sum += part.detach()
                     correct += (logits.detach().argmax(1) == ys).sum()
-                loss_value = float(loss_sum)
+                # one all-reduce: global mean loss and hits, and any rank's stop request (signal, callback)
+                loss_value, correct_all, stop_any = D.sync_step(
+                    env, loss_sum, correct, state.stop or (signals is not None and signals.requested))
                 finite = math.isfinite(loss_value)
                 if scaler is not None:
                     scaler.step(optimizer)  # skips the update when the gradients overflowed
@@ -350,14 +410,14 @@ def train(
                 consistent = True
 
                 # ---- bookkeeping: running sums, progress bar, step record ----------------------------
-                n = len(y)
+                n = len(y) * env.world_size
                 now = time.perf_counter()
                 dt, t0 = now - t0, now
                 elapsed += dt
                 if finite:
                     for prefix in ("epoch_", "win_"):
                         sums[prefix + "loss"] += loss_value * n
-                        sums[prefix + "correct"] += float(correct)
+                        sums[prefix + "correct"] += correct_all
                         sums[prefix + "seen"] += n
                         sums[prefix + "time"] += dt
                 bar.update(1)
@@ -375,8 +435,8 @@ def train(
                 if signals is not None and signals.requested:
                     state.stop = True
                 done = state.step >= total_steps
-                if state.stop or (cfg.stop_after_steps is not None and state.step >= cfg.stop_after_steps
-                                  and not done):
+                stop = stop_any if env.enabled else state.stop  # several ranks: stop together, on the synced flag
+                if stop or (cfg.stop_after_steps is not None and state.step >= cfg.stop_after_steps and not done):
                     stop_now(f"stopped ({signals.name if signals and signals.requested else 'on request'})")
                     interrupted = True
                     break
@@ -392,15 +452,16 @@ def train(
                 break
 
             # ---- end of epoch: evaluate, log, save last and best ------------------------------------
-            val = evaluate_model(shipped, data.val, num_classes=len(data.classes), device=device,
-                                 autocast_dtype=amp_dtype, channels_last=cfg.channels_last)
+            val = D.combine_eval(env, evaluate_model(shipped, data.val, num_classes=len(data.classes), device=device,
+                                                     autocast_dtype=amp_dtype, channels_last=cfg.channels_last))
             seen = max(1, sums["epoch_seen"])
             final = {"kind": "epoch", "epoch": state.epoch + 1, "step": state.step, "lr": state.lr,
                      "train_loss": sums["epoch_loss"] / seen, "train_acc": 100.0 * sums["epoch_correct"] / seen,
                      "val_loss": val["loss"], "val_acc": val["top1"], "val_top5": val["top5"],
                      "images_per_s": sums["epoch_seen"] / max(1e-9, sums["epoch_time"]), "elapsed_s": elapsed}
             metrics.log(final)
-            bar.write(f"epoch {final['epoch']}: train loss {final['train_loss']:.4f} acc {final['train_acc']:.2f}% | "
+            on_main = bar.write if env.is_main else _quiet
+            on_main(f"epoch {final['epoch']}: train loss {final['train_loss']:.4f} acc {final['train_acc']:.2f}% | "
                       f"{'val' if cfg.val_split else 'test'} loss {final['val_loss']:.4f} acc {final['val_acc']:.2f}% "
                       f"top-5 {final['val_top5']:.2f}% | {final['images_per_s']:.0f} img/s")
             state.epoch += 1
@@ -412,7 +473,7 @@ def train(
             checkpoint()
             if is_best:
                 checkpoint("best.pt")
-                _save_shipped(shipped, run_dir / "best.safetensors", data, cfg, final)
+                D.on_main(env, _save_shipped, shipped, run_dir / "best.safetensors", data, cfg, final)
             for callback in on_epoch:
                 callback(state)
             if state.stop:
@@ -428,13 +489,31 @@ def train(
         metrics.close()
         if signals is not None:
             signals.restore()
-    if cfg.plots and metrics.records:
+    D.shutdown(env)
+    if cfg.plots and metrics.records and env.is_main:
         from .plots import plot_metrics
 
         plot_metrics(metrics.records, run_dir)
     if not final:
         final = next((r for r in reversed(metrics.records) if r["kind"] == "epoch"), {})
     return RunResult(run_dir=run_dir, final=final, best=best, step=state.step, interrupted=interrupted)
+
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0: nothing."""
+
+
+class _MemoryMetrics:
+    """The metrics of ranks other than 0: kept in memory, never written."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def close(self) -> None:
+        pass
 
 
 def _save_shipped(model: nn.Module, path: Path, data: DataBundle, cfg: TrainConfig, record: dict[str, Any]) -> None:

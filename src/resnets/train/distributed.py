@@ -1,0 +1,342 @@
+"""Data-parallel training on PyTorch's own engine: process group from torchrun, rank sharding, global BN.
+
+A run started by ``torchrun`` (or ``resnets train --nproc N``) has ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR`` and ``MASTER_PORT`` in its environment; :func:`init_distributed` joins the process group
+(gloo on CPU, NCCL on CUDA) with a bounded timeout, so a lost peer ends the run instead of hanging it.
+
+The batch size of the config is the **global** batch: each of the ``W`` ranks takes a contiguous ``B / W``
+slice of every global batch of the single-process order (:func:`rank_order`), so the union of the ranks'
+batches at step ``s`` is exactly the single-process batch at step ``s``, and the epoch and batch position
+of a checkpoint mean the same thing whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import UserError
+
+#: Default seconds a collective may wait for a peer before the run fails (``$RESNETS_DIST_TIMEOUT`` overrides).
+DEFAULT_TIMEOUT_S = 300.0
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the run: global rank, world size, rank on its node, and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there is more than one process (collectives are needed)."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0, the only rank that writes files and logs."""
+        return self.rank == 0
+
+
+def env_int(name: str, default: int) -> int:
+    """Integer environment variable ``name``, or ``default``; UserError if it is set but not an integer."""
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def launched_world() -> tuple[int, int, int]:
+    """(RANK, WORLD_SIZE, LOCAL_RANK) as torchrun set them; (0, 1, 0) when not launched by torchrun."""
+    rank, world, local = env_int("RANK", 0), env_int("WORLD_SIZE", 1), env_int("LOCAL_RANK", 0)
+    if world < 1 or not 0 <= rank < world:
+        raise UserError(f"inconsistent launch environment: RANK={rank} WORLD_SIZE={world}")
+    return rank, world, local
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this worker group (``--max-restarts``); 0 on the first try."""
+    return env_int("TORCHELASTIC_RESTART_COUNT", 0)
+
+
+def backend_for(device: torch.device) -> str:
+    """The process-group backend for ``device``: NCCL for CUDA, gloo otherwise."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def timeout_seconds() -> float:
+    """Seconds a collective waits for its peers: ``$RESNETS_DIST_TIMEOUT`` or :data:`DEFAULT_TIMEOUT_S`."""
+    value = os.environ.get("RESNETS_DIST_TIMEOUT")
+    if not value:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise UserError(f"RESNETS_DIST_TIMEOUT={value!r} is not a number of seconds") from None
+    if seconds <= 0:
+        raise UserError(f"RESNETS_DIST_TIMEOUT must be positive, got {value}")
+    return seconds
+
+
+def init_distributed(device: torch.device) -> DistEnv:
+    """Join the process group torchrun describes (a no-op for one process); the rank's device.
+
+    ``device`` is the resolved device type of the run; on CUDA each rank takes ``cuda:LOCAL_RANK``.
+    """
+    rank, world, local = launched_world()
+    if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA device(s) visible")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if world == 1:
+        return DistEnv(0, 1, 0, device, None)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise UserError(f"WORLD_SIZE={world} but {name} is not set; launch with torchrun "
+                            "(or resnets train --nproc N)")
+    backend = backend_for(device)
+    if not dist.is_initialized():
+        kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
+        dist.init_process_group(backend, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout_seconds()), **kwargs)
+    return DistEnv(rank, world, local, device, backend)
+
+
+def shutdown(env: DistEnv) -> None:
+    """Leave the process group after a last barrier, so no rank closes connections a peer still reads."""
+    if env.enabled and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def on_main(env: DistEnv, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """Call ``fn`` on rank 0 only; None elsewhere."""
+    return fn(*args, **kwargs) if env.is_main else None
+
+
+def broadcast_object(env: DistEnv, obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (a picklable value, e.g. a run directory name)."""
+    if not env.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(env: DistEnv) -> None:
+    """Wait for every rank (no-op for one process)."""
+    if env.enabled:
+        dist.barrier()
+
+
+def sync_step(env: DistEnv, loss_sum: torch.Tensor, correct: torch.Tensor, stop: bool) -> tuple[float, float, bool]:
+    """One all-reduce per step: the global mean loss, global correct count, and whether any rank must stop.
+
+    Every rank gets the same three values, so a non-finite loss (a NaN or inf anywhere makes the sum
+    non-finite) or a stop request (signal, callback) on any rank stops every rank at the same step.
+    """
+    if not env.enabled:
+        return float(loss_sum), float(correct), stop
+    packed = torch.stack([loss_sum.detach().float().reshape(()), correct.detach().float().reshape(()),
+                          torch.tensor(float(stop), device=loss_sum.device)])
+    dist.all_reduce(packed)
+    loss, hits, stops = packed.tolist()
+    return loss / env.world_size, hits, stops > 0
+
+
+def all_reduce_sum(env: DistEnv, tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over ranks (a new tensor; the input itself for one process)."""
+    if not env.enabled:
+        return tensor
+    out = tensor.clone()
+    dist.all_reduce(out)
+    return out
+
+
+def combine_eval(env: DistEnv, result: dict[str, Any]) -> dict[str, Any]:
+    """Merge per-rank ``evaluate_model`` results (each on a disjoint slice of the set) into the whole set's."""
+    if not env.enabled:
+        return result
+    confusion = result["confusion"].to(env.device)
+    n = float(confusion.sum())
+    sums = torch.tensor([result["loss"] * n, result["top5"] * n, n], dtype=torch.float64, device=env.device)
+    sums, confusion = all_reduce_sum(env, sums), all_reduce_sum(env, confusion)
+    total = max(1.0, float(sums[2]))
+    merged = dict(result)
+    merged.update(loss=float(sums[0]) / total, top5=float(sums[1]) / total,
+                  top1=100.0 * float(confusion.diag().sum()) / total, confusion=confusion.cpu())
+    return merged
+
+
+def rank_order(order: torch.Tensor, batch_size: int, rank: int, world_size: int, drop_last: bool = True
+               ) -> torch.Tensor:
+    """This rank's part of an epoch order: slice ``rank`` of ``world_size`` equal slices of each global batch.
+
+    ``order`` is the single-process order of the epoch, cut into global batches of ``batch_size`` (which
+    ``world_size`` must divide); the result, cut into batches of ``batch_size // world_size``, gives this
+    rank's batches in step order. With ``drop_last`` a final partial global batch is left out, as it is
+    single-process; without it, the final partial batch is split as evenly as possible.
+    """
+    if batch_size % world_size:
+        raise UserError(f"the global batch size {batch_size} must be divisible by the number of processes "
+                        f"{world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+    per_rank = batch_size // world_size
+    full = len(order) // batch_size
+    body = order[: full * batch_size].view(full, world_size, per_rank)[:, rank].reshape(-1)
+    if drop_last or full * batch_size == len(order):
+        return body
+    tail = order[full * batch_size:]
+    return torch.cat([body, tail.tensor_split(world_size)[rank]])
+
+
+def rank_slice(n: int, rank: int, world_size: int) -> torch.Tensor:
+    """Indices of this rank's contiguous, near-equal part of ``range(n)`` (e.g. an evaluation set)."""
+    return torch.arange(n).tensor_split(world_size)[rank]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks, differentiable: the gradient of every rank's input is the sum of all ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.contiguous().clone()
+        dist.all_reduce(out)
+        return out
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the global batch over all ranks, on any device.
+
+    PyTorch's ``SyncBatchNorm`` runs only on accelerators; this one all-reduces the per-channel sum and sum
+    of squares (in float64) with an autograd-aware all-reduce, so its forward, backward and running
+    statistics are those of one process seeing the whole global batch. Outside a multi-process run it is
+    an ordinary BatchNorm2d.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        channels = x.shape[1]
+        x64 = x.to(torch.float64)
+        local = torch.cat([x64.sum(dim=(0, 2, 3)), (x64 * x64).sum(dim=(0, 2, 3)),
+                           x64.new_full((1,), x.numel() / channels)])
+        total = _AllReduceSum.apply(local)
+        count = total[-1]
+        mean = total[:channels] / count
+        var = (total[channels:2 * channels] / count - mean * mean).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)  # type: ignore[operator]
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * (count / (count - 1).clamp_min(1))
+                self.running_mean.mul_(1 - momentum).add_(mean.to(self.running_mean.dtype), alpha=momentum)
+                self.running_var.mul_(1 - momentum).add_(unbiased.to(self.running_var.dtype), alpha=momentum)
+        scale = torch.rsqrt(var + self.eps).to(x.dtype)
+        shift = mean.to(x.dtype)
+        y = (x - shift.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm2d of ``model`` made global-batch: ``nn.SyncBatchNorm`` on CUDA, else GlobalBatchNorm2d."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return _replace_bn(model)
+
+
+def _replace_bn(module: nn.Module) -> nn.Module:
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, GlobalBatchNorm2d):
+        new = GlobalBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                module.track_running_stats, device=module.weight.device if module.affine else None)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        module.add_module(name, _replace_bn(child))
+    return module
+
+
+def wrap_ddp(model: nn.Module, env: DistEnv) -> nn.Module:
+    """``model`` in DistributedDataParallel when there are several ranks (the model itself otherwise)."""
+    if not env.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)  # buffers (BN running stats) follow rank 0
+
+
+class RankBatches:
+    """This rank's share of a ``DeviceBatches``: the same epochs and steps, ``1 / world_size`` of each batch.
+
+    Wraps a :class:`resnets.data.DeviceBatches` built with the **global** batch size; ``len`` is the number
+    of global batches (steps), and batch ``b`` of the epoch is rank ``rank``'s slice of global batch ``b``,
+    with the same crop and flip it gets in a single-process run.
+    """
+
+    def __init__(self, batches: Any, rank: int, world_size: int) -> None:
+        if batches.batch_size % world_size:
+            raise UserError(f"the global batch size {batches.batch_size} must be divisible by the number of "
+                            f"processes {world_size}")
+        if not batches.drop_last and len(batches.labels) % batches.batch_size:
+            raise UserError("rank-sharded batches need drop_last (equal batches on every rank)")
+        self.inner, self.rank, self.world_size = batches, rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    @property
+    def epoch(self) -> int:
+        return self.inner.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of the current epoch from global step ``start_batch`` on."""
+        inner = self.inner
+        order, offsets, flips = inner._plan()
+        mine = rank_order(torch.arange(len(order)), inner.batch_size, self.rank, self.world_size)
+        per_rank = inner.batch_size // self.world_size
+        order = order[mine].to(inner.device)
+        if offsets is not None:
+            offsets, flips = offsets[mine].to(inner.device), flips[mine].to(inner.device)
+        for b in range(max(0, start_batch), len(self)):
+            sl = slice(b * per_rank, (b + 1) * per_rank)
+            idx = order[sl]
+            batch = inner.images[idx]
+            if offsets is not None:
+                batch = inner._augment(batch, offsets[sl], flips[sl])
+            elif inner.crop != tuple(batch.shape[2:]):
+                batch = inner._center_crop(batch)
+            yield inner._normalise(batch), inner.labels[idx]

@@ -1,0 +1,45 @@
+"""Run by tests/test_distributed.py under torchrun (2 ranks, gloo): checks the collectives of one step.
+
+Writes ``OUT/rank<r>.json`` with what it found; the test compares the ranks with a one-process reference.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from resnets.train import distributed as D
+
+
+def main(out: Path) -> None:
+    env = D.init_distributed(torch.device("cpu"))
+    torch.manual_seed(0)
+    full = torch.randn(8, 4, 5, 5) * 3 + 1  # the global batch; this rank sees its half
+    mine = full.chunk(env.world_size)[env.rank].clone().requires_grad_(True)
+    bn = D.convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(4)), env.device)
+    with torch.no_grad():
+        bn[0].weight.copy_(torch.linspace(0.5, 2, 4))
+        bn[0].bias.copy_(torch.linspace(-1, 1, 4))
+    model = D.wrap_ddp(bn, env)
+    weights = torch.arange(full.numel(), dtype=torch.float32).view_as(full).chunk(env.world_size)[env.rank]
+    loss = (model(mine) * weights).sum() / full.shape[0] * env.world_size  # local mean -> DDP averages
+    loss.backward()
+    stop_nan = D.sync_step(env, torch.tensor(float("nan") if env.rank == 1 else 1.0), torch.tensor(1.0), False)
+    stop_req = D.sync_step(env, torch.tensor(2.0 + env.rank), torch.tensor(3.0), env.rank == 0)
+    result = {"rank": env.rank, "world": env.world_size, "grad_x": mine.grad.tolist(),
+              "grad_w": bn[0].weight.grad.tolist(), "grad_b": bn[0].bias.grad.tolist(),
+              "running_mean": bn[0].running_mean.tolist(), "running_var": bn[0].running_var.tolist(),
+              "nan_loss": repr(stop_nan[0]), "nan_stop": stop_nan[2], "loss": stop_req[0],
+              "correct": stop_req[1], "stop": stop_req[2],
+              "run_dir": D.broadcast_object(env, f"run-of-rank-{env.rank}")}
+    D.on_main(env, (out / "main-only.txt").write_text, "written by rank 0\n")
+    (out / f"rank{env.rank}.json").write_text(json.dumps(result))
+    D.shutdown(env)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
