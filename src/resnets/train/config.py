@@ -209,7 +209,7 @@ def resolve_config(
     if "iterations" in merged and "epochs" not in merged:
         values["epochs"] = None
     if merged.get("data", TrainConfig.data) == "sample" and "epochs" not in merged and "iterations" not in merged \
-            and recipe.startswith("cifar"):
+            and recipe == "cifar-fast":
         values.update(epochs=SAMPLE_EPOCHS, iterations=None)
     values.update(merged)
     values["recipe"] = recipe

@@ -460,7 +460,7 @@ def train(
                      "val_loss": val["loss"], "val_acc": val["top1"], "val_top5": val["top5"],
                      "images_per_s": sums["epoch_seen"] / max(1e-9, sums["epoch_time"]), "elapsed_s": elapsed}
             metrics.log(final)
-            on_main = bar.write if env.is_main else _quiet
+            on_main = (bar.write if cfg.progress else log) if env.is_main else _quiet
             on_main(f"epoch {final['epoch']}: train loss {final['train_loss']:.4f} acc {final['train_acc']:.2f}% | "
                       f"{'val' if cfg.val_split else 'test'} loss {final['val_loss']:.4f} acc {final['val_acc']:.2f}% "
                       f"top-5 {final['val_top5']:.2f}% | {final['images_per_s']:.0f} img/s")

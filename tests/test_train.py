@@ -1,0 +1,256 @@
+"""The training engine: recipes, schedules, a real run that learns, exact resume, safe checkpoints, NaN guard."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnets import UserError
+from resnets.cli import main
+from resnets.train import NonFiniteLossError, resolve_config, train
+from resnets.train.checkpoint import load_checkpoint, save_checkpoint
+from resnets.train.optim import LRSchedule, param_groups
+from resnets.weights import load_model
+
+# A tiny run: resnet20 on 256 images of the shipped sample, 4 steps of 64 per epoch.
+TINY = dict(model="resnet20", data="sample", train_images=256, test_images=128, batch_size=64, epochs=2,
+            progress=False, log_every=2, seed=3)
+
+
+def tiny(out: Path, **changes: object):
+    return resolve_config({**TINY, "out": str(out), **changes})
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    return train(tiny(out), log=lambda _: None)
+
+
+# ---- recipes and schedules ----------------------------------------------------------------------------------
+
+def test_cifar_paper_recipe_is_section_4_2() -> None:
+    cfg = resolve_config({"model": "resnet56"}, recipe="cifar-paper")
+    assert (cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.batch_size) == ("sgd", 0.9, 1e-4, 128)
+    assert (cfg.iterations, cfg.epochs, cfg.pad, cfg.flip) == (64000, None, 4, True)
+    assert cfg.decay_norm_and_bias and cfg.label_smoothing == 0 and not cfg.ema and not cfg.zero_init_residual
+    sched = LRSchedule.from_config(cfg, total_steps=64000, steps_per_epoch=390)
+    assert [sched(s) for s in (0, 31999, 32000, 47999, 48000, 63999)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert cfg.warmup == 0
+
+
+def test_cifar_paper_warms_up_resnet110() -> None:
+    cfg = resolve_config({"model": "resnet110"}, recipe="cifar-paper")
+    sched = LRSchedule.from_config(cfg, total_steps=64000, steps_per_epoch=390)
+    assert [sched(s) for s in (0, 399, 400, 31999, 32000, 48000)] == pytest.approx([0.01, 0.01, 0.1, 0.1, 0.01, 0.001])
+
+
+def test_imagenet_paper_recipe() -> None:
+    cfg = resolve_config({"model": "resnet50"}, recipe="imagenet-paper")
+    assert (cfg.batch_size, cfg.epochs, cfg.weight_decay, cfg.image_size, cfg.resize) == (256, 90, 1e-4, 224, 256)
+    sched = LRSchedule.from_config(cfg, total_steps=90 * 5005, steps_per_epoch=5005)
+    steps = (0, 30 * 5005 - 1, 30 * 5005, 60 * 5005, 90 * 5005 - 1)
+    assert [sched(s) for s in steps] == pytest.approx([0.1, 0.1, 0.01, 0.001, 0.001])
+
+
+def test_fast_recipe_and_overrides(tmp_path: Path) -> None:
+    cfg = resolve_config({"model": "resnet20", "data": "cifar10"})
+    assert cfg.recipe == "cifar-fast" and cfg.ema and cfg.zero_init_residual and not cfg.decay_norm_and_bias
+    assert cfg.effective_lr == pytest.approx(cfg.lr * cfg.batch_size / 128)
+    sched = LRSchedule.from_config(cfg, total_steps=1000, steps_per_epoch=100)
+    assert sched(0) < sched(149) == pytest.approx(cfg.effective_lr) and sched(999) < 0.01 * cfg.effective_lr
+    # --epochs replaces the paper recipe's iteration count; a config file and flags override the recipe
+    assert resolve_config({"epochs": 3}, recipe="cifar-paper").iterations is None
+    (tmp_path / "c.toml").write_text('recipe = "cifar-paper"\nlr = 0.05\nbatch_size = 64\n')
+    cfg = resolve_config({"batch_size": 32}, config_file=tmp_path / "c.toml")
+    assert (cfg.recipe, cfg.lr, cfg.batch_size, cfg.iterations) == ("cifar-paper", 0.05, 32, 64000)
+    (tmp_path / "c.json").write_text(json.dumps({"mixup_alpha": 0.2}))
+    assert resolve_config(config_file=tmp_path / "c.json").mixup_alpha == 0.2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(recipe="cifar-papr"), "unknown recipe 'cifar-papr'; did you mean 'cifar-paper'"),
+    (dict(overrides={"learning_rate": 0.1}), "unknown config key 'learning_rate'"),
+    (dict(overrides={"model": "resnet21"}), "unknown model 'resnet21'"),
+    (dict(overrides={"precision": "fp8"}), "precision must be one of"),
+    (dict(overrides={"batch_size": 10, "accum_steps": 3}), "multiple of accum_steps"),
+    (dict(config_file="/nonexistent/cfg.toml"), "does not exist"),
+])
+def test_config_errors_are_user_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        resolve_config(**kwargs)
+
+
+def test_no_weight_decay_on_norms_and_biases() -> None:
+    from resnets import create_model
+
+    model = create_model("resnet20")
+    decay, no_decay = param_groups(model, 5e-4, decay_norm_and_bias=False)
+    assert all(p.ndim == 4 or p.ndim == 2 for p in decay["params"]) and decay["weight_decay"] == 5e-4
+    assert no_decay["weight_decay"] == 0 and len(no_decay["params"]) == 2 * 19 + 1  # BN weight+bias, fc bias
+    assert len(param_groups(model, 1e-4, decay_norm_and_bias=True)) == 1
+
+
+# ---- a real run -----------------------------------------------------------------------------------------------
+
+def test_training_on_the_sample_learns(tmp_path: Path) -> None:
+    result = train(resolve_config({"data": "sample", "train_images": 640, "test_images": 400, "batch_size": 32,
+                                   "epochs": 3, "lr": 0.4, "ema": False, "label_smoothing": 0.0, "log_every": 5,
+                                   "progress": False, "out": str(tmp_path / "run")}), log=lambda _: None)
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert steps[-1]["train_loss"] < 0.9 * steps[0]["train_loss"]  # from ~2.3 (chance)
+    assert result.best["val_acc"] > 18.0  # chance is 10%: 400 test images put 18% six sigmas above it
+    model = load_model(result.best_weights)
+    assert model.classes[0] == "airplane" and len(model.normalization["mean"]) == 3
+
+
+def test_run_dir_contents(tiny_run) -> None:
+    run = tiny_run.run_dir
+    for name in ("config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "best.safetensors",
+                 "loss.png", "accuracy.png", "lr.png"):
+        assert (run / name).stat().st_size > 0, name
+    assert json.loads((run / "config.json").read_text())["train_images"] == 256
+    header, *rows = (run / "metrics.csv").read_text().splitlines()
+    assert header.startswith("kind,epoch,step,lr") and len(rows) == 4 + 2  # 4 step rows, 2 epoch rows
+    ckpt = torch.load(run / "last.pt", weights_only=True)  # plain tensors and containers only
+    assert ckpt["step"] == 8 and ckpt["epoch"] == 2 and set(ckpt["rng"]) >= {"torch", "python", "numpy", "data"}
+    assert tiny_run.final["epoch"] == 2 and tiny_run.step == 8
+
+
+def test_existing_run_dir_is_refused(tiny_run) -> None:
+    with pytest.raises(UserError, match="already holds a run"):
+        train(tiny(tiny_run.run_dir), log=lambda _: None)
+
+
+# ---- exact resume ---------------------------------------------------------------------------------------------
+
+def _assert_same_tensors(a: object, b: object, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            _assert_same_tensors(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same_tensors(x, y, f"{where}[{i}]")
+
+
+def test_interrupted_run_resumes_bit_identically(tmp_path: Path, tiny_run) -> None:
+    # Interrupted mid-epoch 2 by a KeyboardInterrupt from a step callback, then resumed.
+    def interrupt(state) -> None:
+        if state.step == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tmp_path / "b"), on_step=[interrupt], log=lambda _: None)
+    partial = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert (partial["step"], partial["epoch"], partial["batch"]) == (6, 1, 2)
+    result = train(tiny(tmp_path / "ignored"), resume=tmp_path / "b", log=lambda _: None)
+    assert result.step == 8 and not (tmp_path / "ignored").exists()
+    full = torch.load(tiny_run.run_dir / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    for key in ("model", "ema", "optimizer"):
+        _assert_same_tensors(full[key], resumed[key], key)
+    assert full["metrics"][-1]["train_loss"] == resumed["metrics"][-1]["train_loss"]
+    assert full["metrics"][-1]["val_acc"] == resumed["metrics"][-1]["val_acc"]
+
+
+def test_stop_after_steps_then_resume_from_cli(tmp_path: Path, tiny_run) -> None:
+    out = tmp_path / "c"
+    args = ["train", "--data", "sample", "--train-images", "256", "--test-images", "128", "--batch-size", "64",
+            "--epochs", "2", "--seed", "3", "--no-progress", "--log-every", "2", "--out", str(out)]
+    assert main([*args, "--stop-after-steps", "3"]) == 0
+    assert load_checkpoint(out / "last.pt")["step"] == 3
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    full = torch.load(tiny_run.run_dir / "last.pt", weights_only=True)
+    _assert_same_tensors(full["model"], torch.load(out / "last.pt", weights_only=True)["model"])
+
+
+# ---- checkpoints survive crashes --------------------------------------------------------------------------------
+
+def test_checkpoint_killed_mid_write_leaves_previous_whole(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    script = textwrap.dedent(f"""
+        import sys, time, torch
+        from resnets.train.checkpoint import save_checkpoint
+        save_checkpoint({{"version": 1, "step": 1, "w": torch.ones(1000)}}, {str(path)!r})
+        real_save = torch.save
+        def slow_save(obj, f):
+            with open(f, "wb") as fh:
+                fh.write(b"PK" + b"x" * 100000)  # half a file
+                fh.flush()
+                print("MID", flush=True)
+                time.sleep(60)
+        torch.save = slow_save
+        save_checkpoint({{"version": 1, "step": 2, "w": torch.zeros(1000)}}, {str(path)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "MID"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    state = load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(1000))
+
+
+def test_failed_write_keeps_previous_and_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint({"version": 1, "step": 1}, path)
+
+    def broken(obj, f):
+        Path(f).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"version": 1, "step": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_unreadable_checkpoint_is_a_user_error(tmp_path: Path) -> None:
+    (tmp_path / "last.pt").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        train(tiny(tmp_path / "x"), resume=tmp_path, log=lambda _: None)
+
+
+# ---- the non-finite loss guard -----------------------------------------------------------------------------------
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    def poison(state) -> None:
+        if state.step == 5:  # epoch 1 (steps 1-4) ended and was checkpointed
+            with torch.no_grad():
+                state.model.conv1.weight.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 6 \(epoch 2\).*last good checkpoint"):
+        train(tiny(tmp_path / "n", epochs=3), on_step=[poison], log=lambda _: None)
+    ckpt = load_checkpoint(tmp_path / "n" / "last.pt")
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+
+
+def test_nan_loss_exits_non_zero_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["train", "--data", "sample", "--train-images", "128", "--test-images", "64", "--batch-size", "64",
+               "--epochs", "1", "--lr", "1e30", "--no-progress", "--out", str(tmp_path / "big")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("resnets train: error: loss became") and "--lr" in err[-1]
+
+
+def test_learning_rate_schedule_is_logged(tiny_run) -> None:
+    steps = [json.loads(x) for x in (tiny_run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in steps if r["kind"] == "step"]
+    assert all(math.isfinite(v) and v > 0 for v in lrs) and max(lrs) > lrs[-1]
