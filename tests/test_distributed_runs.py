@@ -1,0 +1,168 @@
+"""End-to-end data-parallel runs on the shipped sample: 2 gloo processes vs 1, a killed rank, a torchrun restart,
+two simulated nodes on loopback, and shards vs the folder they came from. Every child has a timeout."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from resnets.data.sample import extract_sample
+from resnets.data.shards import write_shards
+from resnets.train import resolve_config, train
+from test_distributed import errors, torchrun_env
+
+# A tiny run: resnet20 on 256 sample images, global batch 32 (16 per rank), fp32, no augmentation noise.
+TINY = ["--model", "resnet20", "--train-images", "256", "--test-images", "200", "--batch-size", "32",
+        "--precision", "fp32", "--seed", "0", "--no-progress", "--workers", "0"]
+
+
+def _overrides(**extra: object) -> dict[str, object]:
+    base = dict(model="resnet20", train_images=256, test_images=200, batch_size=32, precision="fp32", seed=0,
+                progress=False, workers=0, plots=False)
+    base.update(extra)
+    return base
+
+
+def _resnets(*args: str, timeout: float = 150, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "resnets", "train", *args], env=env or torchrun_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _params(run: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run / "last.pt", weights_only=True)["model"]
+    return {k: v for k, v in state.items() if "running" not in k and "num_batches" not in k}
+
+
+def test_two_processes_match_one_process(tmp_path: Path) -> None:
+    """SyncBN: 2 ranks == 1 process (float tolerance). Per-rank BN: == 1 process with 2 micro-batches."""
+    single = train(resolve_config(_overrides(iterations=6, out=str(tmp_path / "one"))), log=lambda _: None)
+    proc = _resnets(*TINY, "--iterations", "6", "--nproc", "2", "--sync-bn", "--out", str(tmp_path / "two"))
+    assert proc.returncode == 0, errors(proc.stderr)
+    assert proc.stdout.count("training resnet20") == 1 and "x 2 processes (gloo)" in proc.stdout  # rank 0 logs
+    one, two = torch.load(tmp_path / "one" / "last.pt", weights_only=True), \
+        torch.load(tmp_path / "two" / "last.pt", weights_only=True)
+    assert two["world_size"] == 2 and two["step"] == 6
+    for key, value in one["model"].items():  # every weight and BN running statistic
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=2e-5, msg=key)
+    assert abs(two["metrics"][-1]["train_loss"] - single.final["train_loss"]) < 1e-4
+    assert two["metrics"][-1]["val_acc"] == single.final["val_acc"]
+    # without SyncBN each rank normalises its own 16 images: the maths of 2 micro-batches of 16 in one process
+    accum = train(resolve_config(_overrides(iterations=6, accum_steps=2, out=str(tmp_path / "acc"))),
+                  log=lambda _: None)
+    assert accum.step == 6
+    proc = _resnets(*TINY, "--iterations", "6", "--nproc", "2", "--out", str(tmp_path / "ranks"))
+    assert proc.returncode == 0, errors(proc.stderr)
+    ref, got = _params(tmp_path / "acc"), _params(tmp_path / "ranks")
+    for key, value in ref.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-4, atol=2e-5, msg=key)
+
+
+def _worker_pid(tag: str, rank: int, timeout: float = 60) -> int:
+    """The pid of the torchrun worker of ``rank`` whose environment carries ``RESNETS_TEST_TAG=tag``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"RESNETS_TEST_TAG={tag}".encode() in environ and f"RANK={rank}".encode() in environ \
+                    and b"TORCHELASTIC_RESTART_COUNT=0" in environ:
+                return int(entry.name)
+        time.sleep(0.2)
+    raise AssertionError(f"no worker of rank {rank} found")
+
+
+def _launch_and_kill(tmp_path: Path, extra: list[str], iterations: int) -> tuple[subprocess.Popen, float, str]:
+    out = tmp_path / "run"
+    tag = f"{os.getpid()}-{tmp_path.name}"
+    env = torchrun_env() | {"RESNETS_TEST_TAG": tag}
+    log = open(tmp_path / "log.txt", "w+")  # noqa: SIM115 - read back below
+    proc = subprocess.Popen([sys.executable, "-m", "resnets", "train", *TINY, "--iterations", str(iterations),
+                             "--checkpoint-every", "2", "--nproc", "2", "--out", str(out), *extra],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "last.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "run ended before its first checkpoint"
+            time.sleep(0.1)
+        os.kill(_worker_pid(tag, 1), signal.SIGKILL)
+        killed = time.monotonic()
+        proc.wait(timeout=120)
+        return proc, time.monotonic() - killed, (log.seek(0), log.read())[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def test_killed_rank_ends_the_run_quickly(tmp_path: Path) -> None:
+    proc, seconds, output = _launch_and_kill(tmp_path, [], iterations=2000)
+    assert proc.returncode != 0, output[-2000:]
+    assert seconds < 30, f"took {seconds:.1f} s to stop after a rank died"
+
+
+def test_max_restarts_resumes_from_the_checkpoint(tmp_path: Path) -> None:
+    proc, _, output = _launch_and_kill(tmp_path, ["--max-restarts", "1"], iterations=24)
+    assert proc.returncode == 0, errors(output)
+    assert "resuming resnet20" in output  # the restarted workers went on from last.pt
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["step"] == 24 and (tmp_path / "run" / "best.safetensors").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_loopback(tmp_path: Path) -> None:
+    endpoint = f"127.0.0.1:{_free_port()}"
+    nodes = []
+    for _ in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", f"t{os.getpid()}",
+               "--local-addr", "127.0.0.1", "-m", "resnets", "train", *TINY, "--iterations", "4",
+               "--out", str(tmp_path / "run")]
+        nodes.append(subprocess.Popen(cmd, env=torchrun_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, start_new_session=True))
+    try:
+        outputs = [n.communicate(timeout=150) for n in nodes]
+    finally:
+        for n in nodes:
+            if n.poll() is None:
+                os.killpg(n.pid, signal.SIGKILL)
+    assert [n.returncode for n in nodes] == [0, 0], errors(outputs[0][1] + outputs[1][1])
+    assert sum("x 2 processes (gloo)" in out for out, _ in outputs) == 1  # one rank 0, over two "nodes"
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["world_size"] == 2
+
+
+def test_shards_train_like_the_folder(tmp_path: Path) -> None:
+    """The same 640 + 200 sample images as a folder and as shards: same accuracy within 10 points."""
+    sample = extract_sample()
+    folder = tmp_path / "images"
+    for split, per_class in (("train", 64), ("test", 20)):
+        for class_dir in sorted((sample / split).iterdir()):
+            dest = folder / split / class_dir.name
+            dest.mkdir(parents=True)
+            for f in sorted(class_dir.iterdir())[:per_class]:
+                shutil.copy(f, dest / f.name)
+    write_shards(folder, tmp_path / "shards", max_count=160, log=lambda _: None)
+    common = dict(model="resnet20", batch_size=64, epochs=4, precision="fp32", seed=0, progress=False,
+                  plots=False, workers=0, ema=False)
+    from_folder = train(resolve_config(dict(common, data=str(folder), out=str(tmp_path / "a"))), log=lambda _: None)
+    from_shards = train(resolve_config(dict(common, data=str(tmp_path / "shards" / "train-{000000..000003}.tar"),
+                                            out=str(tmp_path / "b"))), log=lambda _: None)
+    assert from_shards.step == from_folder.step == 40
+    assert from_folder.final["val_acc"] > 15 and from_shards.final["val_acc"] > 15  # both learn (chance: 10)
+    assert abs(from_shards.final["val_acc"] - from_folder.final["val_acc"]) <= 10
