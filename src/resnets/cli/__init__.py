@@ -14,7 +14,7 @@ from ..errors import UserError
 
 # Sub-command modules, in the order ``resnets --help`` lists them.
 COMMAND_MODULES = ("demo", "summary", "train", "eval", "shard", "predict", "embed", "search", "explain", "export",
-                   "bench")
+                   "bench", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:
