@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -45,48 +46,59 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)]))
 
 
-def run_faiss(gallery, queries, k, m, ef_construction, ef_search):
+def build_faiss(gallery, m, ef_construction, threads):
+    """A faiss HNSW index over ``gallery``: ``(build seconds, search(queries, k, ef) -> ids)``."""
     import faiss
 
+    faiss.omp_set_num_threads(threads)
     index = faiss.IndexHNSWFlat(gallery.shape[1], m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = ef_construction
     t = time.perf_counter()
     index.add(gallery)
     build = time.perf_counter() - t
-    index.hnsw.efSearch = ef_search
-    t = time.perf_counter()
-    _, ids = index.search(queries, k)
-    return ids, build, time.perf_counter() - t
+
+    def search(queries, k, ef):
+        index.hnsw.efSearch = ef
+        return index.search(queries, k)[1]
+
+    return build, search
 
 
-def run_hnswlib(gallery, queries, k, m, ef_construction, ef_search):
+def build_hnswlib(gallery, m, ef_construction, threads):
+    """An hnswlib index over ``gallery``: ``(build seconds, search(queries, k, ef) -> ids)``."""
     import hnswlib
 
     index = hnswlib.Index(space="ip", dim=gallery.shape[1])
     t = time.perf_counter()
     index.init_index(max_elements=len(gallery), M=m, ef_construction=ef_construction)
+    index.set_num_threads(threads)
     index.add_items(gallery)
     build = time.perf_counter() - t
-    index.set_ef(ef_search)
-    t = time.perf_counter()
-    ids, _ = index.knn_query(queries, k=k)
-    return ids, build, time.perf_counter() - t
+
+    def search(queries, k, ef):
+        index.set_ef(ef)
+        return index.knn_query(queries, k=k)[0]
+
+    return build, search
 
 
-def run_usearch(gallery, queries, k, m, ef_construction, ef_search):
+def build_usearch(gallery, m, ef_construction, threads):
+    """A usearch index over ``gallery``: ``(build seconds, search(queries, k, ef) -> ids)``."""
     from usearch.index import Index
 
-    index = Index(ndim=gallery.shape[1], metric="ip", dtype="f32", connectivity=m,
-                  expansion_add=ef_construction, expansion_search=ef_search)
+    index = Index(ndim=gallery.shape[1], metric="ip", dtype="f32", connectivity=m, expansion_add=ef_construction)
     t = time.perf_counter()
-    index.add(np.arange(len(gallery)), gallery)
+    index.add(np.arange(len(gallery)), gallery, threads=threads)
     build = time.perf_counter() - t
-    t = time.perf_counter()
-    matches = index.search(queries, k)
-    return np.asarray(matches.keys), build, time.perf_counter() - t
+
+    def search(queries, k, ef):
+        index.expansion_search = ef
+        return np.asarray(index.search(queries, k, threads=threads).keys)
+
+    return build, search
 
 
-LIBRARIES = {"faiss": run_faiss, "hnswlib": run_hnswlib, "usearch": run_usearch}
+LIBRARIES = {"faiss": build_faiss, "hnswlib": build_hnswlib, "usearch": build_usearch}
 
 
 def main() -> None:
@@ -101,37 +113,45 @@ def main() -> None:
     ap.add_argument("--ef-construction", type=int, default=100)
     ap.add_argument("--ef-search", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--libraries", nargs="+", default=list(LIBRARIES))
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every library")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
     data = make_vectors(args.n + args.queries, args.dim, args.clusters, args.uniform, rng)
     gallery, queries = np.ascontiguousarray(data[:args.n]), np.ascontiguousarray(data[args.n:])
+    kind = "uniform" if args.uniform else f"{args.clusters} clusters"
+    if not args.json:
+        print(f"gallery {args.n} x {args.dim} ({kind}), {args.queries} queries, recall@{args.k}")
+        print(f"{'method':<40} {'build s':>8} {'queries/s':>10} {'recall':>7}", flush=True)
+    rows: list[dict[str, object]] = []
+
+    def emit(row: dict[str, object]) -> None:
+        rows.append(row)
+        if args.json:
+            return
+        if "error" in row:
+            print(f"{row['method']:<40} {row['error']}", flush=True)
+        else:
+            print(f"{row['method']:<40} {row['build_s']:>8.1f} {row['qps']:>10.0f} {row['recall']:>7.3f}", flush=True)
+
     t = time.perf_counter()
     truth = exact(gallery, queries, args.k)
-    exact_s = time.perf_counter() - t
-    rows = [{"method": "exact (numpy matmul)", "build_s": 0.0, "qps": args.queries / exact_s, "recall": 1.0}]
+    emit({"method": "exact (numpy matmul)", "build_s": 0.0, "qps": args.queries / (time.perf_counter() - t),
+          "recall": 1.0})
     for lib in args.libraries:
+        try:
+            build, search = LIBRARIES[lib](gallery, args.m, args.ef_construction, args.threads)
+        except ImportError as exc:
+            emit({"method": lib, "error": f"not installed ({exc})"})
+            continue
         for ef in args.ef_search:
-            try:
-                ids, build, search_s = LIBRARIES[lib](gallery, queries, args.k, args.m, args.ef_construction, ef)
-            except ImportError as exc:
-                rows.append({"method": lib, "error": f"not installed ({exc})"})
-                break
-            rows.append({"method": f"{lib} HNSW M={args.m} efC={args.ef_construction} ef={ef}",
-                         "build_s": build, "qps": args.queries / search_s, "recall": recall(ids, truth)})
+            t = time.perf_counter()
+            ids = search(queries, args.k, ef)
+            emit({"method": f"{lib} HNSW M={args.m} efC={args.ef_construction} ef={ef}",
+                  "build_s": build, "qps": args.queries / (time.perf_counter() - t), "recall": recall(ids, truth)})
     if args.json:
         print(json.dumps({"args": vars(args), "machine": platform.processor(), "rows": rows}, indent=1))
-        return
-    kind = "uniform" if args.uniform else f"{args.clusters} clusters"
-    print(f"gallery {args.n} x {args.dim} ({kind}), {args.queries} queries, recall@{args.k}")
-    print(f"{'method':<40} {'build s':>8} {'queries/s':>10} {'recall':>7}")
-    for r in rows:
-        if "error" in r:
-            print(f"{r['method']:<40} {r['error']}")
-        else:
-            print(f"{r['method']:<40} {r['build_s']:>8.1f} {r['qps']:>10.0f} {r['recall']:>7.3f}")
-
 
 if __name__ == "__main__":
     main()
