@@ -270,7 +270,11 @@ def run_degradation(opts: DegradationOptions, *, log: Callable[[str], None] = pr
     for i, name in enumerate(names, start=1):
         log(f"[{i}/{len(names)}] {name}")
         cfg = train_config(name, settings, len(train_set), out / name, opts)
-        _train_model(name, cfg, out / name, log, on_step)
+        try:
+            _train_model(name, cfg, out / name, log, on_step)
+        except KeyboardInterrupt:
+            log(f"{name} interrupted; run the same command again to resume the experiment")
+            raise
 
     rows = []
     for name in names:
