@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -249,7 +250,9 @@ def test_export_onnx_dynamic_batch_matches_torch(weights: Path, tmp_path: Path,
 def test_export_torchscript(weights: Path, tmp_path: Path) -> None:
     result = export(weights, "torchscript", out=tmp_path / "r20.pt")
     assert result.max_abs_diff < 1e-5
-    scripted = torch.jit.load(result.path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still supported
+        scripted = torch.jit.load(result.path)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(scripted(x), load_for_inference(weights).model(x), atol=1e-5)

@@ -97,11 +97,11 @@ def test_precision_names() -> None:
 
 
 def test_bench_infer_small_run() -> None:
-    report = bench_infer("resnet20", batch=4, iters=2, warmup=1, agreement_images=16, matmul_size=256)
+    report = bench_infer("resnet20", batch=4, iters=2, warmup=1, agreement_images=16, matmul_size=256, onnx=False)
     names = [p.name for p in report.paths]
-    assert len(names) == 4 and names[0].startswith("resnets resnet20 eager fp32") and "onnxruntime" in names[3]
-    ref, fp32, fast, onnx = report.paths
+    assert len(names) == 3 and names[0].startswith("resnets resnet20 eager fp32")  # ONNX: see test_export_*
+    ref, fp32, fast = report.paths
     assert ref.top1_agreement == 1.0 and ref.rel_error == 0.0 and ref.speedup == 1.0
-    assert fp32.top1_agreement == 1.0 and fp32.rel_error < 1e-5 and onnx.rel_error < 1e-5
+    assert fp32.top1_agreement == 1.0 and fp32.rel_error < 1e-5
     assert fast.rel_error < 0.05 and all(p.images_per_s > 0 and p.p99_ms >= p.p50_ms for p in report.paths)
     assert report.gflop_per_image == pytest.approx(0.0815, rel=0.05) and report.matmul_tflops_bf16 > 0

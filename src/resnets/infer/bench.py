@@ -41,6 +41,7 @@ class PathResult:
     rel_error: float
     speedup: float = 1.0
     note: str = ""
+    max_flipped_margin: float = 0.0  # largest reference top-1/top-2 logit gap among images whose top-1 changed
 
 
 @dataclass
@@ -62,6 +63,7 @@ class BenchReport:
     matmul_size: int
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    median_margin: float = 0.0  # median reference top-1/top-2 logit gap
     paths: list[PathResult] = field(default_factory=list)
 
     @property
@@ -251,11 +253,17 @@ def bench_infer(
             peak = _peak_rss_mib()
             if ref_logits is None:
                 ref_logits = logits
-            agree = float((logits.argmax(1) == ref_logits.argmax(1)).float().mean())
+                top2 = ref_logits.topk(2, 1).values
+                margins = top2[:, 0] - top2[:, 1]
+                report.median_margin = float(margins.median())
+            same = logits.argmax(1) == ref_logits.argmax(1)
+            agree = float(same.float().mean())
+            flipped = float(margins[~same].max()) if (~same).any() else 0.0
             rel = float((logits - ref_logits).norm() / ref_logits.norm())
             ms = np.array(times) * 1e3
             report.paths.append(PathResult(name, batch * len(times) / sum(times), float(np.percentile(ms, 50)),
-                                           float(np.percentile(ms, 99)), peak, agree, rel, note=note))
+                                           float(np.percentile(ms, 99)), peak, agree, rel, note=note,
+                                           max_flipped_margin=flipped))
     finally:
         tmpdir.cleanup()
     base = report.paths[0].images_per_s
@@ -312,8 +320,11 @@ def format_report(r: BenchReport) -> str:
         lines.append(f"| {name} | {p.images_per_s:.1f} | {p.speedup:.2f}x | {p.p50_ms:.1f} | {p.p99_ms:.1f} | "
                      f"{p.top1_agreement:.2%} | {p.rel_error:.2e} | {p.peak_rss_mib:.0f} |")
     best = max(r.paths, key=lambda p: p.images_per_s)
+    flips = [f"{p.name.split(' (')[0]}: {p.max_flipped_margin:.3f}" for p in r.paths if p.max_flipped_margin]
     lines += [
         "",
+        f"median top-1/top-2 logit gap of the reference: {r.median_margin:.3f}; largest gap among changed top-1s: "
+        + ("; ".join(flips) if flips else "none changed"),
         f"matmul {r.matmul_size}^3: bf16 {r.matmul_tflops_bf16:.2f} TFLOP/s, fp32 {r.matmul_tflops_fp32:.2f} TFLOP/s; "
         f"{r.gflop_per_image:.2f} GFLOP per image -> floor {r.floor_images_per_s:.0f} images/s at the bf16 rate; "
         f"fastest path reaches {best.images_per_s / r.floor_images_per_s:.0%} of it",
