@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="weights to embed the queries with (default: the ones the index records)")
     p.add_argument("--model", default=None, metavar="NAME", help="architecture of a foreign .pth")
     p.add_argument("--method", choices=("auto", "exact", "ann"), default="auto",
-                   help="auto: exact below 50k gallery images, faiss HNSW above when installed")
+                   help="auto: exact, unless 50k+ gallery images meet 20k+ queries and faiss is installed")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     p.set_defaults(func=run)
 

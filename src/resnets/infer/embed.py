@@ -21,9 +21,12 @@ from .fastpath import FastModel
 from .loading import LoadedModel, expand_paths, load_for_inference, read_batches
 
 INDEX_FORMAT = "resnets-embeddings-1"
-# Gallery size from which an installed approximate-nearest-neighbour library replaces exact search
-# (benchmarks/ann_search.py: below it the exact matrix product is fast enough and exact).
+# When an installed approximate-nearest-neighbour library (faiss HNSW) replaces exact search: galleries of at
+# least ANN_THRESHOLD vectors searched with at least ANN_MIN_QUERIES queries at once. The index is built per
+# call, and benchmarks/ann_search.py (100k x 512) measured ~100 s to build it against 230 exact vs ~1800 HNSW
+# queries/s: building pays off only from some 30k queries (docs/results.md, "Inference on CPU").
 ANN_THRESHOLD = 50_000
+ANN_MIN_QUERIES = 20_000
 
 
 @dataclass
@@ -158,12 +161,13 @@ def nearest(gallery: np.ndarray, queries: np.ndarray, k: int, *, method: str = "
             ) -> tuple[np.ndarray, np.ndarray]:
     """``(scores, indices)``, each Q x k, of the ``k`` gallery rows with the largest inner product per query,
     best first. ``method``: ``"exact"`` (matrix product), ``"ann"`` (faiss HNSW) or ``"auto"`` (ANN from
-    ``ANN_THRESHOLD`` rows when faiss is installed)."""
+    ``ANN_THRESHOLD`` rows and ``ANN_MIN_QUERIES`` queries when faiss is installed)."""
     k = min(k, len(gallery))
     if method not in ("auto", "exact", "ann"):
         raise UserError(f"unknown search method {method!r}; use auto, exact or ann")
     if method == "auto":
-        method = "ann" if len(gallery) >= ANN_THRESHOLD and ann_library() else "exact"
+        big = len(gallery) >= ANN_THRESHOLD and len(queries) >= ANN_MIN_QUERIES
+        method = "ann" if big and ann_library() else "exact"
     if method == "ann":
         if ann_library() is None:
             raise UserError("approximate search needs faiss: pip install 'resnets[ann]'")
