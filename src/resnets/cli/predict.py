@@ -16,7 +16,7 @@ def add_weights_args(p: argparse.ArgumentParser) -> None:
 def add_precision_arg(p: argparse.ArgumentParser) -> None:
     """``--precision``: the fast path's number format."""
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="auto: bf16 (BN folded, channels_last) where the CPU has native bf16; fp32 opts out")
+                   help="BN folded + channels_last always; auto: bf16 on AMX CPUs, else fp32; bf16 forces it")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .fastpath import FastModel, cpu_has_native_bf16
+from .fastpath import FastModel, cpu_has_native_bf16, resolve_precision
 from .loading import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, LoadedModel, preprocess
 
 SHARED_IMAGES = Path("/work/shared/data/cifar10-jpeg/test")
@@ -227,16 +227,17 @@ def bench_infer(
             return reference(x)
 
     paths: list[tuple[str, Callable[[torch.Tensor], torch.Tensor], str]] = [(ref_name, ref_fn, "reference")]
-    fp32 = FastModel(ours, "fp32")
-    paths.append(("resnets fp32 (" + fp32.describe() + ")", fp32, ""))
-    fast = FastModel(ours, "auto")
-    paths.append(("resnets fast path (" + fast.describe() + ")", fast, "default of predict/embed"))
+    default = resolve_precision("auto")
+    for precision in ("fp32", "bf16"):
+        fast = FastModel(ours, precision)
+        note = "default of predict/embed here" if precision == default else ""
+        paths.append((f"resnets {precision} (" + fast.describe() + ")", fast, note))
     if compile:
         say("compiling (torch.compile, inductor freezing)")
-        comp = FastModel(ours, "auto", compile=True)
+        comp = FastModel(ours, "bf16", compile=True)
         t = time.perf_counter()
         comp(timing_x)
-        paths.append(("resnets fast path (" + comp.describe() + ")", comp,
+        paths.append(("resnets bf16 compiled (" + comp.describe() + ")", comp,
                       f"first call {time.perf_counter() - t:.0f} s"))
     tmpdir = tempfile.TemporaryDirectory(prefix="resnets-bench-")
     if onnx:

@@ -1,8 +1,9 @@
 """The fast CPU inference path: batch norm folded into convolutions, channels_last, bf16 where native.
 
-``fold_batchnorm`` is exact in float32 (to rounding). ``FastModel`` runs a folded copy of a model in bf16
-autocast when the CPU multiplies bf16 natively (AVX512-BF16 or AMX), else in float32; ``compile=True`` adds
-``torch.compile`` with inductor freezing (slow to start, for long runs).
+``fold_batchnorm`` is exact in float32 (to rounding). ``FastModel`` runs a folded, channels_last copy of a
+model; precision ``"auto"`` is bf16 autocast only on CPUs with AMX, where bf16 matrix units beat float32 by
+far, and float32 elsewhere: on the AVX512-BF16 development box bf16 ran at half the float32 matmul rate and
+slower end to end (docs/results.md). ``compile=True`` adds ``torch.compile`` with inductor freezing.
 """
 
 from __future__ import annotations
@@ -40,12 +41,22 @@ def cpu_has_native_bf16() -> bool:
                 and torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX"))
 
 
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX-BF16 tile units (Sapphire Rapids and later, where the OS enables them)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in fh)
+    except OSError:
+        return torch.backends.cpu.get_cpu_capability() == "AMX"
+
+
 def resolve_precision(precision: str) -> str:
-    """``"auto"`` to ``"bf16"`` where the CPU has native bf16, else ``"fp32"``; others checked and returned."""
+    """``"auto"`` to ``"bf16"`` on AMX CPUs, else ``"fp32"`` (see the module doc); others checked and returned."""
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
+        return "bf16" if cpu_has_amx() and cpu_has_native_bf16() else "fp32"
     return precision
 
 

@@ -42,7 +42,7 @@ def predict(
 ) -> PredictResult:
     """Predict the top ``topk`` classes of the images at ``paths`` (files, folders, globs).
 
-    ``precision``: ``"auto"`` (bf16 where the CPU has it natively), ``"bf16"`` or ``"fp32"``.
+    ``precision``: ``"auto"`` (bf16 on AMX CPUs, else fp32), ``"bf16"`` or ``"fp32"``.
     ``on_failure(path, message)`` is called for each unreadable input as it happens.
     """
     loaded = load_for_inference(weights, model_name)
