@@ -114,8 +114,12 @@ def init_distributed(device: torch.device) -> DistEnv:
     backend = backend_for(device)
     if not dist.is_initialized():
         kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
-        dist.init_process_group(backend, rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout_seconds()), **kwargs)
+        timeout = datetime.timedelta(seconds=timeout_seconds())
+        store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world, timeout=timeout))
+        # torchrun keeps its store across --max-restarts: without a per-attempt prefix a restarted rank can
+        # read a dead peer's address left by the previous attempt and fail to connect.
+        store = dist.PrefixStore(f"resnets/attempt_{restart_count()}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout, **kwargs)
     return DistEnv(rank, world, local, device, backend)
 
 
