@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .hardware import cpu_has_amx, cpu_has_native_bf16
 
 TTA_MODES = ("flip", "10crop")
 
@@ -124,11 +125,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` (``auto``: bf16 where the hardware has it, fp16 on older GPUs)."""
+    """The autocast dtype for ``precision`` (``auto``: bf16 on GPUs that have it, else fp16; on CPUs bf16
+    only with AMX, since without it bf16 is slower than float32)."""
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else None
+        return torch.bfloat16 if cpu_has_amx() and cpu_has_native_bf16() else None
     table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in table:
         raise UserError(f"unknown precision '{precision}'; use auto, bf16, fp16 or fp32")

@@ -9,7 +9,6 @@ slower end to end (docs/results.md). ``compile=True`` adds ``torch.compile`` wit
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
@@ -17,38 +16,11 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..hardware import cpu_has_amx, cpu_has_native_bf16
 from ..models.blocks import BasicBlock, Bottleneck
 from ..models.resnet import ResNetBase
 
 PRECISIONS = ("auto", "bf16", "fp32")
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16) that oneDNN uses."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    if flags:
-        return bool({"avx512_bf16", "amx_bf16"} & flags) and torch.backends.mkldnn.is_available()
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-                and torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX"))
-
-
-@functools.cache
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX-BF16 tile units (Sapphire Rapids and later, where the OS enables them)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in fh)
-    except OSError:
-        return torch.backends.cpu.get_cpu_capability() == "AMX"
 
 
 def resolve_precision(precision: str) -> str:
