@@ -18,7 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--images", default=None, metavar="DIR",
                    help="folder of real images (default: /work/shared/data/cifar10-jpeg/test, else the sample)")
     q.add_argument("--compile", action="store_true", help="also time the torch.compile'd fast path")
-    q.add_argument("--no-onnx", action="store_true", help="skip onnxruntime")
+    q.add_argument("--no-onnx", action="store_true", help="skip onnxruntime (float32 and int8)")
+    q.add_argument("--no-int8", action="store_true", help="skip onnxruntime int8")
+    q.add_argument("--int8-calibration", type=int, default=128, metavar="N",
+                   help="further real images to calibrate int8 on (default 128)")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     q.set_defaults(func=run_infer)
 
@@ -31,6 +34,7 @@ def run_infer(args: argparse.Namespace) -> int:
 
     report = bench_infer(args.model, args.batch, args.iters, warmup=args.warmup,
                          agreement_images=args.agreement_images, images=args.images, compile=args.compile,
-                         onnx=not args.no_onnx, progress=lambda m: print(f"... {m}", file=sys.stderr))
+                         onnx=not args.no_onnx, int8=not args.no_int8, int8_calibration=args.int8_calibration,
+                         progress=lambda m: print(f"... {m}", file=sys.stderr))
     print(json.dumps(report.as_dict(), indent=1) if args.json else format_report(report))
     return 0

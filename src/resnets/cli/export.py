@@ -1,4 +1,4 @@
-"""``resnets export``: ONNX (dynamic batch) or TorchScript, checked against PyTorch before it is kept."""
+"""``resnets export``: ONNX (dynamic batch, optionally int8) or TorchScript, checked before it is kept."""
 
 from __future__ import annotations
 
@@ -8,24 +8,53 @@ from .predict import add_weights_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("export", help="export to ONNX or TorchScript, checked against PyTorch")
+    from ..infer.quantize import CALIBRATION_IMAGES, CHECK_IMAGES, MAX_REL_ERROR, MIN_AGREEMENT
+
+    p = subparsers.add_parser("export", help="export to ONNX (optionally int8) or TorchScript, checked")
     add_weights_args(p)
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="output format")
-    p.add_argument("--out", default=None, metavar="FILE", help="output file (default: beside the weights)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="output file (default: beside the weights, .onnx / .int8.onnx / .pt)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    q = p.add_argument_group("int8 (onnxruntime static quantisation, checked on real images)")
+    q.add_argument("--int8", action="store_true",
+                   help="quantise to int8 (QDQ, per-channel weights), calibrated on real images")
+    q.add_argument("--calibration", default=None, metavar="DIR",
+                   help="folder of images for calibration and the check (default: the shipped sample)")
+    q.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES, metavar="N",
+                   help=f"images to calibrate on (default {CALIBRATION_IMAGES})")
+    q.add_argument("--check-images", type=int, default=CHECK_IMAGES, metavar="N",
+                   help=f"other images to compare with float32 PyTorch (default {CHECK_IMAGES})")
+    q.add_argument("--min-agreement", type=float, default=MIN_AGREEMENT, metavar="F",
+                   help=f"fail below this top-1 agreement with float32 (default {MIN_AGREEMENT})")
+    q.add_argument("--max-rel-error", type=float, default=MAX_REL_ERROR, metavar="F",
+                   help=f"fail above this relative logits error (default {MAX_REL_ERROR})")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from ..errors import UserError
     from ..infer.export import ExportCheckError, export
 
+    if args.calibration is not None and not args.int8:
+        raise UserError("--calibration needs --int8")
     try:
-        result = export(args.weights, args.format, out=args.out, model_name=args.model, opset=args.opset)
+        result = export(args.weights, args.format, out=args.out, model_name=args.model, opset=args.opset,
+                        int8=args.int8, calibration=args.calibration, calibration_images=args.calibration_images,
+                        check_images=args.check_images, min_agreement=args.min_agreement,
+                        max_rel_error=args.max_rel_error)
     except ExportCheckError as exc:
         print(f"resnets export: check failed: {exc}", file=sys.stderr)
         return 1
+    if result.int8 is not None:
+        f = result.int8
+        print(f"wrote {result.path} (int8); calibrated on {result.calibration_images} images from "
+              f"{result.image_source}; int8 onnxruntime vs float32 PyTorch on {f.images} other images: "
+              f"top-1 agreement {f.top1_agreement:.2%}, logits relative error {f.rel_error:.3g}, "
+              f"max abs difference {f.max_abs_diff:.3g} (logits up to {f.max_abs_ref:.3g})")
+        return 0
     checker = "onnxruntime" if result.format == "onnx" else "torch.jit"
     print(f"wrote {result.path}; {checker} vs PyTorch at batch sizes "
           f"{', '.join(map(str, result.batches))}: max abs difference {result.max_abs_diff:.3g} "

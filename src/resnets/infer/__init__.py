@@ -3,7 +3,7 @@
 * :func:`predict` - top-k labels for image files, folders and globs.
 * :func:`embed`, :func:`search` - L2-normalised pooled features as an index; cosine nearest neighbours.
 * :func:`explain` - Grad-CAM on the last stage, as a heat-map PNG.
-* :func:`export` - ONNX (dynamic batch) or TorchScript, checked against PyTorch.
+* :func:`export` - ONNX (dynamic batch; int8 via :mod:`.quantize`) or TorchScript, checked against PyTorch.
 * :class:`FastModel`, :func:`fold_batchnorm` - the fast CPU path (BN folded, channels_last, bf16).
 * :func:`bench_infer` - speed, latency, memory and fidelity against torchvision and onnxruntime.
 """

@@ -1,9 +1,10 @@
 """``resnets bench infer``: CPU inference speed, latency, memory and fidelity of our fast path against
-torchvision's eager float32 ResNet and onnxruntime, in one run.
+torchvision's eager float32 ResNet and onnxruntime (float32 and static int8), in one run.
 
 Weights are random (there are no pretrained weights offline), shared by every path: torchvision's init,
 with batch-norm statistics calibrated on real images so activations have a trained net's scale. Top-1
-agreement with float32 on real images is then a check of numerical fidelity, not of accuracy.
+agreement with float32 on real images is then a check of numerical fidelity, not of accuracy; random
+weights' logits are near ties, so it understates the agreement trained weights give (most of all for int8).
 """
 
 from __future__ import annotations
@@ -180,10 +181,13 @@ def bench_infer(
     images: str | os.PathLike[str] | None = None,
     compile: bool = False,
     onnx: bool = True,
+    int8: bool = True,
+    int8_calibration: int = 128,
     matmul_size: int = 4096,
     progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
-    """Measure each inference path on ``model`` at ``batch`` for ``iters`` timed batches (see module doc)."""
+    """Measure each inference path on ``model`` at ``batch`` for ``iters`` timed batches (see module doc);
+    ``int8`` (with ``onnx``) adds onnxruntime int8, calibrated on ``int8_calibration`` further real images."""
     import torchvision
 
     from ..models import create_model, model_family
@@ -198,8 +202,10 @@ def bench_infer(
     tf_bf16 = matmul_tflops(torch.bfloat16, matmul_size)
     tf_fp32 = matmul_tflops(torch.float32, matmul_size)
     calib_n = 32
-    pool, root = real_images(agreement_images + calib_n, family, images)
-    calib, evaluation = pool[:calib_n], pool[calib_n:]
+    quant_n = int8_calibration if onnx and int8 else 0
+    pool, root = real_images(agreement_images + calib_n + quant_n, family, images)
+    calib, evaluation = pool[:calib_n], pool[calib_n + quant_n:]
+    quant_calib = pool[calib_n:calib_n + quant_n]
     timing_x = pool[:batch] if len(pool) >= batch else pool[torch.arange(batch) % len(pool)]
 
     torch.manual_seed(0)
@@ -242,7 +248,16 @@ def bench_infer(
     tmpdir = tempfile.TemporaryDirectory(prefix="resnets-bench-")
     if onnx:
         say("exporting to ONNX")
-        paths.append(("onnxruntime fp32 (exported model)", _onnx_runner(ours, model, family, tmpdir.name), ""))
+        fp32_path = _onnx_export(ours, model, family, tmpdir.name)
+        paths.append(("onnxruntime fp32 (exported model)", _onnx_runner(fp32_path), ""))
+        if int8:
+            from .quantize import quantize_onnx
+
+            say(f"quantising to int8, calibrated on {len(quant_calib)} other real images")
+            int8_path = str(Path(tmpdir.name) / f"{model}.int8.onnx")
+            quantize_onnx(fp32_path, int8_path, quant_calib)
+            paths.append((f"onnxruntime int8 (QDQ U8S8 per-channel, {len(quant_calib)} calibration images)",
+                          _onnx_runner(int8_path), ""))
 
     ref_logits: torch.Tensor | None = None
     try:
@@ -274,17 +289,18 @@ def bench_infer(
     return report
 
 
-def _onnx_runner(model: nn.Module, name: str, family: str, folder: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    import onnxruntime as ort
-
+def _onnx_export(model: nn.Module, name: str, family: str, folder: str) -> str:
     from .export import export
 
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if family == "imagenet" else (CIFAR_MEAN, CIFAR_STD)
     loaded = LoadedModel(model, [str(i) for i in range(model.num_classes)], mean, std, family, "<bench>", name)
-    result = export(loaded, "onnx", out=Path(folder) / f"{name}.onnx")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(result.path, options, providers=["CPUExecutionProvider"])
+    return export(loaded, "onnx", out=Path(folder) / f"{name}.onnx").path
+
+
+def _onnx_runner(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    from .quantize import onnx_session
+
+    session = onnx_session(path)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
@@ -310,7 +326,8 @@ def format_report(r: BenchReport) -> str:
         f"{r.threads} threads on {r.cpu} (native bf16: {'yes' if r.native_bf16 else 'no'})",
         f"load average {r.load_before[0]:.1f} before, {r.load_after[0]:.1f} after (other processes share the CPU)",
         f"fidelity on {r.agreement_images} real images from {r.images}, random weights with calibrated BN: "
-        "agreement and relative error of the logits vs the reference",
+        "agreement and relative error of the logits vs the reference (random weights' near-tie logits "
+        "understate the agreement trained weights give)",
         "",
         "| path | images/s | vs reference | p50 ms/batch | p99 ms/batch | top-1 agreement | logits rel. error "
         "| peak RSS MiB |",

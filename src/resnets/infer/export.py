@@ -1,7 +1,9 @@
 """Export a model to ONNX (dynamic batch) or TorchScript, checked against PyTorch before it is kept.
 
 The file is written to a temporary path, checked (ONNX through onnxruntime, TorchScript by running it) on
-random inputs at two batch sizes, and only renamed into place when the check passes.
+random inputs at two batch sizes, and only renamed into place when the check passes. ``int8=True`` (ONNX
+only) then quantises the checked float32 graph (``resnets.infer.quantize``) and checks the int8 model against
+float32 PyTorch on real images instead: top-1 agreement and the logits' relative error.
 """
 
 from __future__ import annotations
@@ -16,7 +18,21 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..weights import atomic_write
 from .loading import LoadedModel, load_for_inference, require
+from .quantize import (
+    BATCH,
+    CALIBRATION_IMAGES,
+    CHECK_IMAGES,
+    MAX_REL_ERROR,
+    MIN_AGREEMENT,
+    Fidelity,
+    fidelity,
+    load_images,
+    onnx_session,
+    quantize_onnx,
+    run_session,
+)
 
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -38,6 +54,9 @@ class ExportResult:
     max_abs_diff: float
     max_abs_ref: float
     batches: tuple[int, ...]
+    int8: Fidelity | None = None  # the int8 model vs float32 PyTorch on real images
+    calibration_images: int = 0
+    image_source: str = ""
 
 
 def export(
@@ -47,17 +66,34 @@ def export(
     out: str | os.PathLike[str] | None = None,
     model_name: str | None = None,
     opset: int = 18,
+    int8: bool = False,
+    calibration: str | os.PathLike[str] | None = None,
+    calibration_images: int = CALIBRATION_IMAGES,
+    check_images: int = CHECK_IMAGES,
+    min_agreement: float = MIN_AGREEMENT,
+    max_rel_error: float = MAX_REL_ERROR,
 ) -> ExportResult:
     """Export ``weights`` to ``format`` (``"onnx"`` or ``"torchscript"``) at ``out`` (default: beside the
-    weights); raises ExportCheckError, leaving no file, when the check fails."""
+    weights); raises ExportCheckError, leaving no file, when the check fails.
+
+    ``int8``: quantise the ONNX model, calibrated on ``calibration_images`` real images from ``calibration``
+    (default: the shipped sample), and require top-1 agreement >= ``min_agreement`` and relative logits error
+    <= ``max_rel_error`` against float32 PyTorch on ``check_images`` other images.
+    """
     if format not in FORMATS:
         raise UserError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if int8 and format != "onnx":
+        raise UserError("int8 export is ONNX only (--format onnx)")
     if format == "onnx":
         require("onnx", "export")
         require("onnxruntime", "export")
     loaded = load_for_inference(weights, model_name)
     model = loaded.model.eval()
-    out_path = Path(out) if out is not None else Path(loaded.source).with_suffix(SUFFIX[format])
+    suffix = ".int8.onnx" if int8 else SUFFIX[format]
+    out_path = Path(out) if out is not None else Path(loaded.source).with_suffix(suffix)
+    if int8:
+        return _export_int8(model, loaded, out_path, opset, calibration, calibration_images, check_images,
+                            min_agreement, max_rel_error)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     size = loaded.input_size
     gen = torch.Generator().manual_seed(0)
@@ -87,6 +123,34 @@ def export(
     finally:
         Path(tmp).unlink(missing_ok=True)
     return ExportResult(str(out_path), format, diff, ref_max, CHECK_BATCHES)
+
+
+def _export_int8(model: torch.nn.Module, loaded: LoadedModel, out_path: Path, opset: int,
+                 calibration: str | os.PathLike[str] | None, n_calibration: int, n_check: int,
+                 min_agreement: float, max_rel_error: float) -> ExportResult:
+    calib, check, source = load_images(loaded, calibration, n_calibration, n_check)
+    with torch.inference_mode():
+        reference = torch.cat([model(check[s:s + BATCH]) for s in range(0, len(check), BATCH)])
+    with tempfile.TemporaryDirectory(prefix="resnets-export-") as tmp:
+        fp32 = export(loaded, "onnx", out=Path(tmp) / "fp32.onnx", opset=opset)
+        result = ExportResult(str(out_path), "onnx", fp32.max_abs_diff, fp32.max_abs_ref, fp32.batches,
+                              calibration_images=len(calib), image_source=source)
+
+        def write(path: str) -> None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", (UserWarning, FutureWarning, DeprecationWarning))
+                quantize_onnx(fp32.path, path, calib)
+            result.int8 = fidelity(run_session(onnx_session(path), check), reference)
+            got = result.int8
+            if not (got.top1_agreement >= min_agreement and got.rel_error <= max_rel_error):
+                raise ExportCheckError(
+                    f"int8 vs float32 PyTorch on {got.images} real images: top-1 agreement "
+                    f"{got.top1_agreement:.2%} (need >= {min_agreement:.2%}), logits relative error "
+                    f"{got.rel_error:.3g} (need <= {max_rel_error:.3g}); nothing written")
+            os.chmod(path, 0o666 & ~_umask())
+
+        atomic_write(out_path, write)
+    return result
 
 
 def _write_onnx(model: torch.nn.Module, loaded: LoadedModel, example: torch.Tensor, path: str, opset: int) -> None:
