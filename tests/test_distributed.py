@@ -32,19 +32,6 @@ def errors(stderr: str) -> str:
     return "\n".join(line for line in stderr.splitlines() if "Warning" not in line and "warn(" not in line)[-4000:]
 
 
-def test_rank_order_splits_each_global_batch() -> None:
-    order = torch.randperm(22, generator=torch.Generator().manual_seed(0))
-    parts = [D.rank_order(order, 6, r, 3) for r in range(3)]
-    assert all(len(p) == 6 for p in parts)  # 3 full global batches of 6 -> 3 batches of 2 per rank
-    for b in range(3):
-        union = torch.cat([p[2 * b: 2 * b + 2] for p in parts])
-        assert torch.equal(union, order[6 * b: 6 * b + 6])  # ranks' step-b batches = the global batch b
-    tails = [D.rank_order(order, 6, r, 3, drop_last=False)[6:] for r in range(3)]
-    assert torch.equal(torch.cat(tails), order[18:])
-    with pytest.raises(UserError, match="divisible"):
-        D.rank_order(order, 5, 0, 2)
-
-
 def test_rank_batches_are_slices_of_the_single_process_batches() -> None:
     g = torch.Generator().manual_seed(1)
     data = ImageTensors(torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8, generator=g),

@@ -93,14 +93,22 @@ class DeviceBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)
 
-    def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The current epoch's batches from index ``start_batch`` on (the same as skipping that many)."""
+    def iter_from(self, start_batch: int, *, rank: int = 0, world_size: int = 1
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The current epoch's batches from index ``start_batch`` on (the same as skipping that many).
+
+        With ``world_size > 1`` (data-parallel training), only slice ``rank`` of ``world_size`` equal slices
+        of each batch, with the crops and flips those images get in one process; ``world_size`` must divide
+        the batch size.
+        """
+        per_rank = self.batch_size // world_size
         order, offsets, flips = self._plan()
         order = order.to(self.device)
         if offsets is not None:
             offsets, flips = offsets.to(self.device), flips.to(self.device)
         for b in range(max(0, start_batch), len(self)):
-            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            first = b * self.batch_size + rank * per_rank
+            sl = slice(first, first + per_rank)
             idx = order[sl]
             batch = self.images[idx]
             if offsets is not None:

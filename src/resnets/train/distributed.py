@@ -5,7 +5,7 @@ A run started by ``torchrun`` (or ``resnets train --nproc N``) has ``RANK``, ``W
 (gloo on CPU, NCCL on CUDA) with a bounded timeout, so a lost peer ends the run instead of hanging it.
 
 The batch size of the config is the **global** batch: each of the ``W`` ranks takes a contiguous ``B / W``
-slice of every global batch of the single-process order (:func:`rank_order`), so the union of the ranks'
+slice of every global batch of the single-process order (``DeviceBatches.iter_from(rank=, world_size=)``), so the union of the ranks'
 batches at step ``s`` is exactly the single-process batch at step ``s``, and the epoch and batch position
 of a checkpoint mean the same thing whatever the number of processes.
 """
@@ -189,29 +189,6 @@ def combine_eval(env: DistEnv, result: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def rank_order(order: torch.Tensor, batch_size: int, rank: int, world_size: int, drop_last: bool = True
-               ) -> torch.Tensor:
-    """This rank's part of an epoch order: slice ``rank`` of ``world_size`` equal slices of each global batch.
-
-    ``order`` is the single-process order of the epoch, cut into global batches of ``batch_size`` (which
-    ``world_size`` must divide); the result, cut into batches of ``batch_size // world_size``, gives this
-    rank's batches in step order. With ``drop_last`` a final partial global batch is left out, as it is
-    single-process; without it, the final partial batch is split as evenly as possible.
-    """
-    if batch_size % world_size:
-        raise UserError(f"the global batch size {batch_size} must be divisible by the number of processes "
-                        f"{world_size}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
-    per_rank = batch_size // world_size
-    full = len(order) // batch_size
-    body = order[: full * batch_size].view(full, world_size, per_rank)[:, rank].reshape(-1)
-    if drop_last or full * batch_size == len(order):
-        return body
-    tail = order[full * batch_size:]
-    return torch.cat([body, tail.tensor_split(world_size)[rank]])
-
-
 def rank_slice(n: int, rank: int, world_size: int) -> torch.Tensor:
     """Indices of this rank's contiguous, near-equal part of ``range(n)`` (e.g. an evaluation set)."""
     return torch.arange(n).tensor_split(world_size)[rank]
@@ -328,19 +305,4 @@ class RankBatches:
 
     def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of the current epoch from global step ``start_batch`` on."""
-        inner = self.inner
-        order, offsets, flips = inner._plan()
-        mine = rank_order(torch.arange(len(order)), inner.batch_size, self.rank, self.world_size)
-        per_rank = inner.batch_size // self.world_size
-        order = order[mine].to(inner.device)
-        if offsets is not None:
-            offsets, flips = offsets[mine].to(inner.device), flips[mine].to(inner.device)
-        for b in range(max(0, start_batch), len(self)):
-            sl = slice(b * per_rank, (b + 1) * per_rank)
-            idx = order[sl]
-            batch = inner.images[idx]
-            if offsets is not None:
-                batch = inner._augment(batch, offsets[sl], flips[sl])
-            elif inner.crop != tuple(batch.shape[2:]):
-                batch = inner._center_crop(batch)
-            yield inner._normalise(batch), inner.labels[idx]
+        return self.inner.iter_from(start_batch, rank=self.rank, world_size=self.world_size)
