@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
 from pathlib import Path
 
@@ -36,11 +35,9 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(result.best_weights, "sample")
     print(f"top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  ({report['images']} images; "
           f"report {report['report']}, confusion matrix {report['confusion_png']})")
-    if importlib.util.find_spec(f"{__package__}.predict") is not None:
-        from . import main
+    from . import main
 
-        test_dir = Path(extract_sample()) / "test"
-        images = [str(next(iter(sorted(d.iterdir())))) for d in sorted(test_dir.iterdir()) if d.is_dir()][:4]
-        print("\n== predicting a few sample images ==")
-        return main(["predict", "--weights", str(result.best_weights), "--topk", "3", *images])
-    return 0
+    test_dir = Path(extract_sample()) / "test"
+    images = [str(next(iter(sorted(d.iterdir())))) for d in sorted(test_dir.iterdir()) if d.is_dir()][:4]
+    print("\n== predicting a few sample images ==")
+    return main(["predict", "--weights", str(result.best_weights), "--topk", "3", *images])
