@@ -91,12 +91,14 @@ def test_settings_schedules_and_table() -> None:
             parse_depths(bad)
     short = resolve_settings(DegradationOptions())
     assert (short["base_recipe"], short["epochs"], short["train_images"], short["batch_size"]) == \
-        ("cifar-paper", 3.0, 8000, 64)
+        ("cifar-paper", 12.0, 10000, 128)
     opts = DegradationOptions()
-    cfg = train_config("plain56", short, 8000, Path("unused"), opts)
-    assert (cfg.iterations, cfg.milestones, cfg.lr, cfg.momentum, cfg.weight_decay) == (375, [188, 281], 0.05,
-                                                                                         0.9, 1e-4)
-    assert (cfg.train_images, cfg.test_images, cfg.precision, cfg.data) == (8000, 2000, "fp32", "sample")
+    for name in ("plain20", "resnet56"):  # one recipe for every net, warm-up included
+        cfg = train_config(name, short, 10000, Path("unused"), opts)
+        assert (cfg.iterations, cfg.milestones, cfg.lr, cfg.momentum, cfg.weight_decay) == (936, [468, 702], 0.1,
+                                                                                             0.9, 1e-4)
+        assert (cfg.warmup, cfg.warmup_lr) == (94, None)  # linear ramp
+        assert (cfg.train_images, cfg.test_images, cfg.precision, cfg.data) == (10000, 2000, "fp32", "sample")
     paper = resolve_settings(DegradationOptions(recipe="cifar-paper"))
     cfg = train_config("resnet110", paper, 50000, Path("unused"), opts)
     assert (cfg.iterations, cfg.milestones, cfg.batch_size, cfg.warmup, cfg.warmup_lr) == \
