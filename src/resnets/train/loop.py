@@ -277,7 +277,7 @@ def train(
     if env.enabled and not cfg.out and ckpt is None:
         run_dir = Path(D.broadcast_object(env, str(run_dir)))  # rank 0's timestamped name everywhere
     amp_dtype = resolve_precision(cfg.precision, device)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None  # CPU fp16 too
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None  # fp16 is CUDA-only
     seed_everything(cfg.seed, cfg.deterministic)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
