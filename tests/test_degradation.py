@@ -15,7 +15,9 @@ from resnets.cli import main
 from resnets.experiments.degradation import (
     PLAIN_NOTE,
     DegradationOptions,
+    model_names,
     parse_depths,
+    parse_kinds,
     resolve_settings,
     results_table,
     run_degradation,
@@ -86,6 +88,11 @@ def test_responses_of_cifar_nets_are_every_3x3_layer_in_order() -> None:
 
 def test_settings_schedules_and_table() -> None:
     assert parse_depths("56, 20") == (20, 56)
+    assert parse_kinds("resnet") == ("resnet",) and parse_kinds("resnet,plain") == ("plain", "resnet")
+    with pytest.raises(UserError, match="--kinds"):
+        parse_kinds("residual")
+    assert model_names((56, 20)) == ["plain20", "resnet20", "plain56", "resnet56"]
+    assert model_names((56, 20), ("resnet",)) == ["resnet20", "resnet56"]
     for bad in ("20,1202", "x", ""):
         with pytest.raises(UserError):
             parse_depths(bad)
@@ -160,6 +167,14 @@ def test_experiment_end_to_end_with_resume(tmp_path: Path, capsys: pytest.Captur
     assert sorted(responses) == ["plain20", "resnet20"]
     assert all(len(m["layers"]) == 19 and all(x["std"] > 0 for x in m["layers"]) for m in responses.values())
     assert len((out / "responses.csv").read_text().splitlines()) == 1 + 2 * 19
+
+    # only the ResNets, in the same folder: nothing retrained, results and figures for resnet20 alone
+    capsys.readouterr()
+    assert main([*cli, "--kinds", "resnet"]) == 0
+    assert "resnet20: finished earlier, skipped" in capsys.readouterr().out
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["resnet20"]
+    assert sorted(json.loads((out / "responses.json").read_text())["models"]) == ["resnet20"]
 
     # a different recipe in the same folder is refused rather than mixed in
     with pytest.raises(UserError, match="other settings"):

@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     d.add_argument("--depths", default="20,56", metavar="D,D",
                    help="comma-separated depths among 20,32,44,56,110 (default 20,56)")
+    d.add_argument("--kinds", default="plain,resnet", metavar="K,K",
+                   help="which nets of each depth: plain, resnet or plain,resnet (default both)")
     d.add_argument("--data", default="sample",
                    help="data set: 'sample' (shipped), a folder with train/ and test/, a CIFAR archive or folder")
     d.add_argument("--out", default=None, metavar="DIR", help="experiment folder (default runs/degradation)")
@@ -46,10 +48,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_degradation_command(args: argparse.Namespace) -> int:
-    from ..experiments.degradation import DEFAULT_OUT, DegradationOptions, parse_depths, run_degradation
+    from ..experiments.degradation import (
+        DEFAULT_OUT,
+        DegradationOptions,
+        parse_depths,
+        parse_kinds,
+        run_degradation,
+    )
 
     opts = DegradationOptions(
-        depths=parse_depths(args.depths), data=args.data, out=args.out or DEFAULT_OUT, recipe=args.recipe,
+        depths=parse_depths(args.depths), kinds=parse_kinds(args.kinds), data=args.data,
+        out=args.out or DEFAULT_OUT, recipe=args.recipe,
         epochs=args.epochs, train_images=args.train_images, test_images=args.test_images,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
         response_images=args.response_images, cache_dir=args.cache_dir, progress=not args.no_progress,

@@ -48,6 +48,7 @@ class DegradationOptions:
     """What to run. ``None`` takes the recipe's value; ``train_images``/``test_images`` 0 means all."""
 
     depths: tuple[int, ...] = (20, 56)
+    kinds: tuple[str, ...] = ("plain", "resnet")  # which nets of each depth to train: plain, resnet or both
     data: str = "sample"
     out: str = DEFAULT_OUT
     recipe: str = "short"
@@ -72,9 +73,17 @@ class DegradationResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def model_names(depths: Sequence[int]) -> list[str]:
-    """Training order: per depth (ascending), the plain net then the ResNet."""
-    return [f"{kind}{d}" for d in sorted(set(depths)) for kind in ("plain", "resnet")]
+def model_names(depths: Sequence[int], kinds: Sequence[str] = ("plain", "resnet")) -> list[str]:
+    """Training order: per depth (ascending), the plain net then the ResNet (those of ``kinds``)."""
+    return [f"{kind}{d}" for d in sorted(set(depths)) for kind in ("plain", "resnet") if kind in kinds]
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """``"resnet"`` -> ``("resnet",)``; ``"plain,resnet"`` -> both."""
+    kinds = tuple(sorted({t.strip() for t in text.split(",") if t.strip()}))
+    if not kinds or set(kinds) - {"plain", "resnet"}:
+        raise UserError(f"--kinds takes plain, resnet or plain,resnet, not {text!r}")
+    return kinds
 
 
 def parse_depths(text: str) -> tuple[int, ...]:
@@ -268,7 +277,7 @@ def run_degradation(opts: DegradationOptions, *, log: Callable[[str], None] = pr
     out = Path(opts.out)
     _check_settings(out, settings)
     train_set, test_set = _open_splits(opts, settings)
-    names = model_names(opts.depths)
+    names = model_names(opts.depths, opts.kinds)
     for i, name in enumerate(names, start=1):
         log(f"[{i}/{len(names)}] {name}")
         cfg = train_config(name, settings, len(train_set), out / name, opts)

@@ -38,8 +38,11 @@ def plot_error_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], pat
     ``curves[name]`` holds ``"train"`` and ``"test"`` lists of ``(iteration, error %)``.
     """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110, sharey=True)
-    panels = {"plain": axes[0], "resnet": axes[1]}
+    kinds = [k for k in ("plain", "resnet") if any(n.startswith(k) for n in curves)] or ["plain", "resnet"]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4.2), dpi=110, sharey=True,
+                             squeeze=False)
+    axes = axes[0]
+    panels = dict(zip(kinds, axes, strict=True))  # only the kinds trained: one panel each
     for name, curve in curves.items():
         kind = "plain" if name.startswith("plain") else "resnet"
         ax, style = panels[kind], model_style(name)
