@@ -105,3 +105,20 @@ def test_bench_infer_small_run() -> None:
     assert fp32.top1_agreement == 1.0 and fp32.rel_error < 1e-5
     assert fast.rel_error < 0.05 and all(p.images_per_s > 0 and p.p99_ms >= p.p50_ms for p in report.paths)
     assert report.gflop_per_image == pytest.approx(0.0815, rel=0.05) and report.matmul_tflops_bf16 > 0
+
+
+def test_bench_timing_interleaves_paths_in_rounds() -> None:
+    from resnets.infer.bench import _time_interleaved
+
+    calls: list[str] = []
+
+    def path(name: str):
+        def run(x: torch.Tensor) -> torch.Tensor:
+            calls.append(name)
+            return x
+        return run
+
+    times = _time_interleaved([path("a"), path("b")], torch.zeros(1), iters=5, warmup=1, rounds=3)
+    assert [len(t) for t in times] == [5, 5] and all(s >= 0 for t in times for s in t)
+    # warm-up a, b; then rounds of 2, 2, 1 batches per path, a before b in each round
+    assert "".join(calls) == "ab" + "aabb" + "aabb" + "ab"

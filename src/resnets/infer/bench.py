@@ -5,6 +5,8 @@ Weights are random (there are no pretrained weights offline), shared by every pa
 with batch-norm statistics calibrated on real images so activations have a trained net's scale. Top-1
 agreement with float32 on real images is then a check of numerical fidelity, not of accuracy; random
 weights' logits are near ties, so it understates the agreement trained weights give (most of all for int8).
+Timed batches are interleaved: the paths take turns in rounds, so a slow spell of a shared machine is spread
+over all of them instead of landing on one.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import platform
 import resource
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -156,14 +158,25 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _time(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, iters: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - t)
+ROUNDS = 3  # timed batches are spread over this many rounds through all paths
+
+
+def _time_interleaved(fns: Sequence[Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, iters: int,
+                      warmup: int, rounds: int = ROUNDS) -> list[list[float]]:
+    """Seconds per batch of each of ``fns``, ``iters`` each, timed in rounds through all of them (so a slow
+    spell of the machine is shared, not landed on one path), after ``warmup`` untimed batches each."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn(x)
+    times: list[list[float]] = [[] for _ in fns]
+    rounds = max(1, min(rounds, iters))
+    for r in range(rounds):
+        count = iters // rounds + (1 if r < iters % rounds else 0)
+        for fn, out in zip(fns, times, strict=True):
+            for _ in range(count):
+                t = time.perf_counter()
+                fn(x)
+                out.append(time.perf_counter() - t)
     return times
 
 
@@ -261,10 +274,12 @@ def bench_infer(
 
     ref_logits: torch.Tensor | None = None
     try:
-        for name, fn, note in paths:
-            say(f"timing {name}")
+        say(f"timing {len(paths)} paths, interleaved in {min(ROUNDS, iters)} rounds")
+        all_times = _time_interleaved([fn for _name, fn, _note in paths], timing_x, iters, warmup)
+        for (name, fn, note), times in zip(paths, all_times, strict=True):
+            say(f"fidelity and memory of {name}")
             _reset_peak_rss()
-            times = _time(fn, timing_x, iters, warmup)
+            fn(timing_x)
             logits = _logits(fn, evaluation, batch)
             peak = _peak_rss_mib()
             if ref_logits is None:
