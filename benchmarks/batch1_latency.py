@@ -1,8 +1,8 @@
 """ResNet-50 batch-1 latency, paths interleaved: torchvision eager fp32 vs the resnets fast path (BN folded),
 channels_last and NCHW, random weights, 224x224, float32.
 
-``resnets bench infer`` times each path in one block, so a slow spell of the machine lands on one path only.
-This probe rotates through the paths in rounds and reports each one's p50 and minimum over all rounds.
+Like ``resnets bench infer`` (whose ``time_interleaved`` it uses) the paths take turns in rounds, so a slow
+spell of the machine is shared; this probe adds the NCHW folded path and reports p50 and minimum.
 
     .venv/bin/python benchmarks/batch1_latency.py [--rounds 3] [--per-round 10]
 """
@@ -10,11 +10,11 @@ This probe rotates through the paths in rounds and reports each one's p50 and mi
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torchvision
 
+from resnets.infer.bench import time_interleaved
 from resnets.infer.fastpath import FastModel
 from resnets.models import create_model
 
@@ -30,17 +30,10 @@ def main() -> None:
              "resnets folded, channels_last": FastModel(model, precision="fp32", channels_last=True),
              "resnets folded, NCHW": FastModel(model, precision="fp32", channels_last=False)}
     x = torch.randn(1, 3, 224, 224)
-    times: dict[str, list[float]] = {name: [] for name in paths}
     with torch.inference_mode():
-        for run in paths.values():
-            for _ in range(5):
-                run(x)
-        for _ in range(args.rounds):
-            for name, run in paths.items():
-                for _ in range(args.per_round):
-                    start = time.perf_counter()
-                    run(x)
-                    times[name].append(time.perf_counter() - start)
+        per_path = time_interleaved(list(paths.values()), x, args.rounds * args.per_round, warmup=5,
+                                    rounds=args.rounds)
+    times = dict(zip(paths, per_path, strict=True))
     ref = sorted(times["torchvision eager fp32 [reference]"])[len(times["torchvision eager fp32 [reference]"]) // 2]
     print(f"resnet50 batch 1, {args.rounds} rounds x {args.per_round}, {torch.get_num_threads()} threads")
     print("| path | p50 ms | min ms | p50 vs reference |\n|---|---:|---:|---:|")

@@ -108,7 +108,7 @@ def test_bench_infer_small_run() -> None:
 
 
 def test_bench_timing_interleaves_paths_in_rounds() -> None:
-    from resnets.infer.bench import _time_interleaved
+    from resnets.infer.bench import time_interleaved
 
     calls: list[str] = []
 
@@ -118,7 +118,7 @@ def test_bench_timing_interleaves_paths_in_rounds() -> None:
             return x
         return run
 
-    times = _time_interleaved([path("a"), path("b")], torch.zeros(1), iters=5, warmup=1, rounds=3)
+    times = time_interleaved([path("a"), path("b")], torch.zeros(1), iters=5, warmup=1, rounds=3)
     assert [len(t) for t in times] == [5, 5] and all(s >= 0 for t in times for s in t)
     # warm-up a, b; then rounds of 2, 2, 1 batches per path, a before b in each round
     assert "".join(calls) == "ab" + "aabb" + "aabb" + "ab"

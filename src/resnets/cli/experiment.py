@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--out", default=None, metavar="DIR", help="experiment folder (default runs/degradation)")
     d.add_argument("--recipe", default="short", choices=("short", "cifar-paper", "cifar-fast"),
                    help="short (default): the paper's recipe shrunk to ~30 CPU minutes (12 epochs of 10000 "
-                        "images, batch 128, LR 0.1 reached by a linear warm-up over the first tenth); cifar-paper: the full 64k-iteration schedule (a GPU's job)")
+                        "images, batch 128, LR 0.1 reached by a linear warm-up over the first tenth); "
+                        "cifar-paper: the full 64k-iteration schedule (a GPU's job)")
     d.add_argument("--epochs", type=float, default=None, metavar="N",
                    help="training length in epochs (the schedule's milestones move in proportion)")
     d.add_argument("--train-images", type=int, default=None, metavar="N",

@@ -161,7 +161,7 @@ def _peak_rss_mib() -> float:
 ROUNDS = 3  # timed batches are spread over this many rounds through all paths
 
 
-def _time_interleaved(fns: Sequence[Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, iters: int,
+def time_interleaved(fns: Sequence[Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, iters: int,
                       warmup: int, rounds: int = ROUNDS) -> list[list[float]]:
     """Seconds per batch of each of ``fns``, ``iters`` each, timed in rounds through all of them (so a slow
     spell of the machine is shared, not landed on one path), after ``warmup`` untimed batches each."""
@@ -275,7 +275,7 @@ def bench_infer(
     ref_logits: torch.Tensor | None = None
     try:
         say(f"timing {len(paths)} paths, interleaved in {min(ROUNDS, iters)} rounds")
-        all_times = _time_interleaved([fn for _name, fn, _note in paths], timing_x, iters, warmup)
+        all_times = time_interleaved([fn for _name, fn, _note in paths], timing_x, iters, warmup)
         for (name, fn, note), times in zip(paths, all_times, strict=True):
             say(f"fidelity and memory of {name}")
             _reset_peak_rss()

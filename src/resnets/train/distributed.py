@@ -5,9 +5,9 @@ A run started by ``torchrun`` (or ``resnets train --nproc N``) has ``RANK``, ``W
 (gloo on CPU, NCCL on CUDA) with a bounded timeout, so a lost peer ends the run instead of hanging it.
 
 The batch size of the config is the **global** batch: each of the ``W`` ranks takes a contiguous ``B / W``
-slice of every global batch of the single-process order (``DeviceBatches.iter_from(rank=, world_size=)``), so the union of the ranks'
-batches at step ``s`` is exactly the single-process batch at step ``s``, and the epoch and batch position
-of a checkpoint mean the same thing whatever the number of processes.
+slice of every global batch of the single-process order (``DeviceBatches.iter_from(rank=, world_size=)``),
+so the union of the ranks' batches at step ``s`` is exactly the single-process batch at step ``s``, and the
+epoch and batch position of a checkpoint mean the same thing whatever the number of processes.
 """
 
 from __future__ import annotations
