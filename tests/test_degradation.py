@@ -98,14 +98,23 @@ def test_settings_schedules_and_table() -> None:
             parse_depths(bad)
     short = resolve_settings(DegradationOptions())
     assert (short["base_recipe"], short["epochs"], short["train_images"], short["batch_size"]) == \
-        ("cifar-paper", 12.0, 10000, 128)
+        ("cifar-paper", 12.0, 10000, 64)
     opts = DegradationOptions()
     for name in ("plain20", "resnet56"):  # one recipe for every net, warm-up included
         cfg = train_config(name, short, 10000, Path("unused"), opts)
-        assert (cfg.iterations, cfg.milestones, cfg.lr, cfg.momentum, cfg.weight_decay) == (936, [468, 702], 0.1,
-                                                                                             0.9, 1e-4)
-        assert (cfg.warmup, cfg.warmup_lr) == (94, None)  # linear ramp
+        assert (cfg.iterations, cfg.milestones, cfg.lr, cfg.momentum, cfg.weight_decay) == \
+            (1872, [936, 1404], 0.1, 0.9, 1e-4)
+        assert (cfg.batch_size, cfg.warmup, cfg.warmup_lr) == (64, 187, None)  # linear ramp
         assert (cfg.train_images, cfg.test_images, cfg.precision, cfg.data) == (10000, 2000, "fp32", "sample")
+    longer_warmup = resolve_settings(DegradationOptions(warmup=0.3))
+    assert longer_warmup["warmup_fraction"] == 0.3
+    assert train_config("resnet56", longer_warmup, 10000, Path("unused"), opts).warmup == 562
+    assert train_config("resnet56", resolve_settings(DegradationOptions(warmup=0)), 10000, Path("unused"),
+                        opts).warmup == 0
+    for bad in (DegradationOptions(warmup=1.0), DegradationOptions(warmup=-0.1),
+                DegradationOptions(recipe="cifar-paper", warmup=0.1)):
+        with pytest.raises(UserError):
+            resolve_settings(bad)
     paper = resolve_settings(DegradationOptions(recipe="cifar-paper"))
     cfg = train_config("resnet110", paper, 50000, Path("unused"), opts)
     assert (cfg.iterations, cfg.milestones, cfg.batch_size, cfg.warmup, cfg.warmup_lr) == \

@@ -29,16 +29,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--out", default=None, metavar="DIR", help="experiment folder (default runs/degradation)")
     d.add_argument("--recipe", default="short", choices=("short", "cifar-paper", "cifar-fast"),
                    help="short (default): the paper's recipe shrunk to ~30 CPU minutes (12 epochs of 10000 "
-                        "images, batch 128, LR 0.1 reached by a linear warm-up over the first tenth); "
+                        "images, batch 64, LR 0.1 reached by a linear warm-up over the first tenth); "
                         "cifar-paper: the full 64k-iteration schedule (a GPU's job)")
     d.add_argument("--epochs", type=float, default=None, metavar="N",
                    help="training length in epochs (the schedule's milestones move in proportion)")
     d.add_argument("--train-images", type=int, default=None, metavar="N",
-                   help="train on N images, a fixed seeded subset (0: all; short recipe: 8000)")
+                   help="train on N images, a fixed seeded subset (0: all; short recipe: 10000)")
     d.add_argument("--test-images", type=int, default=None, metavar="N",
                    help="test on N images, a fixed seeded subset (0: all; short recipe: 2000)")
     d.add_argument("--batch-size", type=int, default=None, metavar="N", help="override the recipe's batch size")
     d.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
+    d.add_argument("--warmup", type=float, default=None, metavar="F",
+                   help="short recipe: the linear LR warm-up's length as a fraction of the run "
+                        "(default 0.1)")
     d.add_argument("--seed", type=int, default=0, help="one seed for every model (default 0)")
     d.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     d.add_argument("--response-images", type=int, default=500, metavar="N",
@@ -61,7 +64,7 @@ def run_degradation_command(args: argparse.Namespace) -> int:
         depths=parse_depths(args.depths), kinds=parse_kinds(args.kinds), data=args.data,
         out=args.out or DEFAULT_OUT, recipe=args.recipe,
         epochs=args.epochs, train_images=args.train_images, test_images=args.test_images,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+        batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, seed=args.seed, device=args.device,
         response_images=args.response_images, cache_dir=args.cache_dir, progress=not args.no_progress,
     )
     run_degradation(opts, log=lambda msg: print(msg, flush=True))
