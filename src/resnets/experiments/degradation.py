@@ -35,10 +35,10 @@ PLAIN_NOTE = ("The paper gives the plain nets' errors only as curves (Figure 6),
 # The short default: the paper's recipe (SGD 0.9, weight decay 1e-4, LR 0.1 / 10 at 50% and 75% of the run,
 # pad-crop-flip) on a fixed 10k-image subset for 12 epochs, to run four nets in about half an hour on two CPU
 # cores, in float32. Two changes, the same for every net. Batch 64, not 128: the same images in twice the
-# steps (1872), which is what lets ResNet-56 overtake ResNet-20 so early (at batch 128 it was still behind
-# after 936 steps; at batch 32 it was behind too). A warm-up: the LR rises linearly from 0 to 0.1 over the
-# first tenth of the run; without it ResNet-56's first steps diverge, and after the paper's constant 0.01 (its
-# remedy for ResNet-110) the jump to 0.1 diverges too.
+# steps (1872), and faster per image on a CPU (smaller activations stay in cache). At this length ResNet-56
+# against ResNet-20 is still within run-to-run noise (docs/degradation.md). A warm-up: the LR rises linearly
+# from 0 to 0.1 over the first tenth of the run; without it ResNet-56's first steps diverge, and after the
+# paper's constant 0.01 (its remedy for ResNet-110) the jump to 0.1 diverges too.
 SHORT = {"base": "cifar-paper", "epochs": 12.0, "train_images": 10000, "test_images": 2000, "batch_size": 64,
          "lr": 0.1, "precision": "fp32", "warmup_fraction": 0.1}
 RECIPE_CHOICES = ("short", "cifar-paper", "cifar-fast")
@@ -175,7 +175,7 @@ def train_config(name: str, settings: dict[str, Any], n_train: int, run_dir: Pat
         scale = iterations / base["iterations"]
         overrides.update(iterations=iterations, milestones=[round(m * scale) for m in base["milestones"]])
         if settings["recipe"] == "short":
-            # the same warm-up for every net (a fair comparison): a linear ramp over the first tenth of the run
+            # the same warm-up for every net (a fair comparison): a linear ramp over warmup_fraction of the run
             overrides.update(warmup=round(iterations * settings["warmup_fraction"]), warmup_lr=None,
                              precision=SHORT["precision"])
     elif epochs is not None:

@@ -279,7 +279,7 @@ def bench_infer(
         for (name, fn, note), times in zip(paths, all_times, strict=True):
             say(f"fidelity and memory of {name}")
             _reset_peak_rss()
-            fn(timing_x)
+            fn(timing_x)  # peak memory covers a timing-sized batch, not only the evaluation batches
             logits = _logits(fn, evaluation, batch)
             peak = _peak_rss_mib()
             if ref_logits is None:
