@@ -32,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "images, batch 64, LR 0.1 reached by a linear warm-up over the first tenth); "
                         "cifar-paper: the full 64k-iteration schedule (a GPU's job)")
     d.add_argument("--epochs", type=float, default=None, metavar="N",
-                   help="training length in epochs (the schedule's milestones move in proportion)")
+                   help="training length in epochs (the schedule's milestones move in proportion; short "
+                        "recipe: 12; --epochs 36 --batch-size 128 shows ResNet-56 ahead of ResNet-20, about "
+                        "96 minutes on 2 CPU cores)")
     d.add_argument("--train-images", type=int, default=None, metavar="N",
                    help="train on N images, a fixed seeded subset (0: all; short recipe: 10000)")
     d.add_argument("--test-images", type=int, default=None, metavar="N",
