@@ -107,3 +107,27 @@ def test_shipped_sample_loads_with_ten_classes(tmp_path):
     assert all(0.4 < m < 0.52 for m in mean)
     again = open_data("sample", cache_dir=tmp_path)
     assert again.report["train"].cache_hit
+
+
+# ---- progressive resizing -------------------------------------------------------------------------------------
+
+def test_progressive_image_size_grows_to_full_by_the_given_fraction():
+    from resnets.data.batches import progressive_image_size
+
+    sizes = [progressive_image_size(e, 12, 32, 16, 0.5) for e in range(12)]
+    assert sizes == [16, 20, 20, 24, 28, 28, 32, 32, 32, 32, 32, 32]
+    assert [progressive_image_size(e, 4, 32, 32, 0.5) for e in range(4)] == [32] * 4  # start at full: no-op
+
+
+def test_set_image_size_downscales_the_augmented_batch():
+    data = _data(n=8, h=8, w=8)
+    full = DeviceBatches(data, 4, train=True, mean=MEAN, std=STD, pad=2, seed=1)
+    small = DeviceBatches(data, 4, train=True, mean=MEAN, std=STD, pad=2, seed=1)
+    small.set_image_size(4)
+    for (xf, yf), (xs, ys) in zip(full, small, strict=True):
+        assert xs.shape == (4, 3, 4, 4) and xs.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(yf, ys)  # same images, same order: only the resolution changes
+        expected = F.interpolate(xf, size=(4, 4), mode="bilinear", antialias=True, align_corners=False)
+        torch.testing.assert_close(xs, expected)
+    small.set_image_size(8)  # the crop size again: batches are the plain augmented ones
+    torch.testing.assert_close(next(iter(small))[0], next(iter(full))[0])

@@ -256,3 +256,44 @@ def test_learning_rate_schedule_is_logged(tiny_run) -> None:
     steps = [json.loads(x) for x in (tiny_run.run_dir / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in steps if r["kind"] == "step"]
     assert all(math.isfinite(v) and v > 0 for v in lrs) and max(lrs) > lrs[-1]
+
+
+def test_progressive_resizing_trains_small_then_full_and_resumes_exactly(tmp_path: Path) -> None:
+    changes = dict(epochs=3, resize_from=16, resize_until=0.67, train_images=128, test_images=64)
+    full = train(tiny(tmp_path / "full", **changes), log=lambda _: None)
+    epochs = [r for r in read_records(full.run_dir) if r["kind"] == "epoch"]
+    assert [r["train_size"] for r in epochs] == [16, 24, 32]
+
+    def interrupt(state) -> None:
+        if state.step == 3:  # inside epoch 2, at 24 pixels
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tmp_path / "cut", **changes), on_step=[interrupt], log=lambda _: None)
+    train(tiny(tmp_path / "ignored", **changes), resume=tmp_path / "cut", log=lambda _: None)
+    _assert_same_tensors(torch.load(full.run_dir / "last.pt", weights_only=True)["model"],
+                         torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"])
+
+
+def test_progressive_resizing_settings_are_checked() -> None:
+    with pytest.raises(UserError, match="resize_from must be at least 8"):
+        resolve_config({**TINY, "resize_from": 4})
+    with pytest.raises(UserError, match="resize_until"):
+        resolve_config({**TINY, "resize_from": 16, "resize_until": 0})
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_progressive_resizing_is_refused_for_streamed_data(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.new("RGB", (80, 80), (200, 10, 10)).save(tmp_path / split / "a" / "0.png")
+    cfg = resolve_config({"model": "resnet18", "data": str(tmp_path), "batch_size": 1, "epochs": 1,
+                          "workers": 0, "image_size": 64, "resize": 72, "resize_from": 32, "progress": False,
+                          "out": str(tmp_path / "run")})
+    with pytest.raises(UserError, match="small images held in memory"):
+        train(cfg, log=lambda _: None)

@@ -14,7 +14,7 @@ _FIELDS = ("model", "variant", "data", "epochs", "iterations", "batch_size", "lr
            "compile", "skip_bad_images", "cache_dir", "val_split", "seed", "workers", "ema", "label_smoothing",
            "mixup_alpha", "cutmix_alpha", "accum_steps", "checkpoint_every", "log_every", "tensorboard",
            "stop_after_steps", "train_images", "test_images", "download", "weight_decay", "momentum",
-           "channels_last", "zero_init_residual", "sync_bn")
+           "channels_last", "zero_init_residual", "sync_bn", "resize_from", "resize_until")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mixup", dest="mixup_alpha", type=float, metavar="ALPHA")
     p.add_argument("--cutmix", dest="cutmix_alpha", type=float, metavar="ALPHA")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="keep EMA weights")
+    p.add_argument("--resize-from", type=int, metavar="PIXELS",
+                   help="progressive resizing: train at this image size first, growing to full size (in-memory "
+                        "data such as CIFAR; see --resize-until)")
+    p.add_argument("--resize-until", type=float, metavar="FRACTION",
+                   help="with --resize-from: reach the full size after this fraction of the epochs (default 0.5)")
     p.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--accum-steps", type=int, help="split each batch into this many micro-batches")
     p.add_argument("--out", help="run folder (default runs/<model>-<recipe>-<time>)")

@@ -4,6 +4,10 @@ Training batches use the paper's CIFAR augmentation (pad 4 pixels with zeros, ta
 original size, flip horizontally with probability 1/2), done for the whole batch at once with one gather.
 The order and the augmentation of an epoch are a pure function of (seed, epoch), so a resumed run replays
 exactly the same batches, from any batch index (:meth:`DeviceBatches.iter_from`).
+
+Progressive resizing: :meth:`DeviceBatches.set_image_size` makes the augmented batches smaller (an antialiased
+bilinear downscale of the whole crop, so the network sees the whole object at a lower resolution);
+:func:`progressive_image_size` is the schedule that grows the size back to full over the first part of a run.
 """
 
 from __future__ import annotations
@@ -17,6 +21,16 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from .tensors import ImageTensors
+
+
+def progressive_image_size(epoch: int, num_epochs: int, full: int, start: int, until: float) -> int:
+    """The training image size for 0-based ``epoch``: ``start`` at epoch 0, growing linearly to ``full`` by
+    epoch ``round(until * num_epochs)`` and ``full`` from then on; rounded to a multiple of 4 pixels."""
+    ramp = round(until * num_epochs)
+    if epoch >= ramp or start >= full:
+        return full
+    size = start + (full - start) * epoch / ramp
+    return min(full, max(4, 4 * round(size / 4)))
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -66,6 +80,7 @@ class DeviceBatches:
         self._scale = (1.0 / (255.0 * std_t)).to(dtype).view(1, 3, 1, 1).to(self.device)
         self._shift = (torch.tensor(mean, dtype=torch.float64) / std_t).to(dtype).view(1, 3, 1, 1).to(self.device)
         self.epoch = 0
+        self.image_size: tuple[int, int] | None = None  # None: the crop size; else downscale batches to this
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -74,6 +89,12 @@ class DeviceBatches:
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order and augmentation the next iteration replays."""
         self.epoch = int(epoch)
+
+    def set_image_size(self, size: int | None) -> None:
+        """Downscale every batch to ``size`` x ``size`` from now on (``None`` or the crop size: no resizing)."""
+        if size is not None and size < 1:
+            raise UserError(f"image size must be positive, got {size}")
+        self.image_size = None if size is None or (size, size) == self.crop else (size, size)
 
     def _plan(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """This epoch's order, crop offsets (N x 2) and flip mask (N), drawn on the CPU from the epoch seed."""
@@ -115,7 +136,7 @@ class DeviceBatches:
                 batch = self._augment(batch, offsets[sl], flips[sl])
             elif self.crop != tuple(batch.shape[2:]):
                 batch = self._center_crop(batch)
-            yield self._normalise(batch), self.labels[idx]
+            yield self._resize(self._normalise(batch)), self.labels[idx]
 
     def _augment(self, batch: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         """Crop windows at ``offsets`` of the zero-padded batch, mirrored where ``flips``: one gather."""
@@ -134,6 +155,13 @@ class DeviceBatches:
         top = (batch.shape[2] - ch) // 2
         left = (batch.shape[3] - cw) // 2
         return batch[:, :, top:top + ch, left:left + cw]
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.image_size is None:
+            return x
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        small = F.interpolate(x, size=self.image_size, mode="bilinear", antialias=True, align_corners=False)
+        return small.contiguous(memory_format=fmt)
 
     def _normalise(self, batch: torch.Tensor) -> torch.Tensor:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format

@@ -63,6 +63,8 @@ class TrainConfig:
     ema_decay: float = 0.999
     pad: int = 4
     flip: bool = True
+    resize_from: int | None = None  # progressive resizing (in-memory data): train at this size first, then grow
+    resize_until: float = 0.5  # ... reaching the full size after this fraction of the epochs
     image_size: int = 224  # ImageNet-style data: train crop / eval centre crop
     resize: int = 256  # ImageNet-style data: eval resize before the centre crop
     # engine
@@ -238,5 +240,9 @@ def _validate(cfg: TrainConfig) -> None:
         raise UserError("milestones must be increasing")
     if any(v is not None and v < 1 for v in (cfg.train_images, cfg.test_images)):
         raise UserError("train_images and test_images must be positive")
+    if cfg.resize_from is not None and cfg.resize_from < 8:
+        raise UserError(f"resize_from must be at least 8 pixels, not {cfg.resize_from}")
+    if not 0 < cfg.resize_until <= 1:
+        raise UserError(f"resize_until must be in (0, 1], not {cfg.resize_until}")
     if cfg.val_split < 0:
         raise UserError("val_split must be >= 0")

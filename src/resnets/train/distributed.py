@@ -300,6 +300,13 @@ class RankBatches:
     def set_epoch(self, epoch: int) -> None:
         self.inner.set_epoch(epoch)
 
+    @property
+    def crop(self) -> tuple[int, int]:
+        return self.inner.crop
+
+    def set_image_size(self, size: int | None) -> None:
+        self.inner.set_image_size(size)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)
 

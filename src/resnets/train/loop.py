@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.batches import progressive_image_size
 from ..errors import UserError
 from ..evaluate import autocast_context, evaluate_model, resolve_device, resolve_precision
 from ..evaluate import limit_images as _limit
@@ -301,6 +302,9 @@ def train(
     total_steps = cfg.iterations if cfg.iterations is not None else math.ceil(cfg.epochs * steps_per_epoch)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     schedule = LRSchedule.from_config(cfg, total_steps, steps_per_epoch)
+    if cfg.resize_from is not None and not hasattr(data.train, "set_image_size"):
+        raise UserError("resize_from (progressive resizing) works with small images held in memory (CIFAR, "
+                        "small-image folders), not with streamed data; drop it")
     state = TrainState(cfg, run_dir, model, optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     # running sums since the epoch began and since the last step record
     sums = {"epoch_loss": 0.0, "epoch_correct": 0.0, "epoch_seen": 0, "epoch_time": 0.0,
@@ -361,6 +365,11 @@ def train(
         while state.step < total_steps:
             # ---- one epoch ---------------------------------------------------------------------------
             data.train.set_epoch(state.epoch)
+            train_size = None
+            if cfg.resize_from is not None:  # progressive resizing: a pure function of the epoch, so resumable
+                train_size = progressive_image_size(state.epoch, num_epochs, data.train.crop[0], cfg.resize_from,
+                                                    cfg.resize_until)
+                data.train.set_image_size(train_size)
             model.train()
             bar.set_description(f"epoch {state.epoch + 1}/{num_epochs}")
             t0 = time.perf_counter()
@@ -459,6 +468,8 @@ def train(
                      "train_loss": sums["epoch_loss"] / seen, "train_acc": 100.0 * sums["epoch_correct"] / seen,
                      "val_loss": val["loss"], "val_acc": val["top1"], "val_top5": val["top5"],
                      "images_per_s": sums["epoch_seen"] / max(1e-9, sums["epoch_time"]), "elapsed_s": elapsed}
+            if train_size is not None:
+                final["train_size"] = train_size
             metrics.log(final)
             on_main = (bar.write if cfg.progress else log) if env.is_main else _quiet
             on_main(f"epoch {final['epoch']}: train loss {final['train_loss']:.4f} acc {final['train_acc']:.2f}% | "
