@@ -120,7 +120,7 @@ def test_training_on_the_sample_learns(tmp_path: Path) -> None:
 def test_run_dir_contents(tiny_run) -> None:
     run = tiny_run.run_dir
     for name in ("config.json", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "best.safetensors",
-                 "loss.png", "accuracy.png", "lr.png"):
+                 "final.safetensors", "loss.png", "accuracy.png", "lr.png"):
         assert (run / name).stat().st_size > 0, name
     assert json.loads((run / "config.json").read_text())["train_images"] == 256
     header, *rows = (run / "metrics.csv").read_text().splitlines()
@@ -128,6 +128,20 @@ def test_run_dir_contents(tiny_run) -> None:
     ckpt = torch.load(run / "last.pt", weights_only=True)  # plain tensors and containers only
     assert ckpt["step"] == 8 and ckpt["epoch"] == 2 and set(ckpt["rng"]) >= {"torch", "python", "numpy", "data"}
     assert tiny_run.final["epoch"] == 2 and tiny_run.step == 8
+
+
+def test_finished_run_ships_its_final_weights(tiny_run, tmp_path: Path) -> None:
+    from resnets.weights import read_state_dict
+
+    ckpt = torch.load(tiny_run.run_dir / "last.pt", weights_only=True)
+    final = read_state_dict(tiny_run.final_weights)
+    _assert_same_tensors(ckpt["ema"]["module"], final)  # the shipped (EMA) weights after the last step
+    # a run stopped early has none; resuming it to the end writes them
+    out = tmp_path / "stopped"
+    train(tiny(out, stop_after_steps=3), log=lambda _: None)
+    assert not (out / "final.safetensors").exists()
+    train(tiny(tmp_path / "ignored"), resume=out, log=lambda _: None)
+    _assert_same_tensors(final, read_state_dict(out / "final.safetensors"))
 
 
 def test_existing_run_dir_is_refused(tiny_run) -> None:

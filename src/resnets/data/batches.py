@@ -30,7 +30,7 @@ def progressive_image_size(epoch: int, num_epochs: int, full: int, start: int, u
     if epoch >= ramp or start >= full:
         return full
     size = start + (full - start) * epoch / ramp
-    return min(full, max(4, 4 * round(size / 4)))
+    return min(full, max(4, 4 * int(size / 4 + 0.5)))  # halves round up
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

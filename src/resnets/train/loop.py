@@ -3,7 +3,7 @@
 setup (device, precision, seed, data, model, optimiser, schedule, EMA, resume) -> for each epoch: for each
 batch: LR, forward/backward (micro-batches), step, EMA, log, callbacks, checkpoint -> evaluate, log, save
 last/best -> plots. A run is a directory: config.json, metrics.jsonl/.csv, last.pt, best.pt,
-best.safetensors, and PNG plots.
+best.safetensors, final.safetensors (once finished), and PNG plots.
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ class RunResult:
     @property
     def best_weights(self) -> Path:
         return self.run_dir / "best.safetensors"
+
+    @property
+    def final_weights(self) -> Path:
+        """The weights after the last step (written once the run has finished)."""
+        return self.run_dir / "final.safetensors"
 
 
 @dataclass
@@ -507,6 +512,8 @@ def train(
         plot_metrics(metrics.records, run_dir)
     if not final:
         final = next((r for r in reversed(metrics.records) if r["kind"] == "epoch"), {})
+    if state.step >= total_steps and final and env.is_main:  # finished: the last weights too, ready to ship
+        _save_shipped(shipped, run_dir / "final.safetensors", data, cfg, final)
     return RunResult(run_dir=run_dir, final=final, best=best, step=state.step, interrupted=interrupted)
 
 
