@@ -38,10 +38,11 @@ def main() -> None:
     subprocess.run(cmd, check=True)
     train_wall = time.perf_counter() - start
     records = [json.loads(line) for line in (Path(args.out) / "metrics.jsonl").read_text().splitlines()]
-    epochs = [r for r in records if r["kind"] == "epoch"]
-    print("\n| epoch | train time s | train acc % | test acc % |\n|---:|---:|---:|---:|")
+    epochs = [r for r in records if r["kind"] == "epoch" and "val_acc" in r]  # the evaluated epochs
+    print("\n| epoch | train size | train time s | train acc % | test acc % |\n|---:|---:|---:|---:|---:|")
     for r in epochs:
-        print(f"| {r['epoch']} | {r['elapsed_s']:.0f} | {r['train_acc']:.2f} | {r['val_acc']:.2f} |")
+        print(f"| {r['epoch']} | {r.get('train_size', '')} | {r['elapsed_s']:.0f} | {r['train_acc']:.2f} | "
+              f"{r['val_acc']:.2f} |")
     reached = next((r for r in epochs if r["val_acc"] >= args.target), None)
     t0 = time.perf_counter()
     done = subprocess.run([*resnets, "eval", "--weights", str(Path(args.out) / "best.safetensors"), "--data",

@@ -311,3 +311,13 @@ def test_progressive_resizing_is_refused_for_streamed_data(tmp_path: Path) -> No
                           "out": str(tmp_path / "run")})
     with pytest.raises(UserError, match="small images held in memory"):
         train(cfg, log=lambda _: None)
+
+
+def test_eval_every_evaluates_every_nth_epoch_and_the_last(tmp_path: Path) -> None:
+    result = train(tiny(tmp_path / "run", epochs=3, eval_every=2, train_images=128, test_images=64),
+                   log=lambda _: None)
+    epochs = [r for r in read_records(result.run_dir) if r["kind"] == "epoch"]
+    assert ["val_acc" in r for r in epochs] == [False, True, True]
+    assert result.best["epoch"] in (2, 3) and result.final["epoch"] == 3
+    with pytest.raises(UserError, match="eval_every"):
+        resolve_config({**TINY, "eval_every": 0})

@@ -14,7 +14,7 @@ _FIELDS = ("model", "variant", "data", "epochs", "iterations", "batch_size", "lr
            "compile", "skip_bad_images", "cache_dir", "val_split", "seed", "workers", "ema", "label_smoothing",
            "mixup_alpha", "cutmix_alpha", "accum_steps", "checkpoint_every", "log_every", "tensorboard",
            "stop_after_steps", "train_images", "test_images", "download", "weight_decay", "momentum",
-           "channels_last", "zero_init_residual", "sync_bn", "resize_from", "resize_until")
+           "channels_last", "zero_init_residual", "sync_bn", "resize_from", "resize_until", "eval_every")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,6 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="loader processes for streamed (ImageNet-size) data")
     p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every N steps")
     p.add_argument("--log-every", type=int, metavar="STEPS")
+    p.add_argument("--eval-every", type=int, metavar="EPOCHS", help="evaluate every N epochs (default 1) and "
+                                                                      "after the last")
     p.add_argument("--tensorboard", action="store_true", default=None, help="also log to TensorBoard")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--stop-after-steps", type=int, metavar="N", help=argparse.SUPPRESS)

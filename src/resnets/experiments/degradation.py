@@ -201,7 +201,7 @@ def error_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     and test error (its epoch records), as ``(iteration, error %)`` lists."""
     records = read_metrics(run_dir)
     train_pts = [(r["step"], 100.0 - r["train_acc"]) for r in records if r["kind"] == "step"]
-    test_pts = [(r["step"], 100.0 - r["val_acc"]) for r in records if r["kind"] == "epoch"]
+    test_pts = [(r["step"], 100.0 - r["val_acc"]) for r in records if r["kind"] == "epoch" and "val_acc" in r]
     return {"train": train_pts, "test": test_pts}
 
 

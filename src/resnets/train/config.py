@@ -80,7 +80,7 @@ class TrainConfig:
     out: str | None = None
     log_every: int = 50
     checkpoint_every: int = 0  # also checkpoint every N steps (0: only at epoch ends)
-    eval_every: int = 1  # epochs
+    eval_every: int = 1  # evaluate every N epochs (and after the last)
     tensorboard: bool = False
     progress: bool = True
     plots: bool = True
@@ -244,5 +244,7 @@ def _validate(cfg: TrainConfig) -> None:
         raise UserError(f"resize_from must be at least 8 pixels, not {cfg.resize_from}")
     if not 0 < cfg.resize_until <= 1:
         raise UserError(f"resize_until must be in (0, 1], not {cfg.resize_until}")
+    if cfg.eval_every < 1:
+        raise UserError(f"eval_every must be at least 1 (epochs), not {cfg.eval_every}")
     if cfg.val_split < 0:
         raise UserError("val_split must be >= 0")

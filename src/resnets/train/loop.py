@@ -40,7 +40,7 @@ from .optim import LRSchedule, build_optimizer, set_lr
 
 # Settings that may change when a run is resumed (everything else comes from the checkpoint).
 RESUMABLE_OVERRIDES = ("stop_after_steps", "progress", "tensorboard", "plots", "workers", "log_every",
-                       "checkpoint_every", "epochs", "iterations")
+                       "checkpoint_every", "eval_every", "epochs", "iterations")
 MAX_SKIPPED_STEPS = 5  # fp16: stop after this many consecutive non-finite steps
 
 
@@ -465,25 +465,30 @@ def train(
                     raise KeyboardInterrupt
                 break
 
-            # ---- end of epoch: evaluate, log, save last and best ------------------------------------
-            val = D.combine_eval(env, evaluate_model(shipped, data.val, num_classes=len(data.classes), device=device,
-                                                     autocast_dtype=amp_dtype, channels_last=cfg.channels_last))
+            # ---- end of epoch: evaluate (every eval_every epochs, and the last), log, save last and best ------
+            evaluate_now = (state.epoch + 1) % cfg.eval_every == 0 or state.step >= total_steps
             seen = max(1, sums["epoch_seen"])
             final = {"kind": "epoch", "epoch": state.epoch + 1, "step": state.step, "lr": state.lr,
                      "train_loss": sums["epoch_loss"] / seen, "train_acc": 100.0 * sums["epoch_correct"] / seen,
-                     "val_loss": val["loss"], "val_acc": val["top1"], "val_top5": val["top5"],
                      "images_per_s": sums["epoch_seen"] / max(1e-9, sums["epoch_time"]), "elapsed_s": elapsed}
             if train_size is not None:
                 final["train_size"] = train_size
+            summary = ""
+            if evaluate_now:
+                val = D.combine_eval(env, evaluate_model(shipped, data.val, num_classes=len(data.classes),
+                                                         device=device, autocast_dtype=amp_dtype,
+                                                         channels_last=cfg.channels_last))
+                final.update(val_loss=val["loss"], val_acc=val["top1"], val_top5=val["top5"])
+                summary = (f" | {'val' if cfg.val_split else 'test'} loss {val['loss']:.4f} acc {val['top1']:.2f}% "
+                           f"top-5 {val['top5']:.2f}%")
             metrics.log(final)
             on_main = (bar.write if cfg.progress else log) if env.is_main else _quiet
-            on_main(f"epoch {final['epoch']}: train loss {final['train_loss']:.4f} acc {final['train_acc']:.2f}% | "
-                      f"{'val' if cfg.val_split else 'test'} loss {final['val_loss']:.4f} acc {final['val_acc']:.2f}% "
-                      f"top-5 {final['val_top5']:.2f}% | {final['images_per_s']:.0f} img/s")
+            on_main(f"epoch {final['epoch']}: train loss {final['train_loss']:.4f} acc {final['train_acc']:.2f}%"
+                    f"{summary} | {final['images_per_s']:.0f} img/s")
             state.epoch += 1
             state.batch = 0
             sums.update(epoch_loss=0.0, epoch_correct=0.0, epoch_seen=0, epoch_time=0.0)
-            is_best = not best or final["val_acc"] > best["val_acc"]
+            is_best = evaluate_now and (not best or final["val_acc"] > best["val_acc"])
             if is_best:
                 best = dict(final)
             checkpoint()
@@ -509,9 +514,9 @@ def train(
     if cfg.plots and metrics.records and env.is_main:
         from .plots import plot_metrics
 
-        plot_metrics(metrics.records, run_dir)
+        plot_metrics(metrics.records, run_dir, val_label="validation" if cfg.val_split else "test")
     if not final:
-        final = next((r for r in reversed(metrics.records) if r["kind"] == "epoch"), {})
+        final = next((r for r in reversed(metrics.records) if r["kind"] == "epoch" and "val_acc" in r), {})
     if state.step >= total_steps and final and env.is_main:  # finished: the last weights too, ready to ship
         _save_shipped(shipped, run_dir / "final.safetensors", data, cfg, final)
     return RunResult(run_dir=run_dir, final=final, best=best, step=state.step, interrupted=interrupted)

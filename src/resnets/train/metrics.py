@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 CSV_COLUMNS = ("kind", "epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5",
-               "images_per_s", "elapsed_s")
+               "images_per_s", "elapsed_s", "train_size")
 
 
 class MetricsLogger:

@@ -6,8 +6,11 @@ from pathlib import Path
 from typing import Any
 
 
-def plot_metrics(records: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """Write ``loss.png``, ``accuracy.png`` and ``lr.png`` into ``out_dir``; returns their paths."""
+def plot_metrics(records: list[dict[str, Any]], out_dir: str | Path, *, val_label: str = "validation") -> list[Path]:
+    """Write ``loss.png``, ``accuracy.png`` and ``lr.png`` into ``out_dir``; returns their paths.
+
+    ``val_label`` names the held-out split the epoch records' ``val_*`` values come from ("test" if none).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,10 +26,10 @@ def plot_metrics(records: list[dict[str, Any]], out_dir: str | Path) -> list[Pat
 
     figures = {
         "loss.png": ("loss", [(steps, "train_loss", "train (steps)", 0.4), (epochs, "train_loss", "train", 1),
-                              (epochs, "val_loss", "validation", 1)]),
+                              (epochs, "val_loss", val_label, 1)]),
         "accuracy.png": ("top-1 accuracy (%)", [(steps, "train_acc", "train (steps)", 0.4),
                                                 (epochs, "train_acc", "train", 1),
-                                                (epochs, "val_acc", "validation", 1)]),
+                                                (epochs, "val_acc", val_label, 1)]),
         "lr.png": ("learning rate", [(steps, "lr", "learning rate", 1)]),
     }
     paths = []
