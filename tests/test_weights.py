@@ -122,3 +122,12 @@ def test_failed_write_leaves_previous_file_whole(tmp_path: Path, monkeypatch: py
     assert path.read_bytes() == before
     assert json.loads(json.dumps(read_metadata(path)))["classes"] == CLASSES
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_written_weights_get_the_umask_mode_not_mkstemps_0600(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = save_weights(create_model("resnet20"), tmp_path / "w.safetensors")
+    finally:
+        os.umask(old)
+    assert (Path(path).stat().st_mode & 0o777) == 0o644

@@ -29,6 +29,13 @@ _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
+def default_file_mode() -> int:
+    """The mode ``open()`` would give a new file under the current umask (0o644 for umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename it into place."""
     path = Path(path)
@@ -39,6 +46,7 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; the user's umask decides, as for open()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..weights import default_file_mode
 from .cache import md5_file, resolve_cache_dir
 from .tensors import ImageTensors
 
@@ -192,6 +193,7 @@ def download_cifar(name: str, dest_dir: str | os.PathLike[str], *, base_url: str
         if got != expected:
             raise UserError(f"checksum mismatch for {url}: md5 {got}, expected {expected}; "
                             "the download is corrupt or not the official archive")
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600
         os.replace(tmp, target)
     except (urllib.error.URLError, OSError) as exc:
         raise UserError(f"cannot download {url}: {exc}") from None
