@@ -131,3 +131,6 @@ def test_set_image_size_downscales_the_augmented_batch():
         torch.testing.assert_close(xs, expected)
     small.set_image_size(8)  # the crop size again: batches are the plain augmented ones
     torch.testing.assert_close(next(iter(small))[0], next(iter(full))[0])
+    tall = DeviceBatches(_data(n=4, h=8, w=4), 4, train=True, mean=MEAN, std=STD, pad=1, seed=1)
+    tall.set_image_size(4)  # non-square images keep their aspect ratio
+    assert next(iter(tall))[0].shape == (4, 3, 4, 2)

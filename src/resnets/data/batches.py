@@ -91,10 +91,12 @@ class DeviceBatches:
         self.epoch = int(epoch)
 
     def set_image_size(self, size: int | None) -> None:
-        """Downscale every batch to ``size`` x ``size`` from now on (``None`` or the crop size: no resizing)."""
+        """Downscale every batch to height ``size`` from now on, the width in proportion (``None`` or the crop
+        height: no resizing)."""
         if size is not None and size < 1:
             raise UserError(f"image size must be positive, got {size}")
-        self.image_size = None if size is None or (size, size) == self.crop else (size, size)
+        ch, cw = self.crop
+        self.image_size = None if size is None or size == ch else (size, max(1, round(size * cw / ch)))
 
     def _plan(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """This epoch's order, crop offsets (N x 2) and flip mask (N), drawn on the CPU from the epoch seed."""

@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import UserError
+from ..weights import default_file_mode
 from .folder import find_classes, scan_split
 from .images import BadImageError, decode_rgb
 from .streaming import IMAGENET_MEAN, IMAGENET_STD
@@ -58,9 +59,7 @@ def _atomic_tar(path: Path, samples: list[tuple[str, str, bytes, int]]) -> None:
             for key, ext, data, label in samples:
                 writer.write({"__key__": key, ext: data, "cls": str(label).encode("ascii")})
             writer.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..weights import atomic_write
+from ..weights import atomic_write, default_file_mode
 from .loading import LoadedModel, load_for_inference, require
 from .quantize import (
     BATCH,
@@ -118,7 +118,7 @@ def export(
         if not diff <= ATOL + RTOL * ref_max:
             raise ExportCheckError(f"{format} outputs differ from PyTorch by up to {diff:.3g} "
                                    f"(allowed {ATOL + RTOL * ref_max:.3g}); nothing written")
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, out_path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -147,9 +147,7 @@ def _export_int8(model: torch.nn.Module, loaded: LoadedModel, out_path: Path, op
                     f"int8 vs float32 PyTorch on {got.images} real images: top-1 agreement "
                     f"{got.top1_agreement:.2%} (need >= {min_agreement:.2%}), logits relative error "
                     f"{got.rel_error:.3g} (need <= {max_rel_error:.3g}); nothing written")
-            os.chmod(path, 0o666 & ~_umask())
-
-        atomic_write(out_path, write)
+        atomic_write(out_path, write)  # which gives the file the umask's mode
     return result
 
 
@@ -182,8 +180,3 @@ def _write_torchscript(model: torch.nn.Module, example: torch.Tensor, path: str)
         traced = torch.jit.trace(model, example, check_trace=False)
     traced.save(path)
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
