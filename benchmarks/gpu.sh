@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one run of at most 8 minutes (the device tool's budget is 15 minutes a task).
+# Every GPU check in one run of at most 8.5 minutes (the device tool's budget is 15 minutes a task).
 #
 #   benchmarks/gpu.sh OUT_DIR [CIFAR10_JPEG_DIR]
 #
@@ -32,12 +32,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.
 cat "$out/gpu.txt"
 
 # 1. ResNet-50 training, synthetic data: bf16 + channels_last + compiled vs torchvision eager fp32.
-step train_resnet50 170 "$py" benchmarks/gpu_train.py --model resnet50 --batch 256 --steps 30
+step train_resnet50 160 "$py" benchmarks/gpu_train.py --model resnet50 --batch 256 --steps 30
 # 2. ResNet-50 inference, bf16, batch 256.
-step infer_resnet50 90 "$py" benchmarks/gpu_infer.py --batch 256 --iters 50
+step infer_resnet50 110 "$py" benchmarks/gpu_infer.py --batch 256 --iters 50
 # 3. ResNet-20 on full CIFAR-10 with the fast recipe: wall time and test accuracy.
 if [ -d "$data/train" ]; then
-    step cifar10_resnet20 200 "$py" -m resnets train --model resnet20 --data "$data" --recipe cifar-fast \
+    step cifar10_resnet20 240 "$py" -m resnets train --model resnet20 --data "$data" --recipe cifar-fast \
         --device cuda --precision bf16 --out "$out/cifar10_resnet20" --cache-dir "$out/cache" --no-progress --json
     rm -rf "$out/cache"
 else

@@ -1,6 +1,7 @@
 """ResNet-50 inference throughput on one CUDA GPU: BN folded, bf16 weights, channels_last, torch.compile.
 
-Random weights and inputs (speed only). Prints a JSON line for eager, then one for the compiled model (the
+Random weights and inputs (speed only). Prints one JSON line for the reference (torchvision's model, eager
+float32 NCHW, TF32 off), then one for ours eager and one compiled, each with its ratio to the reference (the
 last line is the headline figure); ``benchmarks/gpu.sh`` calls it.
 
     python benchmarks/gpu_infer.py --batch 256 --iters 50
@@ -31,8 +32,20 @@ def main() -> None:
     from resnets import create_model
     from resnets.infer.fastpath import fold_batchnorm
 
-    torch.backends.cudnn.benchmark = True
+    import torchvision
+
     device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    reference = getattr(torchvision.models, args.model)(weights=None).to(device).eval()
+    x32 = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    ref = measure(reference, x32, args, "reference", "float32", channels_last=False, folded=False)
+    ref["setting"] = "torchvision eager float32 NCHW (TF32 off)"
+    print(json.dumps(ref), flush=True)
+    del reference, x32
+    torch.cuda.empty_cache()
+
+    torch.backends.cudnn.benchmark = True
     model = fold_batchnorm(create_model(args.model)).to(device, memory_format=torch.channels_last)
     model = model.to(torch.bfloat16).eval()
     x = torch.randn(args.batch, 3, args.size, args.size, device=device, dtype=torch.bfloat16)
@@ -42,10 +55,13 @@ def main() -> None:
     if not args.no_compile:
         runs.append(("compiled", torch.compile(model, mode=args.mode)))
     for name, run in runs:
-        print(json.dumps(measure(run, x, args, name)), flush=True)
+        result = measure(run, x, args, name, "bfloat16", channels_last=True, folded=True)
+        result["ratio"] = round(result["images_per_s"] / ref["images_per_s"], 2)
+        print(json.dumps(result), flush=True)
 
 
-def measure(run: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace, name: str) -> dict[str, object]:
+def measure(run: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace, name: str, dtype: str,
+            channels_last: bool, folded: bool) -> dict[str, object]:
     """Images/s of ``run`` on ``x`` over ``args.iters`` batches, after the first call and a warm-up."""
     with torch.inference_mode():
         t = time.perf_counter()
@@ -64,12 +80,13 @@ def measure(run: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace, nam
     seconds = start.elapsed_time(end) / 1e3
     return {
         "benchmark": "gpu_infer", "model": args.model, "batch": args.batch, "size": args.size,
-        "dtype": "bfloat16", "channels_last": True, "bn_folded": True, "path": name,
+        "dtype": dtype, "channels_last": channels_last, "bn_folded": folded, "path": name,
         "compile_mode": args.mode if name == "compiled" else None, "first_call_s": round(first, 1),
         "images_per_s": round(args.batch * args.iters / seconds, 1),
         "ms_per_batch": round(seconds / args.iters * 1e3, 2), "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
     }
+
 
 if __name__ == "__main__":
     main()
