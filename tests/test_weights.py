@@ -131,3 +131,113 @@ def test_written_weights_get_the_umask_mode_not_mkstemps_0600(tmp_path: Path) ->
     finally:
         os.umask(old)
     assert (Path(path).stat().st_mode & 0o777) == 0o644
+
+
+def _trained(name: str, **options: object) -> torch.nn.Module:
+    """A model whose batch-norm statistics and counters have moved off their defaults."""
+    torch.manual_seed(0)
+    model = create_model(name, **options).train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 3, 32, 32) * 2 + 0.5)
+    return model.eval()
+
+
+def _pre_041(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict as PyTorch before 0.4.1 saved it: no ``num_batches_tracked`` buffers."""
+    return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+def _counters(model: torch.nn.Module) -> list[int]:
+    return [int(v) for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")]
+
+
+def test_checkpoint_saved_before_pytorch_041_loads_with_counters_at_zero(tmp_path: Path) -> None:
+    source = _trained("resnet20")
+    old = _pre_041(source.state_dict())
+    assert len(old) < len(source.state_dict())
+    path = tmp_path / "old.pth"
+    torch.save(old, path)
+    target = _trained("resnet20")  # its own counters are 3, not 0
+    torch.manual_seed(1)
+    for p in target.parameters():
+        torch.nn.init.normal_(p)
+    load_weights(target, path)
+    assert _counters(target) and set(_counters(target)) == {0}
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(_logits(target, x), _logits(source, x))
+
+
+def test_cifar_repository_checkpoint_with_linear_head_loads(tmp_path: Path) -> None:
+    # akamaster/pytorch_resnet_cifar10: {'epoch', 'best_prec1', 'state_dict': {'module.conv1.weight', ...,
+    # 'module.linear.weight', 'module.linear.bias'}}, saved by PyTorch 0.4 (no num_batches_tracked).
+    source = _trained("resnet20")
+    state = {"module." + k.replace("fc.", "linear.", 1): v for k, v in _pre_041(source.state_dict()).items()}
+    assert "module.linear.weight" in state and not any(".fc." in k or k.startswith("fc.") for k in state)
+    path = tmp_path / "resnet20-12fca82f.th"
+    torch.save({"epoch": 200, "best_prec1": 91.73, "state_dict": state}, path)
+    target = load_weights(create_model("resnet20"), path)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(_logits(target, x), _logits(source, x))
+    with pytest.raises(UserError, match="10-class head but the model has 100 classes"):
+        load_weights(create_model("resnet20", num_classes=100), path)
+
+
+@pytest.mark.parametrize("form", ["model", "model_state_dict", "net", "examples_imagenet", "nested",
+                                  "compiled", "ddp_compiled", "lightning", "pre_041_ddp"])
+def test_common_checkpoint_wrappers_and_prefixes_load(tmp_path: Path, form: str) -> None:
+    source = _trained("resnet20", shortcut="B")
+    sd = source.state_dict()
+
+    def prefixed(prefix: str, state: dict[str, torch.Tensor] = sd) -> dict[str, torch.Tensor]:
+        return {prefix + k: v for k, v in state.items()}
+
+    checkpoint = {
+        "model": {"model": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]},
+                  "epoch": 7, "args": {"arch": "resnet20"}},
+        "model_state_dict": {"epoch": 7, "model_state_dict": sd, "optimizer_state_dict": {"state": {}}, "loss": 0.3},
+        "net": {"net": prefixed("module."), "acc": 93.02, "epoch": 180},  # kuangliu/pytorch-cifar
+        "examples_imagenet": {"epoch": 90, "arch": "resnet20", "state_dict": prefixed("module."),
+                              "best_acc1": torch.tensor(91.5), "optimizer": {"state": {}}},  # pytorch/examples
+        "nested": {"model": {"state_dict": sd, "meta": {"step": 5}}},
+        "compiled": {"state_dict": prefixed("_orig_mod.")},
+        "ddp_compiled": prefixed("_orig_mod.module."),
+        "lightning": {"epoch": 3, "global_step": 300, "state_dict": prefixed("model."), "optimizer_states": []},
+        "pre_041_ddp": {"state_dict": prefixed("module.", _pre_041(sd))},
+    }[form]
+    path = tmp_path / f"{form}.pth"
+    torch.save(checkpoint, path)
+    target = load_weights(create_model("resnet20", shortcut="B"), path)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(_logits(target, x), _logits(source, x))
+
+
+def test_ambiguous_foreign_checkpoints_are_refused_with_the_keys_named(tmp_path: Path) -> None:
+    model = create_model("resnet20")
+    sd = _pre_041(_trained("resnet20").state_dict())
+
+    both_heads = {**sd, "linear.weight": sd["fc.weight"], "linear.bias": sd["fc.bias"]}
+    with pytest.raises(UserError, match=r"unexpected 2 key\(s\): linear\.weight, linear\.bias$"):
+        load_weights(model, both_heads)
+
+    half_prefixed = {("module." + k if k.startswith("layer1.") else k): v for k, v in sd.items()}
+    half_prefixed["conv1.weight"] = torch.zeros_like(sd["conv1.weight"])
+    half_prefixed["module.conv1.weight"] = sd["conv1.weight"]
+    with pytest.raises(UserError, match=r"missing \d+ key\(s\): layer1\.0\.conv1\.weight.*"
+                                        r"unexpected \d+ key\(s\): module\.layer1\.0\.conv1\.weight"):
+        load_weights(model, half_prefixed)
+
+    two = tmp_path / "two.pth"
+    other = _pre_041(create_model("resnet20").state_dict())
+    torch.save({"epoch": 1, "state_dict": sd, "model": other}, two)
+    with pytest.raises(UserError, match=r"two\.pth holds different weights under state_dict, model"):
+        load_weights(model, two)
+
+    missing = {k: v for k, v in sd.items() if k != "layer2.1.conv2.weight"}
+    with pytest.raises(UserError, match=r"weights do not fit resnet20: missing 1 key\(s\): layer2\.1\.conv2\.weight$"):
+        load_weights(model, missing)
+
+    no_weights = tmp_path / "optimizer_only.pth"
+    torch.save({"epoch": 1, "optimizer": {"state": {}, "param_groups": []}}, no_weights)
+    with pytest.raises(UserError, match=r"optimizer_only\.pth holds no state dict \(keys: epoch, optimizer\)"):
+        load_weights(model, no_weights)

@@ -1,8 +1,9 @@
 """Weights in and out: safetensors with metadata, foreign checkpoints, and loading that never runs code.
 
 A file written by ``save_weights`` rebuilds its model alone (``load_model``). ``load_weights`` accepts
-resnets, torchvision and timm weights, training checkpoints and plain state dicts; pickled files are read
-with ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers.
+resnets, torchvision and timm weights, training checkpoints, plain state dicts and the forms CIFAR
+repositories publish (``linear.`` head, no ``num_batches_tracked``); pickled files are read with
+``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import os
 import pickle
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,10 @@ from .models import create_model
 
 FORMAT_VERSION = 1
 METADATA_KEY = "resnets"
-_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
+_MAX_NESTING = 3
+_COUNTER = "num_batches_tracked"
 
 
 def default_file_mode() -> int:
@@ -117,7 +120,10 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
 def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Tensors from a safetensors file, a ``.pth``/checkpoint (read without unpickling code) or a mapping.
 
-    Wrappers (``state_dict``, ``model``, ``module``) and prefixes (``module.``, ``_orig_mod.``) are removed.
+    A checkpoint's weights are taken from ``state_dict``, ``model_state_dict``, ``model``, ``net`` or
+    ``module``, nested up to three deep; other entries (epoch, optimizer, EMA copies) are ignored, and
+    different weights under two of those keys are refused. A ``module.`` (DataParallel/DDP),
+    ``_orig_mod.`` (torch.compile) or ``model.`` prefix is removed when every key has it.
     """
     if isinstance(source, Mapping):
         obj: Any = source
@@ -149,11 +155,13 @@ def load_weights(
 ) -> nn.Module:
     """Load weights into ``model`` exactly; a mismatch names the keys and shapes that differ.
 
+    Checkpoints saved before PyTorch 0.4.1 (no ``num_batches_tracked``) load with those counters at 0;
+    a ``linear.`` head (popular CIFAR repositories) loads as ``fc.`` when the weights have no ``fc.``.
     A different number of classes is an error unless ``reinit_head=True``, which keeps the model's fresh
     head (fine-tuning).
     """
-    state = read_state_dict(source)
     own = model.state_dict()
+    state = _fit_names(read_state_dict(source), own)
     head = _head_keys(model)
     if reinit_head:
         state = {k: v for k, v in state.items() if k not in head}
@@ -180,20 +188,49 @@ def load_weights(
 
 
 def _unwrap(obj: Any, where: str) -> dict[str, torch.Tensor]:
-    while isinstance(obj, Mapping) and not _is_state_dict(obj):
-        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            raise UserError(f"{where} holds no state dict (keys: {_some(list(obj))})")
-        obj = inner
     if not isinstance(obj, Mapping):
         raise UserError(f"{where} holds a {type(obj).__name__}, not a state dict")
-    out = {}
-    for key, value in obj.items():
-        for prefix in _PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        out[key] = value
-    return out
+    state = _find_state(obj, where, _MAX_NESTING)
+    if not state:
+        raise UserError(f"{where} holds no state dict (keys: {_some([str(k) for k in obj])})")
+    while prefix := next((p for p in _PREFIXES if all(k.startswith(p) for k in state)), None):
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _find_state(obj: Mapping[Any, Any], where: str, depth: int) -> dict[str, torch.Tensor]:
+    """The state dict under a wrapper key (refusing two that differ), else ``obj``'s own tensors."""
+    found: dict[str, dict[str, torch.Tensor]] = {}
+    for key in _WRAPPER_KEYS if depth else ():
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and (state := _find_state(inner, where, depth - 1)):
+            found[key] = state
+    if found:
+        first, *others = found.values()
+        if any(not _same_tensors(first, other) for other in others):
+            raise UserError(f"{where} holds different weights under {', '.join(found)}; pass the one you "
+                            f"want, e.g. load_weights(model, torch.load(path, weights_only=True)[{next(iter(found))!r}])")
+        return first
+    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def _same_tensors(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
+def _fit_names(state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an unambiguous ``linear.`` head to ``fc.``; zero counters for batch norms saved without them."""
+    def has(keys: Iterable[str], prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in keys)
+
+    state = dict(state)
+    if has(state, "linear.") and not has(state, "fc.") and has(own, "fc.") and not has(own, "linear."):
+        state = {("fc." + k[len("linear."):] if k.startswith("linear.") else k): v for k, v in state.items()}
+    for key, value in own.items():
+        base = key[: -len(_COUNTER)]
+        if key.endswith("." + _COUNTER) and key not in state and base + "running_mean" in state:
+            state[key] = torch.zeros_like(value, device="cpu")
+    return state
 
 
 def _unpickler_detail(message: str) -> str:
@@ -202,10 +239,6 @@ def _unpickler_detail(message: str) -> str:
     detail = next((ln for ln in lines if "GLOBAL" in ln), None) or next(
         (ln for ln in lines if ln.startswith("Unsupported")), lines[0] if lines else "unpickling error")
     return detail[:160]
-
-
-def _is_state_dict(obj: Mapping[str, Any]) -> bool:
-    return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
 def _head_keys(model: nn.Module) -> set[str]:
