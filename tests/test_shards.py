@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import random
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -13,9 +15,10 @@ import torch
 from PIL import Image
 
 from resnets.cli import main
-from resnets.data.images import BadImageError
+from resnets.data.images import MAX_IMAGE_PIXELS, BadImageError
 from resnets.data.shards import (
     ShardBatches,
+    ShardSet,
     eval_loader,
     eval_transform,
     is_shard_spec,
@@ -157,3 +160,127 @@ def test_cli_shard(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["shard", str(folder / "train"), "--out", str(tmp_path / "s"), "--max-count", "10"]) == 0
     assert "train: 24 images in 3 shard(s)" in capsys.readouterr().out
     assert main(["shard", str(tmp_path / "missing"), "--out", str(tmp_path / "t")]) == 2
+
+
+# ---- untrusted names and members ----------------------------------------------------------------------------
+
+
+def _rewrite_index(out: Path, split: str, position: int, name: object) -> None:
+    index = json.loads((out / "index.json").read_text())
+    index["splits"][split]["shards"][position] = name
+    (out / "index.json").write_text(json.dumps(index))
+
+
+def _read_all(spec: str, **kw: object) -> None:
+    """Open ``spec`` and read every sample of its split and the split beside it."""
+    shards = open_shards(spec)
+    for part in (shards, sibling_split(shards)):
+        if part is not None:
+            list(eval_loader(part, 4, transform=eval_transform([0.5] * 3, [0.25] * 3), **kw))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("spec", [".", "train-{000000..000002}.tar"])
+def test_index_pipe_entry_is_refused_and_runs_nothing(folder: Path, tmp_path: Path, split: str, spec: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "shards"
+    write_shards(folder, out, max_count=10, log=lambda _: None)
+    marker = out / "marker"
+    # no "/" in the command, so Path(name).name is the name and the unchecked counts lookup finds it
+    _rewrite_index(out, split, 0, f"pipe:touch {marker.name}; cat {split}-000000.tar")
+    monkeypatch.chdir(out)  # base "." used to hand the name to WebDataset unchanged
+    with pytest.raises(UserError, match=r"^index\.json: shard entry 'pipe:touch .*not a plain file name") as err:
+        _read_all(spec)
+    assert "\n" not in str(err.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("entry", ["../outside.tar", "ABSOLUTE", "file:ABSOLUTE", "http://127.0.0.1:9/x.tar",
+                                   "sub/../train-000000.tar", "a b.tar", "$(true).tar", "x.tar;true", "", 7])
+def test_index_path_entries_are_refused_before_any_shard_opens(folder: Path, tmp_path: Path, entry: object) -> None:
+    out = tmp_path / "shards"
+    write_shards(folder, out, max_count=10, log=lambda _: None)
+    outside = tmp_path / "outside.tar"  # a real shard outside the shard folder
+    shutil.copy(out / "train-000000.tar", outside)
+    if isinstance(entry, str):
+        entry = entry.replace("ABSOLUTE", str(outside))
+    _rewrite_index(out, "train", 1, entry)
+    source = str(out / "index.json")
+    with pytest.raises(UserError, match=f"^{re.escape(source)}: shard entry {re.escape(repr(entry))} ") as err:
+        _read_all(str(out))
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match=re.escape(repr(entry))):
+        _read_all(str(out / "train-000000.tar"))  # a shard spec beside the index reads the index too
+
+
+def _noise_png(side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (side, side), random.Random(0).randbytes(3 * side * side)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_oversized_member_is_refused_or_skipped(folder: Path, tmp_path: Path) -> None:
+    (folder / "train" / "dog" / "big.png").write_bytes(_noise_png(48))  # about 7 kB, the others under 100 bytes
+    out = tmp_path / "shards"
+    write_shards(folder, out, max_count=100, shuffle_seed=None, log=lambda _: None)
+    shards = open_shards(str(out))
+    assert shards.total == 25
+    transform = eval_transform([0.5] * 3, [0.25] * 3)
+    pattern = r"^bad image .*train-000000\.tar:\d+\.png: member of \d+ bytes exceeds the limit of 4096 bytes"
+    with pytest.raises(BadImageError, match=pattern) as err:
+        list(eval_loader(shards, 4, transform=transform, max_member_bytes=4096))
+    assert "\n" not in str(err.value)
+    with pytest.raises(BadImageError, match=pattern):
+        list(ShardBatches(shards, 5, pad=0, flip=False, max_member_bytes=4096))
+    loader = eval_loader(shards, 4, transform=transform, max_member_bytes=4096, skip_bad_images=True)
+    with pytest.warns(UserWarning, match="skipping bad image .*exceeds the limit of 4096 bytes"):
+        labels = [int(y) for _, ys in loader for y in ys]
+    assert len(labels) == 24 and loader.dataset.skipped == 1
+    with pytest.warns(UserWarning, match="exceeds the limit"):
+        batches = list(ShardBatches(shards, 5, pad=0, flip=False, max_member_bytes=4096, skip_bad_images=True))
+    assert [len(y) for _, y in batches] == [5] * 5  # the stream refills each batch
+    assert len(list(eval_loader(shards, 1, transform=transform))) == 25  # the default limit takes it
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w") as t:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_member_names_outside_the_shard_and_pixel_bombs_are_refused_or_skipped(tmp_path: Path) -> None:
+    bomb = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(bomb, format="PNG")  # 81 M pixels in 10 kB
+    members = [("000.png", _png((1, 2, 3))), ("000.cls", b"0"), ("../evil.png", _png((4, 5, 6))),
+               ("../evil.cls", b"0"), ("/abs/evil.png", _png((7, 8, 9))), ("/abs/evil.cls", b"0"),
+               ("002.png", bomb.getvalue()), ("002.cls", b"0"), ("003.png", _png((1, 1, 1))), ("003.cls", b"0")]
+    shard = _tar(tmp_path / "crafted.tar", members)
+    shards = ShardSet([str(shard)], "train", ["a"], 5, [5])
+    transform = eval_transform([0.5] * 3, [0.25] * 3)
+    with pytest.raises(BadImageError, match=r"crafted\.tar:\.\./evil\.png: member name is not a relative path"):
+        list(eval_loader(shards, 8, transform=transform))
+    loader = eval_loader(shards, 8, transform=transform, skip_bad_images=True)
+    with pytest.warns(UserWarning) as caught:
+        labels = [int(y) for _, ys in loader for y in ys]
+    assert labels == [0, 0] and loader.dataset.skipped == 3
+    messages = " ".join(str(w.message) for w in caught)
+    assert "../evil.png" in messages and "/abs/evil.png" in messages
+    assert f"exceeds the limit of {MAX_IMAGE_PIXELS}" in messages  # the image-folder pixel limit
+    assert not (tmp_path.parent / "evil.png").exists() and not Path("/abs").exists()
+
+
+def test_oversized_tar_header_is_refused(tmp_path: Path) -> None:
+    shard = tmp_path / "pax.tar"
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as t:
+        info = tarfile.TarInfo("000.png")
+        data = _png((1, 2, 3))
+        info.size, info.pax_headers = len(data), {"comment": "x" * (2 << 20)}  # read whole by tarfile
+        t.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("000.cls")
+        info.size = 1
+        t.addfile(info, io.BytesIO(b"0"))
+    with pytest.raises(UserError, match=r"^shard .*pax\.tar: a \d+-byte tar header exceeds the limit of 1048576"):
+        open_shards(str(shard))

@@ -13,6 +13,12 @@ shard list is permuted by (seed, epoch); rank ``r`` of ``W`` takes shards ``r::W
 yields the same number of batches (``total // global batch``); a stream that runs dry starts its shards
 again in a new order. The order is a pure function of (seed, epoch, rank, world size, workers), so
 ``iter_from(b)`` replays an epoch from batch ``b`` exactly, skipping earlier samples without decoding them.
+
+Untrusted input: a shard name read from ``index.json`` must be a plain file name inside the shard folder
+(:func:`check_shard_name`), so a data file can never name a ``pipe:`` command, a URL or a path elsewhere; only
+a spec typed by the user may. A tar member is read into memory only if it is at most ``max_member_bytes``
+(:data:`MAX_MEMBER_BYTES`) and its name is a relative path; images decode under the image-folder pixel limit.
+Other members are bad images: refused, or skipped (with a warning, counted) under ``skip_bad_images``.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ import json
 import os
 import random
 import re
+import tarfile
 import tempfile
 import urllib.parse
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -35,7 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..errors import UserError
 from ..weights import default_file_mode
 from .folder import find_classes, scan_split
-from .images import BadImageError, decode_rgb
+from .images import MAX_IMAGE_PIXELS, BadImageError, decode_rgb
 from .streaming import IMAGENET_MEAN, IMAGENET_STD
 
 INDEX_NAME = "index.json"
@@ -43,6 +51,10 @@ FORMAT = "resnets-shards-1"
 #: Images up to this side are "small" (CIFAR-style augmentation, data-set mean/std); larger are ImageNet-style.
 SMALL_IMAGE_MAX_SIDE = 64
 SHUFFLE_BUFFER = 512
+#: Largest tar member read into memory, in bytes: 4 bytes per pixel at the image-folder pixel limit (256 MiB).
+MAX_MEMBER_BYTES = 4 * MAX_IMAGE_PIXELS
+#: Largest long-name or pax header a shard may hold (tarfile reads them into memory whole).
+MAX_TAR_HEADER_BYTES = 1 << 20
 
 
 # ---- writing --------------------------------------------------------------------------------------------
@@ -216,6 +228,47 @@ def expand(spec: str) -> list[str]:
     return urls
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+
+
+def check_shard_name(name: object, source: str) -> str:
+    """``name`` if it is a plain file name (``[A-Za-z0-9_][A-Za-z0-9_.+-]*``, no ``..``), else a UserError.
+
+    Every shard name read from a file goes through here before it is joined onto the data path, so none
+    can become a ``pipe:`` command, a URL, an absolute path or a path outside the shard folder. The
+    error names ``source`` (the file the name was read from) and the entry.
+    """
+    if isinstance(name, str) and _PLAIN_NAME.fullmatch(name) and ".." not in name:
+        return name
+    shown = repr(name) if len(repr(name)) <= 200 else repr(name)[:200] + "..."
+    raise UserError(f"{source}: shard entry {shown} is not a plain file name inside the shard folder (no scheme, "
+                    "absolute path, '/', '..' or shell characters); write the shards again with resnets shard")
+
+
+def _check_index(index: dict[str, Any], source: str) -> None:
+    """Refuse an index whose classes, shard names or counts are not what :func:`write_shards` writes."""
+    classes, splits = index.get("classes"), index.get("splits")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"{source}: 'classes' is not a list of class names; write the shards again")
+    if not isinstance(splits, dict) or not all(isinstance(e, dict) for e in splits.values()):
+        raise UserError(f"{source}: 'splits' is not a mapping of split names to entries; write the shards again")
+    for split, entry in splits.items():
+        shards, counts = entry.get("shards"), entry.get("counts")
+        if not isinstance(shards, list) or not shards:
+            raise UserError(f"{source}: split {split!r} has no list of shards; write the shards again")
+        for name in shards:
+            check_shard_name(name, source)
+        if (not isinstance(counts, list) or len(counts) != len(shards)
+                or not all(type(n) is int and n >= 0 for n in counts)):
+            raise UserError(f"{source}: split {split!r} needs one sample count (a whole number >= 0) per shard; "
+                            "write the shards again")
+
+
+def _shard_urls(base: str, names: Sequence[Any], source: str) -> list[str]:
+    """``names`` (checked by :func:`check_shard_name`) joined onto ``base``."""
+    return [_join(base, check_shard_name(name, source)) for name in names]
+
+
 def _join(base: str, name: str) -> str:
     if _URL.match(base) and not re.match(r"^[a-zA-Z]:[\\/]", base):
         return urllib.parse.urljoin(base.rstrip("/") + "/", name)
@@ -253,6 +306,7 @@ def _read_index(base: str) -> dict[str, Any] | None:
         raise UserError(f"{_join(base, INDEX_NAME)} is not valid JSON: {exc}") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise UserError(f"{_join(base, INDEX_NAME)} is not a resnets shard index")
+    _check_index(index, _join(base, INDEX_NAME))
     return index
 
 
@@ -281,7 +335,9 @@ def open_shards(spec: str) -> ShardSet:
         index = _read_index(text)
         if index is None or "train" not in index["splits"]:
             raise UserError(f"{text} holds no {INDEX_NAME} with a train split")
-        return _from_entry([str(Path(text) / s) for s in index["splits"]["train"]["shards"]], "train", index, text)
+        names = index["splits"]["train"]["shards"]
+        source = str(Path(text) / INDEX_NAME)
+        return _from_entry([str(Path(text) / check_shard_name(s, source)) for s in names], "train", index, text)
     urls = expand(text)
     if not urls:
         raise UserError(f"no shards in {text!r}")
@@ -295,12 +351,12 @@ def open_shards(spec: str) -> ShardSet:
     return scan_shards(urls)
 
 
-def scan_shards(urls: list[str], split: str = "train") -> ShardSet:
+def scan_shards(urls: list[str], split: str = "train", *, max_member_bytes: int = MAX_MEMBER_BYTES) -> ShardSet:
     """A ShardSet from reading every shard once (no ``index.json``): counts, and classes ``0..max label``."""
     counts, top = [], -1
     for url in urls:
         n = 0
-        for sample in _samples([url]):
+        for sample in _samples([url], max_member_bytes):
             top = max(top, _label(sample))
             n += 1
         counts.append(n)
@@ -316,24 +372,90 @@ def sibling_split(shards: ShardSet, names: Sequence[str] = ("val", "test")) -> S
     for name in names:
         entry = shards.index["splits"].get(name)
         if entry:
-            return _from_entry([_join(shards.base, s) for s in entry["shards"]], name, shards.index, shards.base)
+            urls = _shard_urls(shards.base, entry["shards"], _join(shards.base, INDEX_NAME))
+            return _from_entry(urls, name, shards.index, shards.base)
     return None
 
 
 # ---- reading ----------------------------------------------------------------------------------------------
 
 
-def _samples(urls: Sequence[str]) -> Iterator[dict[str, Any]]:
-    """The samples (dicts of key, url and member bytes) of ``urls``, in order."""
-    from webdataset.tariterators import tarfile_samples
+@dataclass(frozen=True)
+class BadMember:
+    """A tar member left unread (too large, or named outside the shard); its sample fails with ``reason``."""
 
-    return tarfile_samples({"url": u} for u in urls)
+    reason: str
+
+
+class _HeaderTooLarge(Exception):
+    pass
+
+
+class _CappedTarInfo(tarfile.TarInfo):
+    """A tar header that refuses long-name and pax headers over :data:`MAX_TAR_HEADER_BYTES`."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                         tarfile.SOLARIS_XHDTYPE) and self.size > MAX_TAR_HEADER_BYTES:
+            raise _HeaderTooLarge(f"a {self.size}-byte tar header exceeds the limit of {MAX_TAR_HEADER_BYTES} bytes")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
+def _member_problem(info: tarfile.TarInfo, max_bytes: int) -> str | None:
+    """Why the member ``info`` must not be read, or None."""
+    name = info.name
+    if not name or name.startswith("/") or "\\" in name or "\0" in name or ".." in PurePosixPath(name).parts:
+        return "member name is not a relative path inside the shard"
+    if info.size > max_bytes:
+        return f"member of {info.size} bytes exceeds the limit of {max_bytes} bytes"
+    return None
+
+
+def _tar_files(urls: Sequence[str], max_member_bytes: int) -> Iterator[dict[str, Any]]:
+    """WebDataset's file records (fname, data, url; ``{}`` after each shard); unsafe members as BadMember."""
+    from webdataset.gopen import gopen
+
+    for url in urls:
+        stream = gopen(url, "rb")
+        try:
+            tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_CappedTarInfo)
+            for info in tar:
+                if not info.isreg() or re.match(r"__[^/]*__($|/)", info.name):  # WebDataset's metadata
+                    continue
+                problem = _member_problem(info, max_member_bytes)
+                member = tar.extractfile(info) if problem is None else None
+                data = member.read() if member is not None else BadMember(problem or "cannot read member")
+                yield {"fname": info.name, "data": data, "__url__": url}
+                tar.members = []
+        except _HeaderTooLarge as exc:
+            raise UserError(f"shard {url}: {exc}; the shard is damaged or crafted, write it again") from None
+        stream.close()
+        yield {}
+
+
+def _samples(urls: Sequence[str], max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict[str, Any]]:
+    """The samples (dicts of key, url and member bytes or :class:`BadMember`) of ``urls``, in order."""
+    from webdataset.tariterators import group_by_keys
+
+    return group_by_keys(_tar_files(urls, max_member_bytes))
+
+
+def _check_members(sample: dict[str, Any]) -> None:
+    """BadImageError naming the shard and member if any member of ``sample`` was left unread."""
+    for ext, value in sample.items():
+        if isinstance(value, BadMember):
+            raise BadImageError(f"{sample.get('__url__')}:{sample.get('__key__')}.{ext}", value.reason)
 
 
 def _label(sample: dict[str, Any]) -> int:
     if "cls" not in sample:
         raise UserError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no .cls member")
-    return int(sample["cls"])
+    _check_members(sample)
+    try:
+        return int(sample["cls"])
+    except ValueError:
+        raise UserError(f"sample {sample.get('__key__')} in {sample.get('__url__')}: the .cls member is not a "
+                        "whole number") from None
 
 
 def _image_bytes(sample: dict[str, Any]) -> tuple[str, bytes]:
@@ -344,9 +466,14 @@ def _image_bytes(sample: dict[str, Any]) -> tuple[str, bytes]:
 
 
 def decode_sample(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
-    """(uint8 3xHxW image, label) of a shard sample; BadImageError names the shard and key."""
+    """(uint8 3xHxW image, label) of a shard sample; BadImageError names the shard and member.
+
+    Images decode under the image-folder pixel limit (:data:`~resnets.data.images.MAX_IMAGE_PIXELS`).
+    """
+    _check_members(sample)
     ext, data = _image_bytes(sample)
-    return decode_rgb(data, f"{sample.get('__url__')}:{sample.get('__key__')}.{ext}"), _label(sample)
+    path = f"{sample.get('__url__')}:{sample.get('__key__')}.{ext}"
+    return decode_rgb(data, path, max_pixels=MAX_IMAGE_PIXELS), _label(sample)
 
 
 def mix_seed(*parts: Any) -> int:
@@ -365,7 +492,8 @@ def rank_shards(urls: Sequence[str], seed: int, epoch: int, rank: int, world_siz
     return mine
 
 
-def stream_samples(urls: Sequence[str], seed: int, buffer: int = SHUFFLE_BUFFER) -> Iterator[dict[str, Any]]:
+def stream_samples(urls: Sequence[str], seed: int, buffer: int = SHUFFLE_BUFFER, *,
+                   max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict[str, Any]]:
     """Endless samples of ``urls``: pass ``p`` reads them in a (seed, p) order through a seeded shuffle buffer."""
     for p in range(1 << 62):
         rng = random.Random(mix_seed(seed, p))
@@ -373,7 +501,7 @@ def stream_samples(urls: Sequence[str], seed: int, buffer: int = SHUFFLE_BUFFER)
         if p:
             rng.shuffle(order)
         pool: list[dict[str, Any]] = []
-        for sample in _samples(order):
+        for sample in _samples(order, max_member_bytes):
             if len(pool) < buffer:
                 pool.append(sample)
                 continue
@@ -384,13 +512,25 @@ def stream_samples(urls: Sequence[str], seed: int, buffer: int = SHUFFLE_BUFFER)
         yield from pool
 
 
+def _skip(exc: BadImageError, skip_bad_images: bool) -> None:
+    """Re-raise ``exc`` unless ``skip_bad_images``; then warn that its sample is skipped."""
+    if not skip_bad_images:
+        raise exc
+    warnings.warn(f"skipping {exc}", stacklevel=3)
+
+
 class _TrainStream(IterableDataset):
-    """Batches ``start..steps-1`` of one rank's epoch; DataLoader worker ``i`` makes every ``S``-th of them."""
+    """Batches ``start..steps-1`` of one rank's epoch; DataLoader worker ``i`` makes every ``S``-th of them.
+
+    ``skipped`` counts the bad samples skipped in this process.
+    """
 
     def __init__(self, shards: list[str], *, per_rank: int, steps: int, start: int, streams: int, seed: int,
-                 transform: Callable[[torch.Tensor], torch.Tensor], skip_bad_images: bool) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor], skip_bad_images: bool,
+                 max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
         self.shards, self.per_rank, self.steps, self.start = shards, per_rank, steps, start
         self.streams, self.seed, self.transform, self.skip_bad_images = streams, seed, transform, skip_bad_images
+        self.max_member_bytes, self.skipped = max_member_bytes, 0
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
@@ -402,7 +542,8 @@ class _TrainStream(IterableDataset):
             return
         stream = first % stride
         position = first // stride  # batches of this stream already consumed
-        samples = stream_samples(self.shards[stream::stride] or self.shards, mix_seed(self.seed, stream))
+        samples = stream_samples(self.shards[stream::stride] or self.shards, mix_seed(self.seed, stream),
+                                 max_member_bytes=self.max_member_bytes)
         for _ in range(position * self.per_rank):
             next(samples)
         for b in range(first, self.steps, stride):
@@ -417,9 +558,9 @@ class _TrainStream(IterableDataset):
             sample = next(samples)
             try:
                 image, label = decode_sample(sample)
-            except BadImageError:
-                if not self.skip_bad_images:
-                    raise
+            except BadImageError as exc:
+                _skip(exc, self.skip_bad_images)
+                self.skipped += 1
                 continue
             images.append(self.transform(image))
             labels.append(label)
@@ -465,13 +606,13 @@ class ShardBatches:
 
     Each rank yields ``batch_size // world_size`` images per step (``batch_size`` is the global batch), as
     float tensors, normalised and augmented: CIFAR-style (pad, crop, flip) for small images, else
-    ``transform`` (e.g. ImageNet's random-resized crop).
+    ``transform`` (e.g. ImageNet's random-resized crop). Tar members over ``max_member_bytes`` are not read.
     """
 
     def __init__(self, shards: ShardSet, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
                  workers: int = 0, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  pad: int = 4, flip: bool = True, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 skip_bad_images: bool = False) -> None:
+                 skip_bad_images: bool = False, max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
         if batch_size % world_size:
             raise UserError(f"the global batch size {batch_size} must be divisible by the number of processes "
                             f"{world_size}")
@@ -480,7 +621,7 @@ class ShardBatches:
         self.mean = list(mean or shards.mean or IMAGENET_MEAN)
         self.std = list(std or shards.std or IMAGENET_STD)
         self.transform = transform or small_image_transform(pad, flip, self.mean, self.std)
-        self.skip_bad_images = skip_bad_images
+        self.skip_bad_images, self.max_member_bytes = skip_bad_images, max_member_bytes
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -500,7 +641,7 @@ class ShardBatches:
         stream = _TrainStream(mine, per_rank=self.batch_size // self.world_size, steps=len(self),
                               start=max(0, start_batch), streams=max(1, workers),
                               seed=mix_seed(self.seed, self.epoch, self.rank), transform=self.transform,
-                              skip_bad_images=self.skip_bad_images)
+                              skip_bad_images=self.skip_bad_images, max_member_bytes=self.max_member_bytes)
         if workers == 0:
             yield from stream
             return
@@ -509,12 +650,17 @@ class ShardBatches:
 
 
 class _EvalStream(IterableDataset):
-    """Every sample of ``urls`` exactly once over all (rank, worker) pairs: sample ``i`` goes to ``i % parts``."""
+    """Every sample of ``urls`` exactly once over all (rank, worker) pairs: sample ``i`` goes to ``i % parts``.
+
+    ``skipped`` counts the bad samples skipped in this process.
+    """
 
     def __init__(self, urls: list[str], batch_size: int, rank: int, world_size: int,
-                 transform: Callable[[torch.Tensor], torch.Tensor], skip_bad_images: bool) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor], skip_bad_images: bool,
+                 max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
         self.urls, self.batch_size, self.rank, self.world_size = urls, batch_size, rank, world_size
         self.transform, self.skip_bad_images = transform, skip_bad_images
+        self.max_member_bytes, self.skipped = max_member_bytes, 0
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
@@ -522,14 +668,14 @@ class _EvalStream(IterableDataset):
         parts, part = self.world_size * workers, self.rank + self.world_size * worker
         images: list[torch.Tensor] = []
         labels: list[int] = []
-        for i, sample in enumerate(_samples(self.urls)):
+        for i, sample in enumerate(_samples(self.urls, self.max_member_bytes)):
             if i % parts != part:
                 continue
             try:
                 image, label = decode_sample(sample)
-            except BadImageError:
-                if not self.skip_bad_images:
-                    raise
+            except BadImageError as exc:
+                _skip(exc, self.skip_bad_images)
+                self.skipped += 1
                 continue
             images.append(self.transform(image))
             labels.append(label)
@@ -541,7 +687,8 @@ class _EvalStream(IterableDataset):
 
 
 def eval_loader(shards: ShardSet, batch_size: int, *, rank: int = 0, world_size: int = 1, workers: int = 0,
-                transform: Callable[[torch.Tensor], torch.Tensor], skip_bad_images: bool = False) -> DataLoader:
+                transform: Callable[[torch.Tensor], torch.Tensor], skip_bad_images: bool = False,
+                max_member_bytes: int = MAX_MEMBER_BYTES) -> DataLoader:
     """Evaluation batches of this rank's share of ``shards`` (each sample on exactly one rank)."""
-    stream = _EvalStream(shards.urls, batch_size, rank, world_size, transform, skip_bad_images)
+    stream = _EvalStream(shards.urls, batch_size, rank, world_size, transform, skip_bad_images, max_member_bytes)
     return DataLoader(stream, batch_size=None, num_workers=max(0, workers))
