@@ -1,12 +1,17 @@
 """Run by tests/test_distributed.py under torchrun (2 ranks, gloo): checks the collectives of one step.
 
 Writes ``OUT/rank<r>.json`` with what it found; the test compares the ranks with a one-process reference.
+With ``OUT hang`` (tests/test_distributed_runs.py) the ranks get stuck instead, SIGTERM only noted as the
+loop notes it: rank 0 in a barrier that rank 1 never joins; each writes ``OUT/hang<r>.pid`` once it is there.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -41,5 +46,16 @@ def main(out: Path) -> None:
     D.shutdown(env)
 
 
+def hang(out: Path) -> None:
+    """Stuck ranks: rank 0 waits in a barrier, rank 1 sleeps; SIGTERM is noted, not acted on."""
+    env = D.init_distributed(torch.device("cpu"))
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the loop's handler: a request, acted on later
+    (out / f"hang{env.rank}.pid").write_text(str(os.getpid()))
+    if env.rank == 0:
+        D.barrier(env)
+    while True:
+        time.sleep(1)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    hang(Path(sys.argv[1])) if sys.argv[2:] == ["hang"] else main(Path(sys.argv[1]))

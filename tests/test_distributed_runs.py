@@ -1,8 +1,10 @@
-"""End-to-end data-parallel runs on the shipped sample: 2 gloo processes vs 1, a killed rank, a torchrun restart,
-two simulated nodes on loopback, and shards vs the folder they came from. Every child has a timeout."""
+"""End-to-end data-parallel runs on the shipped sample: 2 gloo processes vs 1, a killed rank, a killed launcher,
+a torchrun restart, two simulated nodes on loopback, and shards vs the folder they came from. Every child has a
+timeout."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -12,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from resnets.data.sample import extract_sample
@@ -110,6 +113,109 @@ def test_killed_rank_ends_the_run_quickly(tmp_path: Path) -> None:
     proc, seconds, output = _launch_and_kill(tmp_path, [], iterations=2000)
     assert proc.returncode != 0, output[-2000:]
     assert seconds < 30, f"took {seconds:.1f} s to stop after a rank died"
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of the live children of ``pid`` (from /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is running (a zombie is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def _wait_gone(pids: list[int], timeout: float) -> float:
+    """Seconds until every process of ``pids`` has exited; AssertionError after ``timeout``."""
+    start = time.monotonic()
+    while any(_alive(p) for p in pids):
+        assert time.monotonic() - start < timeout, f"still running after {timeout:.0f} s: " \
+            f"{[p for p in pids if _alive(p)]}"
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("victim", ["resnets", "torchrun"])
+def test_killed_launcher_stops_the_ranks(tmp_path: Path, victim: str) -> None:
+    """SIGKILL of ``resnets train --nproc 2`` (or of its torchrun agent): the ranks checkpoint and exit in < 30 s."""
+    out = tmp_path / "run"
+    tag = f"{os.getpid()}-{tmp_path.name}"
+    log = open(tmp_path / "log.txt", "w+")  # noqa: SIM115 - read back below
+    proc = subprocess.Popen([sys.executable, "-m", "resnets", "train", *TINY, "--iterations", "5000",
+                             "--checkpoint-every", "2", "--nproc", "2", "--out", str(out)],
+                            env=torchrun_env() | {"RESNETS_TEST_TAG": tag}, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    everyone = [proc.pid]
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "last.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "run ended before its first checkpoint"
+            time.sleep(0.1)
+        ranks = [_worker_pid(tag, rank) for rank in range(2)]
+        agents = _children(proc.pid)
+        assert len(agents) == 1, agents
+        everyone += agents + ranks
+        assert sorted(_children(agents[0])) == sorted(ranks)  # the ranks are the torchrun agent's children
+        os.kill(proc.pid if victim == "resnets" else agents[0], signal.SIGKILL)
+        if victim == "resnets":
+            proc.wait(timeout=10)  # reap it, as a shell would
+        seconds = _wait_gone(ranks + agents, timeout=30)
+        log.seek(0)
+        output = log.read()
+        assert "stopped (SIGTERM)" in output, errors(output)  # rank 0 checkpointed on its way out
+        state = torch.load(out / "last.pt", weights_only=True)
+        assert state["step"] >= 2 and state["world_size"] == 2
+        assert not list(out.glob(".last.pt.*")), "a checkpoint was left half-written"
+        print(f"ranks gone {seconds:.1f} s after the {victim} launcher was killed")
+    finally:
+        _kill_all(everyone)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_orphaned_ranks_stuck_in_a_collective_exit(tmp_path: Path) -> None:
+    """Launcher killed while rank 0 waits in a barrier rank 1 never joins (and rank 1 ignores SIGTERM): both exit
+    after the grace period instead of waiting for the collective timeout, or forever."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+           str(Path(__file__).parent / "dist_check.py"), str(tmp_path), "hang"]
+    env = torchrun_env() | {"RESNETS_ORPHAN_GRACE_S": "2", "RESNETS_DIST_TIMEOUT": "600"}
+    agent = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    ranks: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not all((tmp_path / f"hang{r}.pid").is_file() for r in range(2)):
+            assert agent.poll() is None and time.monotonic() < deadline, "the ranks did not start"
+            time.sleep(0.1)
+        time.sleep(0.5)  # rank 0 is in its barrier now
+        ranks = [int((tmp_path / f"hang{r}.pid").read_text()) for r in range(2)]
+        assert sorted(_children(agent.pid)) == sorted(ranks)
+        agent.kill()
+        agent.wait(timeout=10)
+        seconds = _wait_gone(ranks, timeout=15)
+        print(f"stuck ranks gone {seconds:.1f} s after the launcher was killed")
+    finally:
+        _kill_all(ranks)
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(timeout=30)
 
 
 def test_max_restarts_resumes_from_the_checkpoint(tmp_path: Path) -> None:

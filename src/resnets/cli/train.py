@@ -123,13 +123,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.nproc is not None:
         import os
-        import subprocess
 
         if "TORCHELASTIC_RUN_ID" in os.environ:
             raise UserError("--nproc launches torchrun itself; under torchrun leave it out")
         if args.max_restarts and not (args.out or args.resume):
             raise UserError("--max-restarts resumes from the run folder: give --out")
-        return subprocess.call(torchrun_command(args))
+        from ..train.distributed import launch
+
+        return launch(torchrun_command(args))  # torchrun and its ranks stop if this process dies
 
     overrides = {name: getattr(args, name) for name in _FIELDS}
     overrides.update(parse_set(args.set))

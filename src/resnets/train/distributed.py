@@ -3,6 +3,8 @@
 A run started by ``torchrun`` (or ``resnets train --nproc N``) has ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR`` and ``MASTER_PORT`` in its environment; :func:`init_distributed` joins the process group
 (gloo on CPU, NCCL on CUDA) with a bounded timeout, so a lost peer ends the run instead of hanging it.
+Under torchrun each rank also watches its launcher (:func:`watch_launcher`): if the launcher dies, even by
+SIGKILL, the rank gets SIGTERM (the loop checkpoints and stops), and exits anyway after a grace period.
 
 The batch size of the config is the **global** batch: each of the ``W`` ranks takes a contiguous ``B / W``
 slice of every global batch of the single-process order (``DeviceBatches.iter_from(rank=, world_size=)``),
@@ -12,8 +14,14 @@ epoch and batch position of a checkpoint mean the same thing whatever the number
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,6 +34,14 @@ from ..errors import UserError
 
 #: Default seconds a collective may wait for a peer before the run fails (``$RESNETS_DIST_TIMEOUT`` overrides).
 DEFAULT_TIMEOUT_S = 300.0
+
+#: Seconds a rank whose launcher died has to checkpoint and stop before it exits regardless
+#: (``$RESNETS_ORPHAN_GRACE_S`` overrides); it notices within ``LAUNCHER_POLL_S``.
+ORPHAN_GRACE_S = 20.0
+LAUNCHER_POLL_S = 0.5
+#: Set by :func:`launch` for the ranks: the pid of the ``resnets train --nproc`` process.
+LAUNCHER_PID_ENV = "RESNETS_LAUNCHER_PID"
+_PR_SET_PDEATHSIG = 1
 
 T = TypeVar("T")
 
@@ -94,12 +110,133 @@ def timeout_seconds() -> float:
     return seconds
 
 
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
+    """Have Linux send ``sig`` to this process when the thread that started it exits; False where unsupported."""
+    prctl = _prctl()
+    return prctl is not None and prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+
+
+def _start_time(pid: int) -> str | None:
+    """``pid``'s start time from /proc (tells a reused pid apart); None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in "ZX" else fields[19]
+
+
+def _pid_alive(pid: int, started: str | None) -> bool:
+    """Whether ``pid`` still runs (and is the same process, where /proc tells)."""
+    if os.path.isdir("/proc/self"):
+        return started is not None and _start_time(pid) == started
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def orphan_grace_seconds() -> float:
+    """Seconds an orphaned rank may take to stop: ``$RESNETS_ORPHAN_GRACE_S`` or :data:`ORPHAN_GRACE_S`."""
+    value = os.environ.get("RESNETS_ORPHAN_GRACE_S")
+    try:
+        return float(value) if value else ORPHAN_GRACE_S
+    except ValueError:
+        raise UserError(f"RESNETS_ORPHAN_GRACE_S={value!r} is not a number of seconds") from None
+
+
+_watching = False
+
+
+def watch_launcher() -> bool:
+    """Under torchrun, end this rank when its launcher dies (even by SIGKILL); whether a watch was started.
+
+    The rank gets SIGTERM at once (``PR_SET_PDEATHSIG`` on Linux) or within :data:`LAUNCHER_POLL_S` (a daemon
+    thread that sees its parent, or the ``resnets train --nproc`` process, gone), so the loop checkpoints and
+    stops; if it is still running :func:`orphan_grace_seconds` later (a collective waiting for a dead peer),
+    the thread ends the process. Checkpoints are written atomically, so the last one stays whole.
+    """
+    global _watching
+    if _watching or "TORCHELASTIC_RUN_ID" not in os.environ and LAUNCHER_PID_ENV not in os.environ:
+        return False
+    grace = orphan_grace_seconds()
+    parent = os.getppid()
+    launcher = env_int(LAUNCHER_PID_ENV, 0)
+    launcher_started = _start_time(launcher) if launcher > 0 else None
+    # If the parent died before this call, the rendezvous with its store fails, and under --nproc the
+    # launcher, which exits when torchrun does, is seen gone.
+    set_parent_death_signal(signal.SIGTERM)
+
+    def gone() -> str | None:
+        if os.getppid() != parent:  # reparented (pid 1 itself may be the launcher, in a container)
+            return f"its launcher (pid {parent})"
+        if launcher > 0 and not _pid_alive(launcher, launcher_started):
+            return f"resnets train --nproc (pid {launcher})"
+        return None
+
+    def watch() -> None:
+        while (what := gone()) is None:
+            time.sleep(LAUNCHER_POLL_S)
+        rank = os.environ.get("RANK", "?")
+        print(f"resnets: rank {rank}: {what} is gone; checkpointing and stopping", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)  # again where the parent-death signal came already: harmless
+        time.sleep(grace)
+        print(f"resnets: rank {rank}: still running {grace:g} s after the launcher died; exiting (the last "
+              "checkpoint is whole)", file=sys.stderr, flush=True)
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="resnets-launcher-watch", daemon=True).start()
+    _watching = True
+    return True
+
+
+def launch(command: list[str]) -> int:
+    """Run the torchrun ``command`` (``--nproc``): it gets SIGTERM if this process dies; its exit status.
+
+    Its ranks know this process by ``$RESNETS_LAUNCHER_PID`` and stop if it goes. On Ctrl-C (which torchrun
+    also gets, and passes to the ranks) this waits for the ranks' checkpoint before giving up on them.
+    """
+    me = os.getpid()
+    prctl = _prctl()
+
+    def die_with_launcher() -> None:  # in the child, before exec: nothing that could take a lock
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != me:  # the launcher died before the prctl
+            os._exit(1)
+
+    env = os.environ | {LAUNCHER_PID_ENV: str(me)}
+    with subprocess.Popen(command, env=env, preexec_fn=die_with_launcher) as proc:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            try:
+                proc.wait(timeout=orphan_grace_seconds() + 15)
+            except (KeyboardInterrupt, subprocess.TimeoutExpired):
+                proc.kill()
+            raise
+
+
 def init_distributed(device: torch.device) -> DistEnv:
     """Join the process group torchrun describes (a no-op for one process); the rank's device.
 
     ``device`` is the resolved device type of the run; on CUDA each rank takes ``cuda:LOCAL_RANK``.
     """
     rank, world, local = launched_world()
+    watch_launcher()  # under torchrun: stop when the launcher dies
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
             raise UserError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA device(s) visible")
