@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .hardware import cpu_has_amx, cpu_has_native_bf16
+from .hardware import cpu_precision, cuda_autocast_dtype, probe_input_shape
 
 TTA_MODES = ("flip", "10crop")
 
@@ -124,13 +124,22 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` (``auto``: bf16 on GPUs that have it, else fp16; on CPUs bf16
-    only with AMX, since without it bf16 is slower than float32)."""
+def resolve_precision(precision: str, device: torch.device, model: nn.Module | None = None, *,
+                      image_size: int = 32, training: bool = False, model_key: str = "model"
+                      ) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` (None: float32).
+
+    ``auto``: on CUDA, bf16 where the GPU has it natively, else fp16; on CPU, bf16 only where the probe
+    (``hardware.cpu_precision``) timed ``model`` faster in bf16 than in float32 on this machine, float32
+    without a model to time.
+    """
     if precision == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_amx() and cpu_has_native_bf16() else None
+            return cuda_autocast_dtype()
+        if model is None:
+            return None
+        choice = cpu_precision(model, probe_input_shape(image_size), training=training, model_key=model_key)
+        return torch.bfloat16 if choice == "bf16" else None
     table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in table:
         raise UserError(f"unknown precision '{precision}'; use auto, bf16, fp16 or fp32")
@@ -184,7 +193,7 @@ def evaluate(
     if tta is not None and tta not in TTA_MODES:
         raise UserError(f"unknown TTA mode '{tta}'; choose one of: {', '.join(TTA_MODES)}")
     dev = resolve_device(device)
-    dtype = resolve_precision(precision, dev)
+    resolve_precision(precision, dev)  # a wrong name fails here, before any work
     model = load_model(weights, device=dev)
     classes: list[str] | None = getattr(model, "classes", None)
     norm = getattr(model, "normalization", None)
@@ -197,6 +206,11 @@ def evaluate(
     if classes is not None and list(classes) != list(data_classes):
         raise UserError(f"the weights' classes ({_some(classes)}) differ from {data}'s ({_some(data_classes)})")
     classes = list(data_classes)
+    from .models.registry import model_family
+
+    name = model.spec["name"]
+    side = crop or (224 if model_family(name) == "imagenet" else 32)
+    dtype = resolve_precision(precision, dev, model, image_size=side, model_key=name)
     result = evaluate_model(model, batches, num_classes=len(classes), device=dev, autocast_dtype=dtype, tta=tta,
                             crop=crop, channels_last=True)
     confusion = result.pop("confusion")

@@ -14,7 +14,8 @@ _FIELDS = ("model", "variant", "data", "epochs", "iterations", "batch_size", "lr
            "compile", "skip_bad_images", "cache_dir", "val_split", "seed", "workers", "ema", "label_smoothing",
            "mixup_alpha", "cutmix_alpha", "accum_steps", "checkpoint_every", "log_every", "tensorboard",
            "stop_after_steps", "train_images", "test_images", "download", "weight_decay", "momentum",
-           "channels_last", "zero_init_residual", "sync_bn", "resize_from", "resize_until", "eval_every")
+           "channels_last", "zero_init_residual", "sync_bn", "resize_from", "resize_until", "eval_every",
+           "deterministic")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"))
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="deterministic kernels (default: on for CPU, so resume is bit-exact; off for CUDA, "
+                        "where cudnn.benchmark picks the fastest kernels)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
     p.add_argument("--skip-bad-images", action="store_true", default=None)
     p.add_argument("--cache-dir")

@@ -8,11 +8,12 @@
 * :func:`bench_infer` - speed, latency, memory and fidelity against torchvision and onnxruntime.
 """
 
+from ..hardware import cpu_has_native_bf16
 from .bench import bench_infer
 from .embed import Embeddings, SearchResult, embed, load_index, nearest, save_index, search
 from .explain import Explanation, explain, grad_cam
 from .export import ExportCheckError, ExportResult, export
-from .fastpath import FastModel, cpu_has_native_bf16, fold_batchnorm, fuse_conv_bn
+from .fastpath import FastModel, fold_batchnorm, fuse_conv_bn
 from .loading import LoadedModel, expand_paths, imagenet_classes, load_for_inference, preprocess
 from .predict import Prediction, PredictResult, predict
 

@@ -12,7 +12,6 @@ over all of them instead of landing on one.
 from __future__ import annotations
 
 import os
-import platform
 import resource
 import tempfile
 import time
@@ -25,7 +24,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .fastpath import FastModel, cpu_has_native_bf16, resolve_precision
+from ..hardware import cpu_has_native_bf16, cpu_name
+from .fastpath import FastModel
 from .loading import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, LoadedModel, preprocess
 
 SHARED_IMAGES = Path("/work/shared/data/cifar10-jpeg/test")
@@ -238,7 +238,7 @@ def bench_infer(
     reference.eval()
 
     report = BenchReport(model, batch, iters, size, root, len(evaluation), torch.get_num_threads(),
-                         _cpu_name(), cpu_has_native_bf16(), count_gflop(ours, size), tf_bf16, tf_fp32, matmul_size,
+                         cpu_name(), cpu_has_native_bf16(), count_gflop(ours, size), tf_bf16, tf_fp32, matmul_size,
                          load_before)
 
     def ref_fn(x: torch.Tensor) -> torch.Tensor:
@@ -246,9 +246,9 @@ def bench_infer(
             return reference(x)
 
     paths: list[tuple[str, Callable[[torch.Tensor], torch.Tensor], str]] = [(ref_name, ref_fn, "reference")]
-    default = resolve_precision("auto")
+    default = FastModel(ours, "auto", input_size=size, model_key=model).precision
     for precision in ("fp32", "bf16"):
-        fast = FastModel(ours, precision)
+        fast = FastModel(ours, precision, input_size=size)
         note = "default of predict/embed here" if precision == default else ""
         paths.append((f"resnets {precision} (" + fast.describe() + ")", fast, note))
     if compile:
@@ -321,17 +321,6 @@ def _onnx_runner(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
         return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
 
     return run
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def format_report(r: BenchReport) -> str:

@@ -72,7 +72,7 @@ def embed(
     failures: list[tuple[str, str]] = []
     for item in problems:
         _fail(failures, item, on_failure)
-    fast = FastModel(loaded.model, precision)
+    fast = FastModel(loaded.model, precision, input_size=loaded.input_size, model_key=loaded.name)
     good_paths: list[str] = []
     chunks: list[np.ndarray] = []
     for good, inputs, bad in read_batches(files, loaded, batch_size):

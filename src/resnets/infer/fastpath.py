@@ -1,9 +1,9 @@
 """The fast CPU inference path: batch norm folded into convolutions, channels_last, bf16 where native.
 
 ``fold_batchnorm`` is exact in float32 (to rounding). ``FastModel`` runs a folded, channels_last copy of a
-model; precision ``"auto"`` is bf16 autocast only on CPUs with AMX, where bf16 matrix units beat float32 by
-far, and float32 elsewhere: on the AVX512-BF16 development box bf16 ran at half the float32 matmul rate and
-slower end to end (docs/results.md). ``compile=True`` adds ``torch.compile`` with inductor freezing.
+model; precision ``"auto"`` is bf16 autocast where the probe (``hardware.cpu_precision``) timed the folded
+model faster in bf16 than in float32 on this CPU, and float32 elsewhere. ``compile=True`` adds
+``torch.compile`` with inductor freezing.
 """
 
 from __future__ import annotations
@@ -16,19 +16,23 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..hardware import cpu_has_amx, cpu_has_native_bf16
+from ..hardware import cpu_precision, probe_input_shape
 from ..models.blocks import BasicBlock, Bottleneck
 from ..models.resnet import ResNetBase
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-def resolve_precision(precision: str) -> str:
-    """``"auto"`` to ``"bf16"`` on AMX CPUs, else ``"fp32"`` (see the module doc); others checked and returned."""
+def resolve_precision(precision: str, model: nn.Module | None = None, *, input_size: int = 224,
+                      model_key: str = "model") -> str:
+    """``"auto"`` to what the probe found faster for ``model`` in inference on this CPU (``"fp32"`` without a
+    model); ``"bf16"`` and ``"fp32"`` checked and returned."""
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "bf16" if cpu_has_amx() and cpu_has_native_bf16() else "fp32"
+        if model is None:
+            return "fp32"
+        return cpu_precision(model, probe_input_shape(input_size), training=False, model_key=model_key)
     return precision
 
 
@@ -112,14 +116,18 @@ class FastModel:
     """A model prepared for fast CPU inference; call it for float32 logits, ``embed`` for pooled features."""
 
     def __init__(self, model: nn.Module, precision: str = "auto", *, compile: bool = False,
-                 fold: bool = True, channels_last: bool = True) -> None:
-        self.precision = resolve_precision(precision)
+                 fold: bool = True, channels_last: bool = True, input_size: int = 224,
+                 model_key: str = "model") -> None:
+        resolve_precision(precision)  # a wrong name fails before the model is copied
         self.channels_last = channels_last
         self.compiled = compile
         net = fold_batchnorm(model) if fold else copy.deepcopy(model).eval()
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.model = net
+        # ``auto`` times this folded copy, as it will run (folding is per model; the key names the layout)
+        key = f"{model_key} folded" if fold else model_key
+        self.precision = resolve_precision(precision, net, input_size=input_size, model_key=key)
         self._logits: Callable[[torch.Tensor], torch.Tensor] = net
         self._embed: Callable[[torch.Tensor], torch.Tensor] = _Embedder(net)
         if compile:

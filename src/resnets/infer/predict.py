@@ -42,7 +42,7 @@ def predict(
 ) -> PredictResult:
     """Predict the top ``topk`` classes of the images at ``paths`` (files, folders, globs).
 
-    ``precision``: ``"auto"`` (bf16 on AMX CPUs, else fp32), ``"bf16"`` or ``"fp32"``.
+    ``precision``: ``"auto"`` (bf16 where the probe timed it faster on this CPU, else fp32), ``"bf16"`` or ``"fp32"``.
     ``on_failure(path, message)`` is called for each unreadable input as it happens.
     """
     loaded = load_for_inference(weights, model_name)
@@ -55,7 +55,7 @@ def predict(
         _fail(result, item, on_failure)
     if not files:
         return result
-    fast = FastModel(loaded.model, precision)
+    fast = FastModel(loaded.model, precision, input_size=loaded.input_size, model_key=loaded.name)
     result.precision = fast.precision
     for good, inputs, failures in read_batches(files, loaded, batch_size):
         for item in failures:

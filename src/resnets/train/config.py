@@ -74,7 +74,7 @@ class TrainConfig:
     compile: bool = False
     sync_bn: bool = False  # several processes: BN statistics of the global batch, not of each rank's slice
     seed: int = 0
-    deterministic: bool = True
+    deterministic: bool | None = None  # None: on for CPU (bit-exact resume), off for CUDA (cudnn.benchmark)
     workers: int = 4
     # output
     out: str | None = None

@@ -40,8 +40,10 @@ from .optim import LRSchedule, build_optimizer, set_lr
 
 # Settings that may change when a run is resumed (everything else comes from the checkpoint).
 RESUMABLE_OVERRIDES = ("stop_after_steps", "progress", "tensorboard", "plots", "workers", "log_every",
-                       "checkpoint_every", "eval_every", "epochs", "iterations")
+                       "checkpoint_every", "eval_every", "epochs", "iterations", "device")
 MAX_SKIPPED_STEPS = 5  # fp16: stop after this many consecutive non-finite steps
+DIST_READ_EVERY = 10  # several processes: agree on stop requests at least this often (steps)
+AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(UserError):
@@ -82,7 +84,7 @@ class TrainState:
     steps_per_epoch: int = 0
     total_steps: int = 0
     lr: float = 0.0
-    loss: float = float("nan")  # of the last step
+    loss: float = float("nan")  # mean training loss of the steps up to the last read (log step, epoch end)
     stop: bool = False  # set by a callback (or a signal) to checkpoint and stop after this step
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -198,6 +200,11 @@ def _shard_data(cfg: TrainConfig, device: torch.device, env: D.DistEnv) -> DataB
     return DataBundle(train, val, list(train_set.classes), mean, std, None, desc)
 
 
+def use_deterministic(cfg: TrainConfig, device: torch.device) -> bool:
+    """``cfg.deterministic`` if set; else on for CPU (resume is bit-exact), off for CUDA (cudnn.benchmark)."""
+    return cfg.deterministic if cfg.deterministic is not None else device.type == "cpu"
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed torch, CUDA, Python and NumPy; with ``deterministic``, ask PyTorch for deterministic kernels."""
     random.seed(seed)
@@ -282,9 +289,8 @@ def train(
         log = _quiet
     if env.enabled and not cfg.out and ckpt is None:
         run_dir = Path(D.broadcast_object(env, str(run_dir)))  # rank 0's timestamped name everywhere
-    amp_dtype = resolve_precision(cfg.precision, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None  # fp16 is CUDA-only
-    seed_everything(cfg.seed, cfg.deterministic)
+    resolve_precision(cfg.precision, device)  # fp16 on CPU fails here, before any work
+    seed_everything(cfg.seed, use_deterministic(cfg, device))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     # ---- data and model ----------------------------------------------------------------------------------
@@ -295,6 +301,12 @@ def train(
                          zero_init_residual=cfg.zero_init_residual).to(device, memory_format=memory_format)
     if cfg.sync_bn and env.enabled:
         model = D.convert_sync_batchnorm(model, device)  # BN statistics of the global batch, not the rank's
+    # precision "auto" on CPU: timed on this model (about a second, cached); rank 0 decides for all ranks
+    side = getattr(data.train, "crop", (cfg.image_size,))[0]
+    amp_name = _dtype_name(resolve_precision(cfg.precision, device, model, image_size=side, training=True,
+                                             model_key=cfg.model) if env.is_main else None)
+    amp_dtype = AMP_DTYPES[D.broadcast_object(env, amp_name)]
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None  # fp16 is CUDA-only
     forward = D.wrap_ddp(model, env)  # the model itself for one process
     forward = torch.compile(forward) if cfg.compile else forward
     optimizer = build_optimizer(model, cfg)
@@ -336,7 +348,7 @@ def train(
     log(f"{'resuming' if ckpt else 'training'} {cfg.model} ({cfg.recipe}) on {data.description}; "
         f"{total_steps} steps of {cfg.batch_size} ({num_epochs} epochs) on {device}"
         f"{f' x {env.world_size} processes ({env.backend})' if env.enabled else ''}, "
-        f"{str(amp_dtype).removeprefix('torch.') if amp_dtype else 'fp32'}; run dir {run_dir}")
+        f"{amp_name}{' (auto)' if cfg.precision == 'auto' else ''}; run dir {run_dir}")
 
     def checkpoint(path: str = "last.pt") -> None:
         if not env.is_main:  # rank 0 writes; every rank holds the same weights
@@ -351,7 +363,26 @@ def train(
             "world_size": env.world_size,  # informational: epoch/batch count global steps, for any world size
         }, run_dir / path)
 
+    totals = _StepTotals(device, guard_streak=MAX_SKIPPED_STEPS if scaler is not None else 1)
+
+    def read_totals(stop: bool) -> bool:
+        """Fold the device totals into ``sums`` (all ranks' together); raise on a non-finite loss; whether any
+        rank asked to stop. Every rank calls it at the same steps."""
+        loss, hits, seen, bad, stop_any = totals.read(env, stop)
+        if bad is not None:
+            _raise_non_finite(bad[1], bad[0], state.epoch, run_dir,
+                              f"{MAX_SKIPPED_STEPS} steps in a row" if scaler is not None else "")
+        for prefix in ("epoch_", "win_"):
+            sums[prefix + "loss"] += loss
+            sums[prefix + "correct"] += hits
+            sums[prefix + "seen"] += seen
+        if seen:
+            state.loss = loss / seen
+        return stop_any
+
     def stop_now(reason: str) -> None:
+        if not env.enabled:  # a callback's stop may come between reads (several ranks stop only at reads)
+            read_totals(False)
         checkpoint()
         log(f"{reason} at step {state.step} (epoch {state.epoch + 1}); checkpoint {run_dir / 'last.pt'}; "
             f"continue with: resnets train --resume {run_dir}")
@@ -364,7 +395,7 @@ def train(
                leave=True)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     shipped = ema.module if ema is not None else model
-    consistent, skipped, interrupted = True, 0, False
+    consistent, interrupted = True, False
     final: dict[str, Any] = {}
     try:
         while state.step < total_steps:
@@ -388,7 +419,7 @@ def train(
                 y_b, lam = y, 1.0
                 if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
                     x, y, y_b, lam = mix_batch(x, y, cfg, aug_gen)
-                loss_sum = torch.zeros((), device=device)
+                loss_sum = torch.zeros((), device=device)  # stays on the device: no host sync per step
                 correct = torch.zeros((), device=device)
                 for xs, ys, ybs in zip(x.chunk(cfg.accum_steps), y.chunk(cfg.accum_steps),
                                        y_b.chunk(cfg.accum_steps), strict=True):
@@ -401,41 +432,37 @@ def train(
                     (scaler.scale(part) if scaler else part).backward()
                     loss_sum += part.detach()
                     correct += (logits.detach().argmax(1) == ys).sum()
-                # one all-reduce: global mean loss and hits, and any rank's stop request (signal, callback)
-                loss_value, correct_all, stop_any = D.sync_step(
-                    env, loss_sum, correct, state.stop or (signals is not None and signals.requested))
-                finite = math.isfinite(loss_value)
                 if scaler is not None:
                     scaler.step(optimizer)  # skips the update when the gradients overflowed
                     scaler.update()
-                    skipped = 0 if finite else skipped + 1
-                    if skipped >= MAX_SKIPPED_STEPS:
-                        _raise_non_finite(loss_value, state, run_dir, f"{skipped} steps in a row")
-                elif not finite:
-                    _raise_non_finite(loss_value, state, run_dir, "")
                 else:
-                    optimizer.step()
+                    optimizer.step()  # a non-finite loss is caught at the next read, before any checkpoint
                 optimizer.zero_grad(set_to_none=True)
                 if ema is not None:
                     ema.update(model)
                 state.step += 1
                 state.batch += 1
-                state.loss = loss_value
+                totals.add(loss_sum, correct, len(y), state.step)
                 consistent = True
 
-                # ---- bookkeeping: running sums, progress bar, step record ----------------------------
-                n = len(y) * env.world_size
+                # ---- bookkeeping: read the totals when due (the loop's only host sync), step record ------
+                if signals is not None and signals.requested:
+                    state.stop = True
+                done = state.step >= total_steps
+                log_due = state.step % cfg.log_every == 0 or done
+                stop_at = cfg.stop_after_steps is not None and state.step >= cfg.stop_after_steps and not done
+                stop_any = state.stop and not env.enabled  # several ranks: only the flag agreed at a read
+                if log_due or stop_any or stop_at or state.batch >= steps_per_epoch \
+                        or (env.enabled and state.step % DIST_READ_EVERY == 0) \
+                        or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
+                    stop_any = read_totals(state.stop)
                 now = time.perf_counter()
                 dt, t0 = now - t0, now
                 elapsed += dt
-                if finite:
-                    for prefix in ("epoch_", "win_"):
-                        sums[prefix + "loss"] += loss_value * n
-                        sums[prefix + "correct"] += correct_all
-                        sums[prefix + "seen"] += n
-                        sums[prefix + "time"] += dt
+                sums["epoch_time"] += dt
+                sums["win_time"] += dt
                 bar.update(1)
-                if state.step % cfg.log_every == 0 or state.step == total_steps:
+                if log_due:
                     record = {"kind": "step", "epoch": state.epoch + 1, "step": state.step, "lr": state.lr,
                               "train_loss": sums["win_loss"] / max(1, sums["win_seen"]),
                               "train_acc": 100.0 * sums["win_correct"] / max(1, sums["win_seen"]),
@@ -446,11 +473,10 @@ def train(
                     sums.update(win_loss=0.0, win_correct=0.0, win_seen=0, win_time=0.0)
                 for callback in on_step:
                     callback(state)
-                if signals is not None and signals.requested:
-                    state.stop = True
-                done = state.step >= total_steps
-                stop = stop_any if env.enabled else state.stop  # several ranks: stop together, on the synced flag
-                if stop or (cfg.stop_after_steps is not None and state.step >= cfg.stop_after_steps and not done):
+                if not env.enabled:  # one process: a callback's stop takes effect at once
+                    stop_any = stop_any or state.stop
+                # several ranks stop together, on the flag agreed at the last read
+                if stop_any or stop_at:
                     stop_now(f"stopped ({signals.name if signals and signals.requested else 'on request'})")
                     interrupted = True
                     break
@@ -466,6 +492,7 @@ def train(
                 break
 
             # ---- end of epoch: evaluate (every eval_every epochs, and the last), log, save last and best ------
+            read_totals(False)
             evaluate_now = (state.epoch + 1) % cfg.eval_every == 0 or state.step >= total_steps
             seen = max(1, sums["epoch_seen"])
             final = {"kind": "epoch", "epoch": state.epoch + 1, "step": state.step, "lr": state.lr,
@@ -502,7 +529,7 @@ def train(
                 interrupted = True
                 break
     except KeyboardInterrupt:
-        if consistent and not interrupted:
+        if consistent and not interrupted and totals.local_bad() is None:  # no collective here: local check
             stop_now("interrupted")
         raise
     finally:
@@ -548,10 +575,53 @@ def _save_shipped(model: nn.Module, path: Path, data: DataBundle, cfg: TrainConf
                                     "image_size": cfg.image_size if model_family(cfg.model) == "imagenet" else None}})
 
 
-def _raise_non_finite(value: float, state: TrainState, run_dir: Path, detail: str) -> None:
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    return next(name for name, d in AMP_DTYPES.items() if d == dtype)
+
+
+class _StepTotals:
+    """Loss, hits and images of the steps since the last read, summed on the device, and the first step whose
+    loss tripped the non-finite guard (``guard_streak`` non-finite steps in a row). ``read`` is the loop's
+    only host synchronisation: at log steps, epoch ends and checkpoints, not at every step."""
+
+    def __init__(self, device: torch.device, guard_streak: int) -> None:
+        self.guard_streak = guard_streak
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * n, hits, n (finite steps)
+        self.streak = torch.zeros((), dtype=torch.int64, device=device)
+        self.bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.bad_loss = torch.zeros((), dtype=torch.float32, device=device)
+
+    def add(self, loss: torch.Tensor, hits: torch.Tensor, n: int, step: int) -> None:
+        """One step: its mean ``loss`` and ``hits`` over ``n`` images (device tensors; no sync)."""
+        finite = torch.isfinite(loss)
+        step_sums = torch.stack([loss.double() * n, hits.double(), finite.double() * n])
+        self.sums += torch.where(finite, step_sums, 0.0)
+        self.streak = torch.where(finite, 0, self.streak + 1)
+        first = (self.streak >= self.guard_streak) & (self.bad_step < 0)
+        self.bad_step = torch.where(first, step, self.bad_step)
+        self.bad_loss = torch.where(first, loss.float(), self.bad_loss)
+
+    def read(self, env: D.DistEnv, stop: bool) -> tuple[float, float, int, tuple[int, float] | None, bool]:
+        """(loss sum, hits, images) over all ranks since the last read, the tripped (step, loss) or None, and
+        whether any rank asked to stop; resets the sums."""
+        flags = torch.stack([(self.bad_step >= 0).double(), torch.full((), float(stop), dtype=torch.float64,
+                                                                         device=self.sums.device)])
+        loss, hits, seen, bad_any, stop_any = D.all_reduce_sum(env, torch.cat([self.sums, flags])).tolist()
+        self.sums.zero_()
+        bad = self.local_bad() or ((-1, float("nan")) if bad_any else None)
+        return loss, hits, int(seen), bad, stop_any > 0
+
+    def local_bad(self) -> tuple[int, float] | None:
+        """This rank's tripped (step, loss), or None."""
+        step = int(self.bad_step)
+        return (step, float(self.bad_loss)) if step >= 0 else None
+
+
+def _raise_non_finite(value: float, step: int, epoch: int, run_dir: Path, detail: str) -> None:
     last = run_dir / "last.pt"
     kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-    raise NonFiniteLossError(f"loss became {value} at step {state.step + 1} (epoch {state.epoch + 1})"
+    where = f"at step {step}" if step >= 0 else "on another process"
+    raise NonFiniteLossError(f"loss became {value} {where} (epoch {epoch + 1})"
                              f"{' for ' + detail if detail else ''}; training stopped and {kept}; "
                              "try a lower --lr or --precision fp32")
 
