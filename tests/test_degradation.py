@@ -86,7 +86,34 @@ def test_responses_of_cifar_nets_are_every_3x3_layer_in_order() -> None:
     assert got == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_settings_schedules_and_table() -> None:
+def plant_probe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, choice: str) -> None:
+    """A private probe cache saying ``choice`` for training ResNet-56 on this machine."""
+    import json
+
+    from resnets.hardware import probe_cache_path, probe_input_shape, probe_key
+
+    monkeypatch.setenv("RESNETS_CACHE_DIR", str(tmp_path))
+    probe_cache_path().write_text(json.dumps({probe_key("resnet56", probe_input_shape(32), True): {"choice": choice}}))
+
+
+def test_short_recipe_runs_three_times_longer_where_bf16_is_fast(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    plant_probe(monkeypatch, tmp_path, "bf16")
+    fast = resolve_settings(DegradationOptions(device="cpu"))
+    assert (fast["epochs"], fast["batch_size"], fast["precision"]) == (36.0, 128, "bf16")
+    cfg = train_config("plain20", fast, 10000, Path("unused"), DegradationOptions(device="cpu"))
+    assert (cfg.iterations, cfg.batch_size, cfg.precision) == (2808, 128, "bf16")  # 78 steps x 36 epochs
+    # an explicit format or length wins over the probe
+    forced = resolve_settings(DegradationOptions(device="cpu", precision="fp32"))
+    assert (forced["epochs"], forced["batch_size"], forced["precision"]) == (12.0, 64, "fp32")
+    assert resolve_settings(DegradationOptions(device="cpu", epochs=5, batch_size=32))["epochs"] == 5
+    plant_probe(monkeypatch, tmp_path, "fp32")
+    slow = resolve_settings(DegradationOptions(device="cpu"))
+    assert (slow["epochs"], slow["batch_size"], slow["precision"]) == (12.0, 64, "fp32")
+
+
+def test_settings_schedules_and_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    plant_probe(monkeypatch, tmp_path, "fp32")  # float32 faster here: the 12-epoch short recipe
     assert parse_depths("56, 20") == (20, 56)
     assert parse_kinds("resnet") == ("resnet",) and parse_kinds("resnet,plain") == ("plain", "resnet")
     with pytest.raises(UserError, match="--kinds"):

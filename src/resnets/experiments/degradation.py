@@ -34,13 +34,17 @@ PLAIN_NOTE = ("The paper gives the plain nets' errors only as curves (Figure 6),
 
 # The short default: the paper's recipe (SGD 0.9, weight decay 1e-4, LR 0.1 / 10 at 50% and 75% of the run,
 # pad-crop-flip) on a fixed 10k-image subset for 12 epochs, to run four nets in about half an hour on two CPU
-# cores, in float32. Two changes, the same for every net. Batch 64, not 128: the same images in twice the
+# cores. Two changes, the same for every net. Batch 64, not 128: the same images in twice the
 # steps (1872), and faster per image on a CPU (smaller activations stay in cache). At this length ResNet-56
 # against ResNet-20 is still within run-to-run noise (docs/degradation.md). A warm-up: the LR rises linearly
 # from 0 to 0.1 over the first tenth of the run; without it ResNet-56's first steps diverge, and after the
 # paper's constant 0.01 (its remedy for ResNet-110) the jump to 0.1 diverges too.
 SHORT = {"base": "cifar-paper", "epochs": 12.0, "train_images": 10000, "test_images": 2000, "batch_size": 64,
-         "lr": 0.1, "precision": "fp32", "warmup_fraction": 0.1}
+         "lr": 0.1, "warmup_fraction": 0.1}
+# Where bf16 is fast (a GPU, or a CPU whose probe times bf16 ahead of float32), the short recipe runs three
+# times as long at batch 128 in the same wall time: that setting shows all three of Figure 6's effects, with
+# ResNet-56 ahead of ResNet-20 (30.7 minutes in bf16 on a 2-core Zen 5; docs/degradation.md).
+FAST_SHORT = {"epochs": 36.0, "batch_size": 128}
 RECIPE_CHOICES = ("short", "cifar-paper", "cifar-fast")
 DEFAULT_OUT = "runs/degradation"
 
@@ -62,6 +66,7 @@ class DegradationOptions:
     warmup: float | None = None  # short recipe: the linear warm-up's length, as a fraction of the run
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # one format for every net; auto: bf16 where it is fast here (GPU or CPU probe)
     response_images: int = 500
     cache_dir: str | None = None
     progress: bool = True
@@ -108,13 +113,17 @@ def resolve_settings(opts: DegradationOptions) -> dict[str, Any]:
         raise UserError(f"unknown recipe {opts.recipe!r}; choose one of: {', '.join(RECIPE_CHOICES)}")
     short = opts.recipe == "short"
     base = SHORT["base"] if short else opts.recipe
+    precision = experiment_precision(opts)
+    # the short recipe's length and batch: three times the training where bf16 is fast, unless given
+    shape = dict(SHORT, **FAST_SHORT) if short and precision in ("bf16", "auto") else SHORT
     settings = {
         "recipe": opts.recipe, "base_recipe": base, "data": opts.data, "seed": opts.seed,
-        "epochs": opts.epochs if opts.epochs is not None else (SHORT["epochs"] if short else None),
+        "epochs": opts.epochs if opts.epochs is not None else (shape["epochs"] if short else None),
         "train_images": opts.train_images if opts.train_images is not None else (SHORT["train_images"] if short else 0),
         "test_images": opts.test_images if opts.test_images is not None else (SHORT["test_images"] if short else 0),
-        "batch_size": opts.batch_size or (SHORT["batch_size"] if short else RECIPES[base]["batch_size"]),
+        "batch_size": opts.batch_size or (shape["batch_size"] if short else RECIPES[base]["batch_size"]),
         "lr": opts.lr or (SHORT["lr"] if short else RECIPES[base]["lr"]),
+        "precision": precision,
     }
     if short:
         settings["warmup_fraction"] = SHORT["warmup_fraction"] if opts.warmup is None else opts.warmup
@@ -129,10 +138,29 @@ def resolve_settings(opts: DegradationOptions) -> dict[str, Any]:
     return settings
 
 
+def experiment_precision(opts: DegradationOptions) -> str:
+    """The number format of every net: ``opts.precision`` if given; on CPU, what the probe finds faster for
+    training the deepest ResNet of the experiment (one choice for all nets, so the comparison stays fair);
+    on CUDA ``auto`` (the trainer takes bf16 where native, else fp16)."""
+    from ..evaluate import resolve_device
+    from ..hardware import cpu_precision, probe_input_shape
+    from ..models import create_model
+
+    if opts.precision != "auto":
+        if opts.precision not in ("bf16", "fp32", "fp16"):
+            raise UserError(f"unknown precision {opts.precision!r}; use auto, bf16, fp16 or fp32")
+        return opts.precision
+    if resolve_device(opts.device).type == "cuda":
+        return "auto"
+    name = f"resnet{max(opts.depths)}"
+    return cpu_precision(create_model(name), probe_input_shape(32), training=True, model_key=name)
+
+
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     path = out / "experiment.json"
     if path.is_file():
         saved = json.loads(path.read_text())
+        saved.setdefault("precision", "fp32")  # experiments from before the precision choice ran in float32
         if saved != settings:
             diff = ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v)
             raise UserError(f"{out} holds an experiment with other settings ({diff}); rerun it with the same "
@@ -168,6 +196,7 @@ def train_config(name: str, settings: dict[str, Any], n_train: int, run_dir: Pat
         "test_images": settings["test_images"] or None, "out": str(run_dir), "seed": settings["seed"],
         "batch_size": batch, "lr": settings["lr"], "device": opts.device, "cache_dir": opts.cache_dir,
         "progress": opts.progress, "log_every": max(1, steps_per_epoch // 8),
+        "precision": settings.get("precision", "auto"),
     }
     epochs = settings["epochs"]
     if base.get("schedule_unit") == "iterations" and base.get("iterations"):
@@ -176,8 +205,7 @@ def train_config(name: str, settings: dict[str, Any], n_train: int, run_dir: Pat
         overrides.update(iterations=iterations, milestones=[round(m * scale) for m in base["milestones"]])
         if settings["recipe"] == "short":
             # the same warm-up for every net (a fair comparison): a linear ramp over warmup_fraction of the run
-            overrides.update(warmup=round(iterations * settings["warmup_fraction"]), warmup_lr=None,
-                             precision=SHORT["precision"])
+            overrides.update(warmup=round(iterations * settings["warmup_fraction"]), warmup_lr=None)
     elif epochs is not None:
         overrides["epochs"] = epochs
     return resolve_config(overrides, recipe=settings["base_recipe"])
