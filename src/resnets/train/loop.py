@@ -31,6 +31,7 @@ from ..evaluate import autocast_context, evaluate_model, resolve_device, resolve
 from ..evaluate import limit_images as _limit
 from ..models import create_model
 from ..models.registry import model_family
+from ..outputs import check_out_dir
 from . import distributed as D
 from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
@@ -281,6 +282,7 @@ def train(
             raise UserError("torchrun restarted this run but it has no --out to resume from; give --out")
         if (run_dir / "last.pt").exists():
             raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
+    check_out_dir(run_dir, flag="--resume" if resume is not None else "--out")  # before any work
 
     # ---- engine: device, precision, determinism ---------------------------------------------------------
     env = D.init_distributed(resolve_device(cfg.device))  # one process: rank 0 of 1, nothing joined
