@@ -14,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_weights_args(p)
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="output format")
     p.add_argument("--out", default=None, metavar="FILE",
-                   help="output file (default: beside the weights, .onnx / .int8.onnx / .pt)")
+                   help="output file, replaced if it exists (default: beside the weights, .onnx / .int8.onnx / "
+                        ".torchscript.pt, never replaced without --force)")
+    p.add_argument("--force", action="store_true", help="replace the default-named output file if it exists")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     q = p.add_argument_group("int8 (onnxruntime static quantisation, checked on real images)")
     q.add_argument("--int8", action="store_true",
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         result = export(args.weights, args.format, out=args.out, model_name=args.model, opset=args.opset,
                         int8=args.int8, calibration=args.calibration, calibration_images=args.calibration_images,
                         check_images=args.check_images, min_agreement=args.min_agreement,
-                        max_rel_error=args.max_rel_error)
+                        max_rel_error=args.max_rel_error, force=args.force)
     except ExportCheckError as exc:
         print(f"resnets export: check failed: {exc}", file=sys.stderr)
         return 1
