@@ -21,6 +21,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..infer.embed import embed
+    from ..outputs import check_out_file
+
+    check_out_file(args.out, replace=True, suffix=".safetensors")  # before the work
 
     def report(path: str, message: str) -> None:
         print(f"resnets embed: skipped {path}: {message}", file=sys.stderr)

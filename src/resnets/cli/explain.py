@@ -19,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..infer.explain import explain
+    from ..outputs import check_out_file
+
+    check_out_file(args.out, replace=True, suffix=".png")  # before the work
 
     exp = explain(args.weights, args.image, out=args.out, class_name=args.class_name, model_name=args.model)
     print(f"{exp.path}: {exp.class_name} ({exp.probability:.1%}); Grad-CAM on {exp.layer} -> {exp.out}")

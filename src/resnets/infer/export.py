@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..outputs import check_out_file
 from ..weights import atomic_write, default_file_mode
 from .loading import LoadedModel, load_for_inference, require
 from .quantize import (
@@ -36,7 +35,7 @@ from .quantize import (
 )
 
 FORMATS = ("onnx", "torchscript")
-SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}  # never a checkpoint's .pt
+SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
 CHECK_BATCHES = (1, 3)
 # Pass if max |ours - torch| <= ATOL + RTOL * max |torch| over both batches.
 ATOL, RTOL = 1e-4, 1e-4
@@ -58,6 +57,7 @@ class ExportResult:
     int8: Fidelity | None = None  # the int8 model vs float32 PyTorch on real images
     calibration_images: int = 0
     image_source: str = ""
+    int8_form: str = ""  # the int8 form kept and why (Quantization.summary)
 
 
 def export(
@@ -73,11 +73,9 @@ def export(
     check_images: int = CHECK_IMAGES,
     min_agreement: float = MIN_AGREEMENT,
     max_rel_error: float = MAX_REL_ERROR,
-    force: bool = False,
 ) -> ExportResult:
     """Export ``weights`` to ``format`` (``"onnx"`` or ``"torchscript"``) at ``out`` (default: beside the
-    weights: ``.onnx``, ``.int8.onnx``, ``.torchscript.pt``); raises ExportCheckError, leaving no file, when the
-    check fails. A default-named file that exists is replaced only with ``force``; an explicit ``out`` is replaced.
+    weights); raises ExportCheckError, leaving no file, when the check fails.
 
     ``int8``: quantise the ONNX model, calibrated on ``calibration_images`` real images from ``calibration``
     (default: the shipped sample), and require top-1 agreement >= ``min_agreement`` and relative logits error
@@ -94,9 +92,6 @@ def export(
     model = loaded.model.eval()
     suffix = ".int8.onnx" if int8 else SUFFIX[format]
     out_path = Path(out) if out is not None else Path(loaded.source).with_suffix(suffix)
-    check_out_file(out_path, replace=force or out is not None, suffix=suffix)
-    if out_path.resolve() == Path(loaded.source).resolve():
-        raise UserError(f"--out {out_path} is the weights being exported; choose another --out")
     if int8:
         return _export_int8(model, loaded, out_path, opset, calibration, calibration_images, check_images,
                             min_agreement, max_rel_error)
@@ -145,12 +140,12 @@ def _export_int8(model: torch.nn.Module, loaded: LoadedModel, out_path: Path, op
         def write(path: str) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", (UserWarning, FutureWarning, DeprecationWarning))
-                quantize_onnx(fp32.path, path, calib)
+                result.int8_form = quantize_onnx(fp32.path, path, calib).summary()
             result.int8 = fidelity(run_session(onnx_session(path), check), reference)
             got = result.int8
             if not (got.top1_agreement >= min_agreement and got.rel_error <= max_rel_error):
                 raise ExportCheckError(
-                    f"int8 vs float32 PyTorch on {got.images} real images: top-1 agreement "
+                    f"int8 ({result.int8_form}) vs float32 PyTorch on {got.images} real images: top-1 agreement "
                     f"{got.top1_agreement:.2%} (need >= {min_agreement:.2%}), logits relative error "
                     f"{got.rel_error:.3g} (need <= {max_rel_error:.3g}); nothing written")
         atomic_write(out_path, write)  # which gives the file the umask's mode
