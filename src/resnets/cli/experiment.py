@@ -65,6 +65,9 @@ def run_degradation_command(args: argparse.Namespace) -> int:
         parse_kinds,
         run_degradation,
     )
+    from ..outputs import check_out_dir
+
+    check_out_dir(args.out or DEFAULT_OUT)  # before the work
 
     opts = DegradationOptions(
         depths=parse_depths(args.depths), kinds=parse_kinds(args.kinds), data=args.data,
