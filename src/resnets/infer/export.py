@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..outputs import check_out_file
 from ..weights import atomic_write, default_file_mode
 from .loading import LoadedModel, load_for_inference, require
 from .quantize import (
@@ -35,7 +36,7 @@ from .quantize import (
 )
 
 FORMATS = ("onnx", "torchscript")
-SUFFIX = {"onnx": ".onnx", "torchscript": ".pt"}
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}  # never a checkpoint's .pt
 CHECK_BATCHES = (1, 3)
 # Pass if max |ours - torch| <= ATOL + RTOL * max |torch| over both batches.
 ATOL, RTOL = 1e-4, 1e-4
@@ -73,9 +74,11 @@ def export(
     check_images: int = CHECK_IMAGES,
     min_agreement: float = MIN_AGREEMENT,
     max_rel_error: float = MAX_REL_ERROR,
+    force: bool = False,
 ) -> ExportResult:
     """Export ``weights`` to ``format`` (``"onnx"`` or ``"torchscript"``) at ``out`` (default: beside the
-    weights); raises ExportCheckError, leaving no file, when the check fails.
+    weights: ``.onnx``, ``.int8.onnx``, ``.torchscript.pt``); raises ExportCheckError, leaving no file, when the
+    check fails. A default-named file that exists is replaced only with ``force``; an explicit ``out`` is replaced.
 
     ``int8``: quantise the ONNX model, calibrated on ``calibration_images`` real images from ``calibration``
     (default: the shipped sample), and require top-1 agreement >= ``min_agreement`` and relative logits error
@@ -92,6 +95,9 @@ def export(
     model = loaded.model.eval()
     suffix = ".int8.onnx" if int8 else SUFFIX[format]
     out_path = Path(out) if out is not None else Path(loaded.source).with_suffix(suffix)
+    check_out_file(out_path, replace=force or out is not None, suffix=suffix)
+    if out_path.resolve() == Path(loaded.source).resolve():
+        raise UserError(f"--out {out_path} is the weights being exported; choose another --out")
     if int8:
         return _export_int8(model, loaded, out_path, opset, calibration, calibration_images, check_images,
                             min_agreement, max_rel_error)
