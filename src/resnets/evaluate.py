@@ -188,12 +188,14 @@ def evaluate(
     (``out_dir``, default the weights' folder: ``eval-<data>[-<tta>].json`` and ``...-confusion.png``).
     ``max_images`` scores a fixed seeded subset only (in-memory data sets), for quick checks.
     """
+    from .outputs import check_out_dir
     from .weights import atomic_write, load_model
 
     if tta is not None and tta not in TTA_MODES:
         raise UserError(f"unknown TTA mode '{tta}'; choose one of: {', '.join(TTA_MODES)}")
     dev = resolve_device(device)
     resolve_precision(precision, dev)  # a wrong name fails here, before any work
+    out = check_out_dir(out_dir if out_dir is not None else Path(weights).resolve().parent)  # before the work
     model = load_model(weights, device=dev)
     classes: list[str] | None = getattr(model, "classes", None)
     norm = getattr(model, "normalization", None)
@@ -217,7 +219,6 @@ def evaluate(
     totals = confusion.sum(1)
     per_class = {c: (100.0 * int(confusion[i, i]) / int(totals[i]) if totals[i] else None)
                  for i, c in enumerate(classes)}
-    out = Path(out_dir) if out_dir is not None else Path(weights).resolve().parent
     out.mkdir(parents=True, exist_ok=True)
     stem = "eval-" + _slug(data) + (f"-{tta}" if tta else "")
     report: dict[str, Any] = {
@@ -227,8 +228,8 @@ def evaluate(
         "device": str(dev), "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
         "report": str(out / f"{stem}.json"), "confusion_png": str(out / f"{stem}-confusion.png"),
     }
-    plot_confusion(confusion, classes, out / f"{stem}-confusion.png",
-                   title=f"{model.spec['name']} on {data}: top-1 {result['top1']:.2f}%")
+    atomic_write(out / f"{stem}-confusion.png", lambda tmp: plot_confusion(
+        confusion, classes, tmp, title=f"{model.spec['name']} on {data}: top-1 {result['top1']:.2f}%"))
     atomic_write(out / f"{stem}.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
     return report
 
@@ -282,7 +283,7 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | Path
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
     return Path(path)
 
