@@ -3,10 +3,16 @@
 #
 #   benchmarks/gpu.sh OUT_DIR [CIFAR10_JPEG_DIR]
 #
-# Needs python3 with torch and torchvision (the lent machine has them) and this checkout; nothing is installed.
-# CIFAR10_JPEG_DIR defaults to .gpu/cifar10-jpeg, a copy of ../shared/data/cifar10-jpeg that the device call
-# carries (see docs/results.md, "GPU"). Each step has its own time limit, so one failure cannot eat the budget;
-# results go to OUT_DIR as JSON and logs, and a summary is printed last.
+# Needs python3 with torch and torchvision (the lent machine has them) and this checkout. What else resnets
+# imports and the machine lacks (webdataset, braceexpand) is installed from the wheels in .gpu/wheels (no
+# network there), and every import is checked before the first step. CIFAR10_JPEG_DIR defaults to
+# .gpu/cifar10-jpeg, unpacked from .gpu/cifar10-jpeg.tgz if that is what the call carried. Prepare .gpu/ here:
+#
+#   mkdir -p .gpu && tar czf .gpu/cifar10-jpeg.tgz -C ../shared/data cifar10-jpeg
+#   pip download --no-deps --only-binary=:all: -d .gpu/wheels webdataset braceexpand
+#
+# and carry [".gpu"]. Each step has its own time limit, so one failure cannot eat the budget; results go to
+# OUT_DIR as JSON and logs, and a summary is printed last.
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu.sh OUT_DIR [CIFAR10_JPEG_DIR]}
 data=${2:-.gpu/cifar10-jpeg}
@@ -15,6 +21,24 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 status=0
+
+if compgen -G ".gpu/wheels/*.whl" >/dev/null; then
+    "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/resnets-site .gpu/wheels/*.whl || exit 1
+    export PYTHONPATH="$PYTHONPATH:/tmp/resnets-site"
+fi
+"$py" - <<'PY' || { echo "missing packages: put their wheels in .gpu/wheels (see the top of this script)"; exit 1; }
+import importlib, importlib.util, sys
+names = ["torch", "torchvision", "safetensors", "numpy", "PIL", "tqdm", "matplotlib", "yaml", "webdataset",
+         "braceexpand", "resnets", "resnets.data.shards", "resnets.train"]
+missing = [n for n in names if importlib.util.find_spec(n.split(".")[0]) is None]
+if missing:
+    sys.exit("not importable: " + ", ".join(missing))
+for n in names:
+    importlib.import_module(n)
+PY
+if [ ! -d "$data/train" ] && [ -f .gpu/cifar10-jpeg.tgz ]; then
+    tar xzf .gpu/cifar10-jpeg.tgz -C .gpu
+fi
 
 step() {  # step NAME SECONDS COMMAND...
     local name=$1 limit=$2; shift 2
@@ -39,6 +63,10 @@ step infer_resnet50 110 "$py" benchmarks/gpu_infer.py --batch 256 --iters 50
 if [ -d "$data/train" ]; then
     step cifar10_resnet20 240 "$py" -m resnets train --model resnet20 --data "$data" --recipe cifar-fast \
         --device cuda --precision bf16 --out "$out/cifar10_resnet20" --cache-dir "$out/cache" --no-progress --json
+    # 4. The same with --compile: how much of the small net's launch overhead compilation removes.
+    step cifar10_resnet20_compiled 150 "$py" -m resnets train --model resnet20 --data "$data" --recipe cifar-fast \
+        --device cuda --precision bf16 --compile --out "$out/cifar10_resnet20_compiled" --cache-dir "$out/cache" \
+        --no-progress --json
     rm -rf "$out/cache"
 else
     echo "== cifar10_resnet20 skipped: no data at $data"; status=1
@@ -46,5 +74,7 @@ fi
 
 echo "== summary"
 for f in "$out"/train_resnet50.log "$out"/infer_resnet50.log; do grep -h '^{' "$f" | tail -n 1; done
-grep -h '"best' "$out"/cifar10_resnet20.log 2>/dev/null | tail -n 1
+for f in "$out"/cifar10_resnet20.log "$out"/cifar10_resnet20_compiled.log; do
+    grep -h '^epoch 30:' "$f" 2>/dev/null | tail -n 1
+done
 exit $status
