@@ -20,7 +20,7 @@ import torch
 from ..errors import UserError
 from ..outputs import check_out_file
 from ..weights import atomic_write, default_file_mode
-from .loading import LoadedModel, load_for_inference, require
+from .loading import LoadedModel, load_for_inference
 from .quantize import (
     BATCH,
     CALIBRATION_IMAGES,
@@ -89,8 +89,7 @@ def export(
     if int8 and format != "onnx":
         raise UserError("int8 export is ONNX only (--format onnx)")
     if format == "onnx":
-        require("onnx", "export")
-        require("onnxruntime", "export")
+        require_onnx()
     loaded = load_for_inference(weights, model_name)
     model = loaded.model.eval()
     suffix = ".int8.onnx" if int8 else SUFFIX[format]
@@ -130,6 +129,14 @@ def export(
     finally:
         Path(tmp).unlink(missing_ok=True)
     return ExportResult(str(out_path), format, diff, ref_max, CHECK_BATCHES)
+
+
+def require_onnx() -> None:
+    """A one-line UserError naming the extra to install when onnx or onnxruntime is missing."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime")):
+        raise UserError("ONNX export needs the onnx and onnxruntime packages: pip install 'resnets[export]'")
 
 
 def _export_int8(model: torch.nn.Module, loaded: LoadedModel, out_path: Path, opset: int,
