@@ -86,16 +86,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings -> settings; values are JSON where they parse (numbers, lists, true), else text."""
+    """``KEY=VALUE`` strings -> settings; values are JSON where they parse (numbers, lists, true), else text, and
+    text for fields that hold text; UserError if a value is not of its field's type (``lr=abc``)."""
+    from ..train.config import accepts_text, check_types
+
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
         if not sep or not key:
             raise UserError(f"--set wants KEY=VALUE, got '{item}'")
         try:
-            out[key.strip().replace("-", "_")] = json.loads(value)
+            parsed = json.loads(value)
         except json.JSONDecodeError:
-            out[key.strip().replace("-", "_")] = value
+            parsed = value
+        out[key] = value if accepts_text(key) and not isinstance(parsed, str | None) else parsed
+        try:
+            check_types({key: out[key]})
+        except UserError as exc:
+            raise UserError(f"--set {item}: {exc}") from None
     return out
 
 

@@ -11,6 +11,8 @@ import dataclasses
 import difflib
 import json
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +192,8 @@ def resolve_config(
             close = difflib.get_close_matches(unknown[0], names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise UserError(f"unknown config key '{unknown[0]}'{hint}")
+    for layer in layers:
+        check_types(layer)
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update(layer)
@@ -218,6 +222,78 @@ def resolve_config(
     cfg = TrainConfig(**values)
     _validate(cfg)
     return cfg
+
+
+def field_types() -> dict[str, Any]:
+    """Each TrainConfig field's type (``float``, ``int | None``, ``list[float]``, ...)."""
+    return typing.get_type_hints(TrainConfig)
+
+
+def accepts_text(key: str) -> bool:
+    """Whether the field ``key`` may hold text (so ``--set key=123`` means the text '123')."""
+    hint = field_types().get(key)
+    return hint is str or str in typing.get_args(hint)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (as JSON, TOML or ``--set`` give it) is of the field type ``hint``."""
+    if hint is Any:
+        return True
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
+    return isinstance(value, hint)
+
+
+_TYPE_NAMES = {bool: ["true", "false"], int: ["a whole number"], float: ["a number"], str: ["text"],
+               type(None): ["null"]}
+_EXAMPLES = {bool: True, int: 1, float: 0.5, str: "name", list: [100, 150]}
+
+
+def _alternatives(hint: Any) -> tuple[Any, ...]:
+    """The members of a union type, or the type alone."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _type_name(hint: Any) -> str:
+    """``float | None`` -> 'a number or null', for messages."""
+    names: list[str] = []
+    for h in _alternatives(hint):
+        if typing.get_origin(h) is list:
+            (item,) = typing.get_args(h) or (Any,)
+            names.append(f"a list of {_type_name(item).removeprefix('a ')}s")
+        else:
+            names += _TYPE_NAMES.get(h, [getattr(h, "__name__", str(h))])
+    return " or ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _example(key: str, hint: Any) -> str:
+    """A valid ``key=value`` for messages: the default, or a made-up value of the type where it is empty."""
+    value = getattr(TrainConfig(), key)
+    if value is None or value == []:
+        first = next(h for h in _alternatives(hint) if h is not type(None))
+        value = _EXAMPLES.get(typing.get_origin(first) or first, value)
+    return f"{key}={value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))}"
+
+
+def check_types(settings: dict[str, Any]) -> None:
+    """UserError naming the first setting whose value is not of its TrainConfig field's type (unknown keys pass)."""
+    hints = field_types()
+    for key, value in settings.items():
+        if key in hints and value is not None and not _fits(value, hints[key]):
+            raise UserError(f"{key} must be {_type_name(hints[key])}, not {value!r} (e.g. {_example(key, hints[key])})")
 
 
 def _validate(cfg: TrainConfig) -> None:
