@@ -148,24 +148,28 @@ def resolve_precision(precision: str, device: torch.device, model: nn.Module | N
     return table[precision]
 
 
-def is_streaming_folder(spec: str) -> bool:
-    """True for an image folder whose images are large (ImageNet-like): those are streamed, not held in memory."""
-    from .data.images import is_image_file
+#: Images whose longer side exceeds this many pixels are streamed from disk rather than held in memory.
+STREAM_ABOVE = 64
+
+
+def is_streaming_folder(spec: str | Path, *, sample: int = 16) -> bool:
+    """True for an image folder whose images are large (ImageNet-like): those are streamed, not held in memory.
+
+    Decided from up to ``sample`` readable images of its ``train/`` split (else ``val/``, ``test/``, else the
+    folder itself when it holds class folders): streamed when most are over :data:`STREAM_ABOVE` pixels on
+    their longer side. Unreadable files are skipped, never fatal.
+    """
+    from .data.folder import sample_image_sizes
 
     root = Path(spec)
     if not root.is_dir():
         return False
-    for split in ("val", "test", "train"):
-        d = root / split
-        if d.is_dir():
-            for class_dir in sorted(p for p in d.iterdir() if p.is_dir()):
-                for f in sorted(class_dir.iterdir()):
-                    if is_image_file(f):
-                        from PIL import Image
-
-                        with Image.open(f) as im:
-                            return max(im.size) > 64
-    return False
+    split = next((root / s for s in ("train", "val", "test") if (root / s).is_dir()), root)
+    try:
+        sides = sorted(max(hw) for hw in sample_image_sizes(split, sample))
+    except UserError:  # no class folders: not an image folder
+        return False
+    return bool(sides) and sides[len(sides) // 2] > STREAM_ABOVE
 
 
 def evaluate(
@@ -181,28 +185,44 @@ def evaluate(
     skip_bad_images: bool = False,
     workers: int = 4,
     max_images: int | None = None,
+    model_name: str | None = None,
+    variant: str | None = None,
+    image_size: int | None = None,
 ) -> dict[str, Any]:
-    """Score a ``save_weights`` file on the test (or val) split of ``data``; write a JSON report and a PNG.
+    """Score weights on the test (or val) split of ``data``; write a JSON report and a PNG.
 
-    Returns the report: top1, top5, loss, per-class accuracy, confusion matrix, and where the files went
-    (``out_dir``, default the weights' folder: ``eval-<data>[-<tta>].json`` and ``...-confusion.png``).
-    ``max_images`` scores a fixed seeded subset only (in-memory data sets), for quick checks.
+    ``weights``: a ``save_weights`` file or run folder, or with ``model_name`` (and ``variant``) a
+    torchvision/timm ``.pth``. ``data``: as for ``open_data``, a folder of class folders (a test set alone, or
+    a ``test/``/``val/`` folder itself), or shards; the training split is never read. Returns the report:
+    top1, top5, loss, per-class accuracy, confusion matrix, skipped images, classes missing from the data,
+    and where the files went (``out_dir``, default the weights' folder: ``eval-<data>[-<tta>].json`` and
+    ``...-confusion.png``). ``max_images`` scores a fixed seeded subset only, for quick checks.
+    ``image_size`` (default: the one the weights were trained with, if any) scales small images of mixed
+    sizes to that shorter side and centre-crops them, or sets the crop of streamed large images.
     """
+    from .infer.loading import load_for_inference
     from .outputs import check_out_dir
-    from .weights import atomic_write, load_model
+    from .weights import atomic_write
 
     if tta is not None and tta not in TTA_MODES:
         raise UserError(f"unknown TTA mode '{tta}'; choose one of: {', '.join(TTA_MODES)}")
+    if max_images is not None and max_images < 1:
+        raise UserError(f"--max-images must be at least 1, got {max_images}")
+    if image_size is not None and image_size < 1:
+        raise UserError(f"--image-size must be a positive number of pixels, got {image_size}")
     dev = resolve_device(device)
     resolve_precision(precision, dev)  # a wrong name fails here, before any work
-    out = check_out_dir(out_dir if out_dir is not None else Path(weights).resolve().parent)  # before the work
-    model = load_model(weights, device=dev)
+    loaded = load_for_inference(weights, model_name, variant=variant)
+    weights = loaded.source
+    out = check_out_dir(out_dir if out_dir is not None else Path(weights).parent)  # before the work, not after
+    model = loaded.model.to(dev)
     classes: list[str] | None = getattr(model, "classes", None)
-    norm = getattr(model, "normalization", None)
+    norm = {"mean": list(loaded.mean), "std": list(loaded.std)}
     start = time.perf_counter()
-    batches, data_classes, crop = _eval_batches(data, norm, dev, batch_size=batch_size, cache_dir=cache_dir,
-                                                skip_bad_images=skip_bad_images, workers=workers,
-                                                tta=tta, channels_last=True, max_images=max_images)
+    batches, data_classes, crop, notes = _eval_batches(
+        data, norm, dev, batch_size=batch_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
+        workers=workers, tta=tta, channels_last=True, max_images=max_images, classes=classes,
+        image_size=image_size or _trained_fit_size(weights))
     if model.num_classes != len(data_classes):
         raise UserError(f"the weights classify {model.num_classes} classes but {data} has {len(data_classes)}")
     if classes is not None and list(classes) != list(data_classes):
@@ -227,6 +247,7 @@ def evaluate(
         "classes": classes, "confusion": confusion.tolist(), "seconds": time.perf_counter() - start,
         "device": str(dev), "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
         "report": str(out / f"{stem}.json"), "confusion_png": str(out / f"{stem}-confusion.png"),
+        "bad_images": notes.get("bad_images", []), "missing_classes": notes.get("missing_classes", []),
     }
     atomic_write(out / f"{stem}-confusion.png", lambda tmp: plot_confusion(
         confusion, classes, tmp, title=f"{model.spec['name']} on {data}: top-1 {result['top1']:.2f}%"))
@@ -234,27 +255,82 @@ def evaluate(
     return report
 
 
-def _eval_batches(data: str, norm: dict[str, list[float]] | None, device: torch.device, *, batch_size: int,
+def _eval_batches(data: str, norm: dict[str, list[float]], device: torch.device, *, batch_size: int,
                   cache_dir: str | None, skip_bad_images: bool, workers: int, tta: str | None,
-                  channels_last: bool, max_images: int | None) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor]], list[str], int | None]:
-    """Normalised evaluation batches of ``data``'s test/val split, its classes, and the 10-crop side (or None)."""
+                  channels_last: bool, max_images: int | None, classes: list[str] | None = None,
+                  image_size: int | None = None
+                  ) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor]], list[str], int | None, dict[str, Any]]:
+    """Normalised evaluation batches of ``data``'s test/val split (never its training split), its classes
+    (``classes``, the model's, when given), the 10-crop side (or None), and notes: ``bad_images`` skipped and
+    ``missing_classes``."""
     from . import data as rdata
+    from .data.shards import is_shard_spec
+    from .data.splits import eval_split_dir
 
-    if is_streaming_folder(data):
-        split_dir = next((Path(data) / s for s in ("val", "test") if (Path(data) / s).is_dir()), None)
-        if split_dir is None:
-            raise UserError(f"{data} has no val/ or test/ folder to evaluate on")
-        classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-        image_size = 256 if tta == "10crop" else 224
+    crop = image_size or 224
+    resize = round(crop * 256 / 224)
+    if is_shard_spec(data):
+        return _shard_eval_batches(data, norm, batch_size=batch_size, workers=workers, tta=tta, crop=crop,
+                                   resize=resize, skip_bad_images=skip_bad_images)
+    path = Path(data).expanduser()
+    split_dir = eval_split_dir(path) if path.is_dir() else None
+    if split_dir is not None and is_streaming_folder(split_dir):
+        if classes is None:
+            train = path / "train"
+            classes = rdata.find_classes(train if split_dir != path and train.is_dir() else split_dir,
+                                         allow_empty=True)
         loader = rdata.streaming_loader(split_dir, classes, train=False, batch_size=batch_size, workers=workers,
-                                        image_size=image_size, resize=256)
-        return loader, classes, (224 if tta == "10crop" else None)
-    splits = rdata.open_data(data, cache_dir=cache_dir, skip_bad_images=skip_bad_images)
-    mean = norm["mean"] if norm else splits.train.mean()
-    std = norm["std"] if norm else splits.train.std()
-    batches = rdata.DeviceBatches(limit_images(splits.test, max_images), batch_size, train=False, device=device, mean=mean, std=std,
-                                  channels_last=channels_last)
-    return batches, list(splits.classes), None
+                                        image_size=resize if tta == "10crop" else crop, resize=resize,
+                                        mean=norm["mean"], std=norm["std"], skip_bad_images=skip_bad_images)
+        dataset = loader.dataset
+        if max_images is not None and max_images < len(dataset.samples):
+            keep = torch.randperm(len(dataset.samples), generator=torch.Generator().manual_seed(1234))[:max_images]
+            dataset.samples = [dataset.samples[i] for i in sorted(keep.tolist())]
+        counts = {c: 0 for c in classes}
+        for _, label in dataset.samples:
+            counts[classes[label]] += 1
+        return loader, list(classes), (crop if tta == "10crop" else None), {
+            "missing_classes": [c for c, n in counts.items() if n == 0]}
+    test, report = rdata.open_eval_split(data, classes, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
+                                         image_size=image_size)
+    batches = rdata.DeviceBatches(limit_images(test, max_images), batch_size, train=False, device=device,
+                                  mean=norm["mean"], std=norm["std"], channels_last=channels_last)
+    notes = {"bad_images": [list(b) for b in report.bad_images], "missing_classes": report.missing_classes}
+    return batches, list(test.classes), None, notes
+
+
+def _shard_eval_batches(data: str, norm: dict[str, list[float]], *, batch_size: int, workers: int,
+                        tta: str | None, crop: int, resize: int, skip_bad_images: bool
+                        ) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor]], list[str], int | None, dict[str, Any]]:
+    """Evaluation batches of shards: the val/test split beside named training shards, else the shards named."""
+    from .data import shards as wd
+    from .data.streaming import imagenet_transforms
+
+    named = wd.open_shards(data)
+    split = wd.sibling_split(named) if named.split == "train" else named
+    if split is None:
+        raise UserError(f"{data}: no val or test split in an index.json beside the shards; name the test "
+                        "shards themselves (e.g. --data SHARDS/test-{000000..000001}.tar)")
+    if split.small_images:
+        transform = wd.eval_transform(norm["mean"], norm["std"])
+    else:
+        transform = imagenet_transforms(False, resize if tta == "10crop" else crop, resize, norm["mean"],
+                                        norm["std"])
+    loader = wd.eval_loader(split, batch_size, workers=min(workers, 2), transform=transform,
+                            skip_bad_images=skip_bad_images)
+    return loader, list(split.classes), (crop if tta == "10crop" and not split.small_images else None), {}
+
+
+def _trained_fit_size(weights: str | Path) -> int | None:
+    """The ``--image-size`` a resnets weights file was trained with on small images of mixed sizes, if any."""
+    from .weights import read_metadata
+
+    try:
+        trained = read_metadata(weights).get("trained") or {}
+    except (UserError, ValueError):
+        return None
+    size = trained.get("fit_images")
+    return int(size) if isinstance(size, int) else None
 
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | Path, *, title: str = "") -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .predict import add_precision_arg, add_weights_args
+from .predict import add_precision_arg, add_weights_args, loaded_weights
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     def report(path: str, message: str) -> None:
         print(f"resnets embed: skipped {path}: {message}", file=sys.stderr)
 
-    result = embed(args.weights, args.paths, out=args.out, model_name=args.model, batch_size=args.batch_size,
+    result = embed(loaded_weights(args), args.paths, out=args.out, model_name=args.model, batch_size=args.batch_size,
                    precision=args.precision, on_failure=report)
     print(f"wrote {len(result.paths)} x {result.vectors.shape[1]} embeddings ({result.meta['precision']}) "
           f"to {args.out}")

@@ -8,8 +8,11 @@ import json
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="evaluate weights on a data set: accuracy, confusion matrix, report")
-    p.add_argument("--weights", required=True, help="a .safetensors file written by resnets train")
-    p.add_argument("--data", default="sample", help="sample (default), cifar10, cifar100, or a folder")
+    from .predict import add_weights_args
+
+    add_weights_args(p)
+    p.add_argument("--data", default="sample", help="sample (default), cifar10, cifar100, shards, or a folder: "
+                   "with val/ or test/, or of class folders (a test set alone); train/ is never read")
     p.add_argument("--tta", choices=("flip", "10crop"), help="test-time augmentation")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -18,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir")
     p.add_argument("--skip-bad-images", action="store_true")
     p.add_argument("--max-images", type=int, metavar="N", help="score a fixed subset of N images only")
+    p.add_argument("--image-size", type=int, metavar="N", help="small images of mixed sizes: scale to shorter "
+                   "side N, centre-crop N (default: as trained); large images: the centre crop")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     p.set_defaults(func=run)
@@ -28,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     report = evaluate(args.weights, args.data, tta=args.tta, device=args.device, precision=args.precision,
                       batch_size=args.batch_size, out_dir=args.out, cache_dir=args.cache_dir,
-                      skip_bad_images=args.skip_bad_images, workers=args.workers, max_images=args.max_images)
+                      skip_bad_images=args.skip_bad_images, workers=args.workers, max_images=args.max_images,
+                      model_name=args.model, variant=args.variant, image_size=args.image_size)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -38,5 +44,9 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(c) for c in report["classes"])
     for name, acc in report["per_class"].items():
         print(f"  {name:<{width}}  {'-' if acc is None else f'{acc:6.2f}%'}")
+    if report["missing_classes"]:
+        print(f"classes with no images in {report['data']}: {', '.join(report['missing_classes'])}")
+    if report["bad_images"]:
+        print(f"skipped {len(report['bad_images'])} bad image(s), listed in the report")
     print(f"report {report['report']}; confusion matrix {report['confusion_png']}")
     return 0

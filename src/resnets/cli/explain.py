@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .predict import add_weights_args
+from .predict import add_weights_args, loaded_weights
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +23,6 @@ def run(args: argparse.Namespace) -> int:
 
     check_out_file(args.out, replace=True, suffix=".png")  # before the work
 
-    exp = explain(args.weights, args.image, out=args.out, class_name=args.class_name, model_name=args.model)
+    exp = explain(loaded_weights(args), args.image, out=args.out, class_name=args.class_name, model_name=args.model)
     print(f"{exp.path}: {exp.class_name} ({exp.probability:.1%}); Grad-CAM on {exp.layer} -> {exp.out}")
     return 0

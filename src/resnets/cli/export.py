@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .predict import add_weights_args
+from .predict import add_weights_args, loaded_weights
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.calibration is not None and not args.int8:
         raise UserError("--calibration needs --int8")
     try:
-        result = export(args.weights, args.format, out=args.out, model_name=args.model, opset=args.opset,
+        result = export(loaded_weights(args), args.format, out=args.out, model_name=args.model, opset=args.opset,
                         int8=args.int8, calibration=args.calibration, calibration_images=args.calibration_images,
                         check_images=args.check_images, min_agreement=args.min_agreement,
                         max_rel_error=args.max_rel_error, force=args.force)

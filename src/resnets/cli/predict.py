@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..infer.loading import LoadedModel
 
 
 def add_weights_args(p: argparse.ArgumentParser) -> None:
     """The ``--weights``/``--model`` pair shared by the inference commands."""
     p.add_argument("--weights", required=True, metavar="FILE",
-                   help="a resnets .safetensors file, or a torchvision/timm .pth with --model")
+                   help="a resnets .safetensors file or run folder, or a torchvision/timm .pth with --model")
     p.add_argument("--model", default=None, metavar="NAME",
                    help="architecture of a foreign .pth (e.g. resnet50); ImageNet names and normalisation")
+    p.add_argument("--variant", default=None, metavar="NAME",
+                   help="with --model: the architecture variant of the .pth (v1.5 default, v1, d, preact)")
+
+
+def loaded_weights(args: argparse.Namespace) -> LoadedModel:
+    """The model that ``--weights``/``--model``/``--variant`` name, loaded (a run folder: its best weights)."""
+    from ..infer.loading import load_for_inference
+
+    return load_for_inference(args.weights, args.model, variant=args.variant)
 
 
 def add_precision_arg(p: argparse.ArgumentParser) -> None:
@@ -40,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     def report(path: str, message: str) -> None:
         print(f"resnets predict: skipped {path}: {message}", file=sys.stderr)
 
-    result = predict(args.weights, args.paths, model_name=args.model, topk=args.topk,
+    result = predict(loaded_weights(args), args.paths, model_name=args.model, topk=args.topk,
                      batch_size=args.batch_size, precision=args.precision, on_failure=report)
     out = sys.stdout
     if args.format == "json":

@@ -47,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "data such as CIFAR; see --resize-until)")
     p.add_argument("--resize-until", type=float, metavar="FRACTION",
                    help="with --resize-from: reach the full size after this fraction of the epochs (default 0.5)")
+    p.add_argument("--image-size", type=int, metavar="N",
+                   help="image folders: large (streamed) images train on random-resized crops of N and are "
+                        "evaluated on the centre N of shorter side N*8/7; small (in-memory) images, e.g. of mixed "
+                        "sizes, are scaled to shorter side N and centre-cropped to N x N")
     p.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--accum-steps", type=int, help="split each batch into this many micro-batches")
     p.add_argument("--out", help="run folder (default runs/<model>-<recipe>-<time>)")
@@ -146,6 +150,11 @@ def run(args: argparse.Namespace) -> int:
         return launch(torchrun_command(args))  # torchrun and its ranks stop if this process dies
 
     overrides = {name: getattr(args, name) for name in _FIELDS}
+    if args.image_size is not None:
+        if args.image_size < 1:
+            raise UserError(f"--image-size must be a positive number of pixels, got {args.image_size}")
+        overrides.update(image_size=args.image_size, fit_images=args.image_size,
+                         resize=round(args.image_size * 256 / 224))
     overrides.update(parse_set(args.set))
     if args.no_progress or not sys.stderr.isatty():
         overrides["progress"] = False if args.no_progress else None

@@ -4,6 +4,7 @@
 * :func:`load_image_folder`, :func:`find_classes` - an image-folder split into memory, cached once decoded.
 * :func:`load_cifar` - CIFAR-10/100 from the official python archive, parsed without running code.
 * :func:`open_data` - a spec (folder, ``cifar10``, archive, ``sample``) to :class:`DataSplits`.
+* :func:`open_eval_split` - the test/val split of a spec alone (the training split is never read).
 * :class:`DeviceBatches` - fast batches of small images with the paper's augmentation, on any device.
 * :func:`streaming_loader` - a DataLoader for large images (ImageNet-style folders).
 """
@@ -14,12 +15,13 @@ from .cifar import download_cifar, load_cifar
 from .folder import find_classes, load_image_folder
 from .images import MAX_IMAGE_PIXELS, BadImageError, decode_rgb, read_rgb
 from .sample import extract_sample
-from .splits import DataSplits, open_data
+from .splits import DataSplits, eval_split_dir, open_data, open_eval_split
 from .streaming import ImageFolderDataset, imagenet_transforms, streaming_loader
 from .tensors import ImageTensors, LoadReport
 
 __all__ = [
     "MAX_IMAGE_PIXELS", "BadImageError", "DataSplits", "DeviceBatches", "ImageFolderDataset", "ImageTensors",
-    "LoadReport", "decode_rgb", "default_cache_dir", "download_cifar", "extract_sample", "find_classes",
-    "imagenet_transforms", "load_cifar", "load_image_folder", "open_data", "read_rgb", "streaming_loader",
+    "LoadReport", "decode_rgb", "default_cache_dir", "download_cifar", "eval_split_dir", "extract_sample",
+    "find_classes", "imagenet_transforms", "load_cifar", "load_image_folder", "open_data", "open_eval_split",
+    "read_rgb", "streaming_loader",
 ]

@@ -71,6 +71,29 @@ def scan_split(split_dir: str | os.PathLike[str], classes: list[str]) -> list[tu
     return rows
 
 
+def sample_image_sizes(split_dir: str | os.PathLike[str], count: int = 16) -> list[tuple[int, int]]:
+    """(height, width) of up to ``count`` images of ``split_dir``, taken evenly over its sorted image files;
+    files that cannot be read (corrupt, truncated, not images) are skipped and the next ones tried."""
+    from PIL import Image
+
+    root = Path(split_dir)
+    files = sorted(Path(e.path) for d in find_classes(root, allow_empty=True) for e in _image_files(root / d))
+    step = max(1, len(files) // count)
+    order = files[::step] + [f for i, f in enumerate(files) if i % step]
+    sizes: list[tuple[int, int]] = []
+    for path in order:
+        if len(sizes) == count:
+            break
+        try:
+            with Image.open(path) as im:
+                im.verify()
+                width, height = im.size
+        except Exception:  # noqa: BLE001 - any unreadable file is just not a sample
+            continue
+        sizes.append((height, width))
+    return sizes
+
+
 def _as_hw(size: Size) -> tuple[int, int]:
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if len(hw) != 2 or min(hw) <= 0:
@@ -81,15 +104,17 @@ def _as_hw(size: Size) -> tuple[int, int]:
 def load_image_folder(split_dir: str | os.PathLike[str], classes: list[str] | None = None, *,
                       size: Size | None = None, skip_bad_images: bool = False,
                       cache_dir: str | os.PathLike[str] | None = None,
-                      workers: int | None = None) -> tuple[ImageTensors, LoadReport]:
+                      workers: int | None = None,
+                      image_size: int | None = None) -> tuple[ImageTensors, LoadReport]:
     """Load an image-folder split into memory, decoding it once into the cache.
 
     ``classes=None`` takes the class list from this split. Otherwise ``classes`` is the training split's
     list and labels follow it: a class folder here that is not in it is a :class:`UserError`; a class
     missing here is allowed and listed in ``report.missing_classes``. Bad images raise
     :class:`BadImageError` unless ``skip_bad_images``, which leaves them out and lists them in
-    ``report.bad_images``. Images of different sizes need ``size`` (int or (height, width)); with ``size``
-    every image is resized to it (antialiased bilinear).
+    ``report.bad_images``. Images of different sizes need ``size`` (int or (height, width)), with which every
+    image is resized to it (antialiased bilinear), or ``image_size=N``, with which each is scaled so that its
+    shorter side is N (aspect kept) and centre-cropped to N x N.
     """
     start = time.perf_counter()
     root = Path(split_dir)
@@ -102,13 +127,20 @@ def load_image_folder(split_dir: str | os.PathLike[str], classes: list[str] | No
         if extra:
             raise UserError(f"{root} has class folder(s) {', '.join(extra)} not in the training classes "
                             f"({', '.join(classes)}); labels would not match")
+    if size is not None and image_size is not None:
+        raise UserError("pass size or image_size, not both")
+    if image_size is not None and image_size <= 0:
+        raise UserError(f"--image-size must be a positive number of pixels, got {image_size}")
     hw = _as_hw(size) if size is not None else None
     rows = scan_split(root, classes)
     report = LoadReport(source=str(root), classes=list(classes))
     if not rows:
         raise UserError(f"no image files in {root}")
 
-    key = cache_key({"kind": "image-folder", "files": [r[:3] for r in rows], "size": hw, "classes": classes})
+    parts = {"kind": "image-folder", "files": [r[:3] for r in rows], "size": hw, "classes": classes}
+    if image_size is not None:
+        parts["fit"] = image_size
+    key = cache_key(parts)
     cache_path = resolve_cache_dir(cache_dir) / "folders" / f"{key}.safetensors"
     report.cache_path = str(cache_path)
     entry = load_entry(cache_path)
@@ -135,7 +167,10 @@ def load_image_folder(split_dir: str | os.PathLike[str], classes: list[str] | No
         labels.append(row[3])
     if not images:
         raise UserError(f"no readable images in {root} ({len(report.bad_images)} bad)")
-    images, report.resized = _same_size(images, hw, root)
+    if image_size is not None:
+        images, report.resized = _fit_square(images, image_size)
+    else:
+        images, report.resized = _same_size(images, hw, root)
     data = ImageTensors(torch.stack(images), torch.tensor(labels, dtype=torch.int64), list(classes))
     try:
         save_entry(cache_path, {"images": data.images, "labels": data.labels},
@@ -153,7 +188,9 @@ def _same_size(images: list[torch.Tensor], hw: tuple[int, int] | None,
         for img in images:
             if tuple(img.shape[1:]) != first:
                 raise UserError(f"images in {root} have different sizes ({first[0]}x{first[1]} and "
-                                f"{img.shape[1]}x{img.shape[2]}); pass a size to resize them all")
+                                f"{img.shape[1]}x{img.shape[2]}); pass --image-size N (Python: image_size=N) "
+                                "to scale each to shorter side N and centre-crop N x N, or pass a size to "
+                                "resize them all")
         return images, 0
     from torchvision.transforms.v2 import functional as TF
 
@@ -164,6 +201,22 @@ def _same_size(images: list[torch.Tensor], hw: tuple[int, int] | None,
             resized += 1
         out.append(img)
     return out, resized
+
+
+def _fit_square(images: list[torch.Tensor], side: int) -> tuple[list[torch.Tensor], int]:
+    """Each image scaled so that its shorter side is ``side`` (antialiased), then centre-cropped to side x side;
+    and how many were changed."""
+    from torchvision.transforms.v2 import functional as TF
+
+    out, changed = [], 0
+    for img in images:
+        if tuple(img.shape[1:]) != (side, side):
+            if min(img.shape[1:]) != side:
+                img = TF.resize(img, side, antialias=True)
+            img = TF.center_crop(img, [side, side])
+            changed += 1
+        out.append(img)
+    return out, changed
 
 
 def _finish(report: LoadReport, data: ImageTensors, start: float) -> LoadReport:

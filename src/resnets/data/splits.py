@@ -50,18 +50,20 @@ def _cifar_name(path: Path) -> str | None:
 
 def open_data(spec: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
               skip_bad_images: bool = False, download: bool = False, val_split: int = 0,
-              size: Size | None = None) -> DataSplits:
+              size: Size | None = None, image_size: int | None = None) -> DataSplits:
     """Open a data set by spec and return its train and test splits.
 
     ``spec`` is ``"sample"`` (the shipped CIFAR-10 sample), ``"cifar10"``/``"cifar100"`` (from
     ``<cache dir>/cifar``, downloaded there if ``download``), the path of a CIFAR archive or extracted folder,
     or a folder with ``train/`` and ``val/`` (or ``test/``) image folders. ``val_split=n`` replaces the test
     split by the last ``n`` images of a fixed seeded permutation of the training split (the paper's 45k/5k).
+    ``size``/``image_size`` apply to image folders (see :func:`load_image_folder`).
     """
     text = os.fspath(spec)
     start = time.perf_counter()
     if text == "sample":
-        splits = _open_folder(extract_sample(cache_dir), "cifar10-sample", cache_dir, skip_bad_images, size)
+        splits = _open_folder(extract_sample(cache_dir), "cifar10-sample", cache_dir, skip_bad_images, size,
+                              image_size)
     elif text in DATASETS:
         train = load_cifar(None, text, True, download=download, cache_dir=cache_dir)
         report = {"train": _cifar_report(text, train, start)}
@@ -80,21 +82,22 @@ def open_data(spec: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str]
             splits = DataSplits(train, test, list(train.classes), name,
                                 {"train": _cifar_report(text, train, start), "test": _cifar_report(text, test, start)})
         else:
-            splits = _open_folder(path, path.name, cache_dir, skip_bad_images, size)
+            splits = _open_folder(path, path.name, cache_dir, skip_bad_images, size, image_size)
     return hold_out(splits, val_split) if val_split else splits
 
 
 def _open_folder(root: Path, name: str, cache_dir: str | os.PathLike[str] | None, skip_bad_images: bool,
-                 size: Size | None) -> DataSplits:
+                 size: Size | None, image_size: int | None = None) -> DataSplits:
     if not (root / "train").is_dir():
         raise UserError(f"{root} has no train/ folder (expected train/<class>/... and val/ or test/)")
     test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
     if test_dir is None:
         raise UserError(f"{root} has no val/ or test/ folder next to train/")
     train, train_report = load_image_folder(root / "train", size=size, skip_bad_images=skip_bad_images,
-                                            cache_dir=cache_dir)
-    test, test_report = load_image_folder(test_dir, train.classes, size=size or train.image_size,
-                                          skip_bad_images=skip_bad_images, cache_dir=cache_dir)
+                                            cache_dir=cache_dir, image_size=image_size)
+    test_size = None if image_size else size or train.image_size
+    test, test_report = load_image_folder(test_dir, train.classes, size=test_size, skip_bad_images=skip_bad_images,
+                                          cache_dir=cache_dir, image_size=image_size)
     return DataSplits(train, test, list(train.classes), name, {"train": train_report, test_dir.name: test_report})
 
 
@@ -109,3 +112,47 @@ def hold_out(splits: DataSplits, count: int) -> DataSplits:
     report["val"] = LoadReport(source=f"last {count} of a seeded permutation of the training split",
                                num_images=count, classes=list(splits.classes), class_counts=val.class_counts())
     return DataSplits(train, val, splits.classes, f"{splits.name} ({n - count}/{count} val split)", report)
+
+
+def eval_split_dir(root: str | os.PathLike[str]) -> Path:
+    """The folder of class folders to evaluate on: ``root/val``, ``root/test``, or ``root`` itself when it holds
+    class folders and no ``train/`` (a test set alone, or a ``test/``/``val/`` folder given directly)."""
+    path = Path(root).expanduser()
+    for name in ("val", "test"):
+        if (path / name).is_dir():
+            return path / name
+    if (path / "train").is_dir():
+        raise UserError(f"{path} has train/ but no val/ or test/ folder to evaluate on; give the folder of the "
+                        "images to score (class sub-folders)")
+    return path
+
+
+def open_eval_split(spec: str | os.PathLike[str], classes: list[str] | None = None, *,
+                    cache_dir: str | os.PathLike[str] | None = None, skip_bad_images: bool = False,
+                    image_size: int | None = None) -> tuple[ImageTensors, LoadReport]:
+    """The test (or val) split of ``spec`` alone, in memory; the training split is never read.
+
+    ``spec`` is as for :func:`open_data`, or a folder of class folders (see :func:`eval_split_dir`).
+    ``classes`` (the model's) fixes the labels; None takes them from ``train/`` beside the split if there is
+    one (folder names only), else from the split itself.
+    """
+    text = os.fspath(spec)
+    start = time.perf_counter()
+    if text in DATASETS:
+        test = load_cifar(None, text, False, cache_dir=cache_dir)
+        return test, _cifar_report(text, test, start)
+    root = extract_sample(cache_dir) if text == "sample" else Path(text).expanduser()
+    if not root.exists():
+        raise UserError(f"data not found: {text} (expected a folder of class folders, one with val/ or test/, "
+                        "a CIFAR archive or folder, 'cifar10', 'cifar100' or 'sample')")
+    name = None if text == "sample" else _cifar_name(root)
+    if name is not None:
+        test = load_cifar(root, name, False)
+        return test, _cifar_report(text, test, start)
+    split = eval_split_dir(root)
+    if classes is None and split != root and (root / "train").is_dir():
+        from .folder import find_classes
+
+        classes = find_classes(root / "train", allow_empty=True)
+    return load_image_folder(split, classes, skip_bad_images=skip_bad_images, cache_dir=cache_dir,
+                             image_size=image_size)

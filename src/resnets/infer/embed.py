@@ -126,6 +126,10 @@ def load_index(path: str | os.PathLike[str]) -> Embeddings:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"index {path} not found; make one with: resnets embed --weights W IMAGES --out {path}")
+    import zipfile
+
+    from safetensors import SafetensorError
+
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -141,8 +145,11 @@ def load_index(path: str | os.PathLike[str]) -> Embeddings:
                 vectors = fh.get_tensor("embeddings")
             meta = json.loads(raw)
             paths = meta.pop("paths")
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(f"{path} is not a readable embedding index ({exc})") from None
+    except UserError:
+        raise
+    except (OSError, ValueError, KeyError, SafetensorError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path} is not a readable embedding index ({exc}); make one with: resnets embed "
+                        f"--weights W IMAGES --out INDEX") from None
     if meta.get("format") != INDEX_FORMAT or len(paths) != len(vectors):
         raise UserError(f"{path} is not a resnets embedding index of format {INDEX_FORMAT}")
     return Embeddings(paths, np.ascontiguousarray(vectors, dtype=np.float32), [], meta)

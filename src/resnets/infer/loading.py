@@ -71,27 +71,52 @@ def preprocess(image: torch.Tensor, family: str, mean: Sequence[float], std: Seq
     return ((x - m) / s)[0]
 
 
-def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name: str | None = None) -> LoadedModel:
-    """Load ``weights``: a resnets safetensors file (rebuilt from its metadata), or with ``model_name`` a
-    torchvision/timm ``.pth``/checkpoint (then ImageNet names and normalisation when it has 1000 classes)."""
+def resolve_weights_path(weights: str | os.PathLike[str], model_name: str | None = None) -> Path:
+    """The weights file ``weights`` names: a run folder means its ``best.safetensors`` (else
+    ``final.safetensors``); a run's training checkpoint (``last.pt``, ``best.pt``) without ``model_name`` is a
+    UserError pointing at the run's ``best.safetensors``."""
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        found = next((path / n for n in ("best.safetensors", "final.safetensors") if (path / n).is_file()), None)
+        if found is None:
+            raise UserError(f"{path} is a folder without best.safetensors or final.safetensors; give --weights "
+                            "a weights file or a run folder written by resnets train")
+        return found
+    if not path.is_file():
+        raise UserError(f"weights file {path} not found")
+    run = path.parent
+    if model_name is None and path.suffix == ".pt" and (run / "config.json").is_file():
+        best = next((run / n for n in ("best.safetensors", "final.safetensors") if (run / n).is_file()), None)
+        if best is not None:
+            raise UserError(f"{path} is a training checkpoint (for resnets train --resume); use the run's "
+                            f"weights: --weights {best} (or --weights {run})")
+    return path
+
+
+def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name: str | None = None, *,
+                       variant: str | None = None) -> LoadedModel:
+    """Load ``weights``: a resnets safetensors file (rebuilt from its metadata) or a run folder (its
+    ``best.safetensors``), or with ``model_name`` (and ``variant``, e.g. ``d`` or ``v1``) a torchvision/timm
+    ``.pth``/checkpoint (then ImageNet names and normalisation when it has 1000 classes)."""
     if isinstance(weights, LoadedModel):
         return weights
     from ..models import create_model, model_family
     from ..weights import load_model, load_weights, read_metadata
 
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise UserError(f"weights file {path} not found")
+    path = resolve_weights_path(weights, model_name)
     is_resnets = _has_resnets_metadata(path, read_metadata)
     if is_resnets:
         model = load_model(path)
         if model_name and model_name != model.spec["name"]:
             raise UserError(f"{path} holds a {model.spec['name']}, not a {model_name}")
+        if variant and variant != model.spec.get("variant"):
+            raise UserError(f"{path} holds a {model.spec['name']} of variant {model.spec.get('variant')}, "
+                            f"not {variant}; leave out --variant")
     elif model_name is None:
         raise UserError(f"{path} is not a resnets weights file; name its architecture with --model NAME "
                         "(e.g. --model resnet50 for torchvision's ImageNet weights)")
     else:
-        model = create_model(model_name)
+        model = create_model(model_name, variant=variant)
         load_weights(model, path)
         model.classes = None
         model.normalization = None

@@ -68,6 +68,7 @@ class TrainConfig:
     resize_from: int | None = None  # progressive resizing (in-memory data): train at this size first, then grow
     resize_until: float = 0.5  # ... reaching the full size after this fraction of the epochs
     image_size: int = 224  # ImageNet-style data: train crop / eval centre crop
+    fit_images: int | None = None  # small images in memory: shorter side to N, centre crop N x N (--image-size)
     resize: int = 256  # ImageNet-style data: eval resize before the centre crop
     # engine
     device: str = "auto"  # auto | cpu | cuda

@@ -104,6 +104,7 @@ class DataBundle:
     std: list[float]
     generator: torch.Generator | None
     description: str
+    bad_images: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) skipped
 
 
 class _StreamingBatches:
@@ -158,7 +159,7 @@ def build_data(cfg: TrainConfig, device: torch.device, env: D.DistEnv | None = N
                                      skip_bad_images=cfg.skip_bad_images, pin_memory=device.type == "cuda")
         return DataBundle(_StreamingBatches(train, loader_gen, cfg.seed), val, classes, mean, std, None, f"{root} (streamed)")
     splits = rdata.open_data(cfg.data, cache_dir=cfg.cache_dir, skip_bad_images=cfg.skip_bad_images,
-                             download=cfg.download, val_split=cfg.val_split)
+                             download=cfg.download, val_split=cfg.val_split, image_size=cfg.fit_images)
     train_set, test_set = _limit(splits.train, cfg.train_images), _limit(splits.test, cfg.test_images)
     mean, std = list(train_set.mean()), list(train_set.std())
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -171,7 +172,12 @@ def build_data(cfg: TrainConfig, device: torch.device, env: D.DistEnv | None = N
                               std=std, channels_last=cfg.channels_last)
     what = "validation" if cfg.val_split else "test"
     desc = f"{splits.name}: {len(train_set)} train / {len(test_set)} {what} images, {len(splits.classes)} classes"
-    return DataBundle(train, val, list(splits.classes), mean, std, generator, desc)
+    missing = [c for r in splits.report.values() if r.source != splits.report["train"].source
+               for c in r.missing_classes] if "train" in splits.report else []
+    if missing:
+        desc += f" ({what} split has no images of {', '.join(missing)})"
+    bad = [b for r in splits.report.values() for b in r.bad_images]
+    return DataBundle(train, val, list(splits.classes), mean, std, generator, desc, bad)
 
 
 def _shard_data(cfg: TrainConfig, device: torch.device, env: D.DistEnv) -> DataBundle:
@@ -299,6 +305,9 @@ def train(
     data = build_data(cfg, device, env)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if data.bad_images:
+            _write_bad_images(run_dir / "bad_images.txt", data.bad_images)
+            log(f"skipped {len(data.bad_images)} bad image(s); listed in {run_dir / 'bad_images.txt'}")
     model = create_model(cfg.model, num_classes=len(data.classes), variant=cfg.variant,
                          zero_init_residual=cfg.zero_init_residual).to(device, memory_format=memory_format)
     if cfg.sync_bn and env.enabled:
@@ -574,7 +583,16 @@ def _save_shipped(model: nn.Module, path: Path, data: DataBundle, cfg: TrainConf
     save_weights(model, path, classes=data.classes, normalization={"mean": data.mean, "std": data.std},
                  extra={"trained": {"recipe": cfg.recipe, "data": cfg.data, "epoch": record["epoch"],
                                     "step": record["step"], "val_acc": record["val_acc"],
-                                    "image_size": cfg.image_size if model_family(cfg.model) == "imagenet" else None}})
+                                    "image_size": cfg.image_size if model_family(cfg.model) == "imagenet" else None,
+                                    "fit_images": cfg.fit_images}})
+
+
+def _write_bad_images(path: Path, bad: list[tuple[str, str]]) -> None:
+    """The skipped images, one ``path<TAB>reason`` line each, written atomically."""
+    from ..weights import atomic_write
+
+    text = "".join(f"{p}\t{reason}\n" for p, reason in bad)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str:
