@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from resnets import UserError, create_model, save_weights
 from resnets.cli import main
@@ -43,6 +44,8 @@ def test_tta(weights: Path, tmp_path: Path, tta: str, views: int) -> None:
     report = evaluate(weights, "sample", tta=tta, out_dir=tmp_path, max_images=32, device="cpu")
     assert report["tta"] == tta and report["images"] == 32
     assert (tmp_path / f"eval-sample-{tta}.json").is_file()
+    plain = evaluate(weights, "sample", out_dir=tmp_path / "plain", max_images=32, device="cpu")
+    assert report["loss"] != pytest.approx(plain["loss"], rel=1e-4)  # the views reached the model
 
 
 def test_ten_crop_views_are_corners_centre_and_mirrors() -> None:
@@ -52,15 +55,38 @@ def test_ten_crop_views_are_corners_centre_and_mirrors() -> None:
     assert torch.equal(views[4], x[..., 1:5, 1:5]) and torch.equal(views[9], views[4].flip(-1))
 
 
-def test_flip_tta_of_a_mirror_symmetric_model_changes_nothing() -> None:
-    class Symmetric(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.stack([x.mean((1, 2, 3)), -x.mean((1, 2, 3))], 1)
+def expected_scores(probs: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, object]:
+    """Loss (NLL of ``probs``), top-1, top-5 and confusion computed by hand."""
+    return {"loss": float(F.nll_loss(probs.log(), y)),
+            "top1": 100.0 * float((probs.argmax(1) == y).float().mean()),
+            "top5": 100.0 * float((probs.topk(5, 1).indices == y[:, None]).any(1).float().mean()),
+            "confusion": torch.bincount(y * num_classes + probs.argmax(1), minlength=num_classes**2).view(
+                num_classes, num_classes)}
 
-    batches = [(torch.randn(8, 3, 4, 4), torch.randint(0, 2, (8,)))]
-    plain = evaluate_model(Symmetric(), batches, num_classes=2)
-    flipped = evaluate_model(Symmetric(), batches, num_classes=2, tta="flip")
-    assert plain["top1"] == flipped["top1"] and plain["loss"] == pytest.approx(flipped["loss"])
+
+def test_flip_tta_averages_the_softmax_of_the_image_and_its_mirror() -> None:
+    """A model that tells left from right (and top from bottom): flip TTA must average its class
+    probabilities on each image and on its left-right mirror, no other view."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 5, 10))
+    with torch.no_grad():
+        model[1].weight.mul_(8)  # confident outputs: averaging probabilities and logits then differ
+    x, y = torch.randn(64, 3, 6, 5), torch.randint(0, 10, (64,))
+    batches = [(x[:40], y[:40]), (x[40:], y[40:])]
+    with torch.no_grad():
+        plain_probs = model(x).softmax(1)
+        tta_probs = (plain_probs + model(x.flip(-1)).softmax(1)) / 2
+        logit_mean = ((model(x) + model(x.flip(-1))) / 2).softmax(1)
+    plain = evaluate_model(model, batches, num_classes=10)
+    flipped = evaluate_model(model, batches, num_classes=10, tta="flip")
+    for got, probs in ((plain, plain_probs), (flipped, tta_probs)):
+        want = expected_scores(probs, y, 10)
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5) and got["n"] == 64
+        assert got["top1"] == pytest.approx(want["top1"]) and got["top5"] == pytest.approx(want["top5"])
+        assert torch.equal(got["confusion"], want["confusion"])
+    assert not torch.equal(flipped["confusion"], plain["confusion"])  # the mirror changed some predictions
+    assert flipped["loss"] != pytest.approx(plain["loss"], rel=1e-3)
+    assert flipped["loss"] != pytest.approx(expected_scores(logit_mean, y, 10)["loss"], rel=1e-3)
 
 
 def test_cli_eval(weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

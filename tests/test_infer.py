@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from torchvision.transforms import v2
 
 from resnets import UserError, create_model
 from resnets.cli import main
@@ -32,7 +34,7 @@ from resnets.infer import (
     save_index,
     search,
 )
-from resnets.infer.loading import load_for_inference
+from resnets.infer.loading import IMAGENET_MEAN, IMAGENET_STD, load_for_inference, preprocess
 from resnets.weights import save_weights
 
 export_module = importlib.import_module("resnets.infer.export")
@@ -81,6 +83,47 @@ def test_imagenet_class_names_match_torchvision() -> None:
     names = imagenet_classes()
     assert len(names) == 1000 and names[0] == "tench" and names[999] == "toilet tissue"
     assert list(names) == torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"]
+
+
+LONG_SIDE_ROUNDED = pytest.mark.xfail(strict=True, reason="our preprocess rounds the resized long side "
+                                      "(e.g. 426.7 -> 427) where torchvision truncates it (426)")
+CROP_OFFSET_FLOORED = pytest.mark.xfail(strict=True, reason="our centre crop floors an odd margin's half "
+                                        "(159 / 2 -> 79) where torchvision rounds it half to even (80)")
+
+
+@pytest.mark.parametrize("width, height, family", [
+    (200, 150, "imagenet"),  # upscaled, 341.3 -> 341 wide
+    (257, 391, "imagenet"),  # downscaled, 389.5 -> 389 tall
+    (256, 256, "imagenet"),  # square: centre crop only
+    (48, 80, "cifar"),
+    pytest.param(300, 500, "imagenet", marks=LONG_SIDE_ROUNDED),  # 426.7 tall
+    pytest.param(500, 300, "imagenet", marks=LONG_SIDE_ROUNDED),  # 426.7 wide
+    pytest.param(45, 70, "cifar", marks=LONG_SIDE_ROUNDED),  # 49.8 tall
+    pytest.param(383, 256, "imagenet", marks=CROP_OFFSET_FLOORED),  # no resize; margin 159
+])
+def test_preprocess_matches_torchvision_resize_and_center_crop(tmp_path: Path, width: int, height: int,
+                                                               family: str) -> None:
+    """Ours against torchvision's evaluation transform on PIL images (the one its pretrained weights and our
+    streamed eval use): Resize(256) + CenterCrop(224) (CIFAR: 32, 32) + Normalize.
+
+    Tolerance 1.5/255 per pixel, mean 0.5/255: PIL rounds its resized image to uint8 (0.5/255) and its
+    fixed-point antialiased bilinear differs from torch's float one by under 1/255. A one-pixel shift of the
+    grid or the crop on this textured image costs 20-50/255."""
+    rng = np.random.default_rng(width * height)
+    base = Image.open(sorted((extract_sample() / "test" / "ship").iterdir())[0]).convert("RGB")
+    texture = np.asarray(base.resize((width, height), Image.BICUBIC)).astype(np.int16)
+    texture += rng.integers(-20, 21, texture.shape, dtype=np.int16)
+    path = tmp_path / "odd.png"
+    Image.fromarray(texture.clip(0, 255).astype(np.uint8)).save(path)
+    resize, crop = (256, 224) if family == "imagenet" else (32, 32)
+    reference = v2.Compose([v2.Resize(resize), v2.CenterCrop(crop), v2.ToImage(),
+                            v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    with Image.open(path) as im:
+        ref = reference(im.convert("RGB"))
+    ours = preprocess(read_rgb(path), family, IMAGENET_MEAN, IMAGENET_STD)
+    assert ours.shape == ref.shape == (3, crop, crop)
+    pixels = ((ours - ref) * torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255).abs()  # in 0..255 steps
+    assert pixels.max() <= 1.5 and pixels.mean() <= 0.5, (float(pixels.max()), float(pixels.mean()))
 
 
 def test_predict_api_matches_eager_model(weights: Path, sample_images: list[str]) -> None:
@@ -188,6 +231,31 @@ def test_approximate_search_agrees_with_exact() -> None:
     assert recall >= 0.9 and scores.shape == (100, 10)
     _, self_ids = nearest(gallery, gallery[:20], 1, method="exact")
     assert self_ids[:, 0].tolist() == list(range(20))
+
+
+EXPORT_EXTRA = "ONNX export needs the onnx and onnxruntime packages: pip install 'resnets[export]'"
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxruntime"])
+def test_onnx_export_without_its_extra_says_what_to_install(weights: Path, tmp_path: Path, missing: str,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
+    with pytest.raises(UserError) as exc:
+        export(weights, "onnx", out=tmp_path / "r20.onnx")
+    assert str(exc.value) == EXPORT_EXTRA
+    assert main(["export", "--weights", str(weights), "--out", str(tmp_path / "r20.onnx"), "--int8"]) == 2
+    assert capsys.readouterr().err == f"resnets export: error: {EXPORT_EXTRA}\n"
+    assert os.listdir(tmp_path) == []
+
+
+def test_ann_search_without_faiss_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    gallery = np.eye(4, dtype=np.float32)
+    with pytest.raises(UserError) as exc:
+        nearest(gallery, gallery[2:3], 1, method="ann")
+    assert str(exc.value) == "approximate search needs faiss: pip install 'resnets[ann]'"
+    assert nearest(gallery, gallery[2:3], 1, method="auto")[1].tolist() == [[2]]  # auto: exact search
 
 
 def test_search_errors_are_user_errors(weights: Path, tmp_path: Path, sample_images: list[str]) -> None:
