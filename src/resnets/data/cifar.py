@@ -14,6 +14,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +116,9 @@ def _read_members(location: Path, spec: dict[str, Any], wanted: list[str]) -> di
                     fobj = tar.extractfile(member)
                     assert fobj is not None
                     out[base] = fobj.read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise UserError(f"cannot read archive {location}: {exc}") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise UserError(f"cannot read archive {location} ({exc or type(exc).__name__}): it is damaged or "
+                        "incomplete; download it again (resnets train --data cifar10 --download)") from None
     missing = [n for n in wanted if n not in out]
     if missing:
         raise UserError(f"archive {location} lacks {', '.join(missing)}")

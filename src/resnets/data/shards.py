@@ -32,6 +32,7 @@ import tarfile
 import tempfile
 import urllib.parse
 import warnings
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -42,6 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import UserError
 from ..weights import default_file_mode
+from .cifar import DATASETS
 from .folder import find_classes, scan_split
 from .images import MAX_IMAGE_PIXELS, BadImageError, decode_rgb
 from .streaming import IMAGENET_MEAN, IMAGENET_STD
@@ -186,12 +188,15 @@ def write_shards(root: str | os.PathLike[str], out: str | os.PathLike[str], *, m
 # ---- locating ---------------------------------------------------------------------------------------------
 
 
+CIFAR_ARCHIVES = {spec["archive"] for spec in DATASETS.values()}
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 
 def is_shard_spec(spec: str) -> bool:
     """Whether a ``--data`` spec names WebDataset shards (a ``.tar`` pattern or URL, a pipe, a shard folder)."""
     text = str(spec)
+    if Path(text).name in CIFAR_ARCHIVES and Path(text).is_file():
+        return False  # the official CIFAR archive, read by resnets.data.cifar
     if text.startswith("pipe:") or re.search(r"\.tar(\.gz)?(\}|$)", text.split("::")[0]):
         return True
     return Path(text).is_dir() and (Path(text) / INDEX_NAME).is_file()
@@ -429,6 +434,9 @@ def _tar_files(urls: Sequence[str], max_member_bytes: int) -> Iterator[dict[str,
                 tar.members = []
         except _HeaderTooLarge as exc:
             raise UserError(f"shard {url}: {exc}; the shard is damaged or crafted, write it again") from None
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            raise UserError(f"cannot read shard {url} ({exc or type(exc).__name__}): not a whole tar file; write it "
+                            "again with resnets shard, or give --data a CIFAR archive by its own name") from None
         stream.close()
         yield {}
 
