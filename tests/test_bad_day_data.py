@@ -136,7 +136,8 @@ def test_foreign_pth_with_model_and_variant(tmp_path: Path, capsys: pytest.Captu
                           "--variant", "preact")
     assert rc == 0 and report["images"] == 10
     image = str(root / "test" / "c3" / "000.png")
-    for cmd in (["predict", image], ["explain", image, "--out", str(tmp_path / "cam.png")]):
+    for cmd in (["predict", image], ["explain", image, "--out", str(tmp_path / "cam.png")],
+                ["embed", image, "--out", str(tmp_path / "index.safetensors")]):
         assert main([cmd[0], "--weights", str(pth), "--model", "resnet20", "--variant", "preact", *cmd[1:]]) == 0
 
 
