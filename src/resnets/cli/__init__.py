@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from ..errors import UserError
+from ..errors import ERROR_FILE_ENV, UserError
 
 # Sub-command modules, in the order ``resnets --help`` lists them.
 COMMAND_MODULES = ("demo", "summary", "train", "eval", "shard", "predict", "embed", "search", "explain", "export",
@@ -36,13 +37,39 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
     except UserError as exc:
-        print(f"resnets {args.command}: error: {exc}", file=sys.stderr)
+        report(f"resnets {args.command}: error: {exc}", record=True)
         return 2
     except KeyboardInterrupt:
-        print(f"resnets {args.command}: interrupted", file=sys.stderr)
+        report(f"resnets {args.command}: interrupted")
         return 130
+    except BrokenPipeError:  # `resnets predict ... | head -1`: stop quietly, as Unix tools do
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail
+        except (OSError, ValueError):
+            pass
+        return 141  # 128 + SIGPIPE
+
+
+def report(message: str, *, record: bool = False) -> None:
+    """Print ``message`` on stderr once per run: a rank of ``train --nproc`` leaves it to the launcher (writing
+    it to ``$RESNETS_ERROR_FILE`` if ``record`` and no rank did first); under torchrun only rank 0 prints."""
+    rank = os.environ.get("RANK")
+    error_file = os.environ.get(ERROR_FILE_ENV)
+    if rank is not None and error_file:
+        if record:
+            try:
+                fd = os.open(error_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except OSError:  # another rank was first, or the launcher is gone
+                return
+            with os.fdopen(fd, "w") as fh:
+                fh.write(message + "\n")
+        return
+    if rank in (None, "", "0"):
+        print(message, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -113,7 +113,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def torchrun_command(args: argparse.Namespace) -> list[str]:
-    """The ``python -m torch.distributed.run ... -m resnets train ...`` command that ``--nproc N`` runs."""
+    """The ``python -m resnets.train.torchrun ... -m resnets train ...`` command that ``--nproc N`` runs
+    (torchrun, quiet after a rank's one-line error or Ctrl-C)."""
     if args.nproc < 1:
         raise UserError(f"--nproc must be at least 1, got {args.nproc}")
     argv: list[str] = []
@@ -131,7 +132,7 @@ def torchrun_command(args: argparse.Namespace) -> list[str]:
                 argv += [flag, str(item)]
         else:
             argv += [flag, str(value)]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc),
+    return [sys.executable, "-m", "resnets.train.torchrun", "--standalone", "--nproc-per-node", str(args.nproc),
             "--max-restarts", str(args.max_restarts), "-m", "resnets", "train", *argv]
 
 
@@ -145,7 +146,11 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--nproc launches torchrun itself; under torchrun leave it out")
         if args.max_restarts and not (args.out or args.resume):
             raise UserError("--max-restarts resumes from the run folder: give --out")
+        from ..outputs import check_out_dir
         from ..train.distributed import launch
+
+        if args.out:
+            check_out_dir(args.out)  # before starting the ranks
 
         return launch(torchrun_command(args))  # torchrun and its ranks stop if this process dies
 

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import UserError
+from ..errors import ERROR_FILE_ENV, UserError
 
 #: Default seconds a collective may wait for a peer before the run fails (``$RESNETS_DIST_TIMEOUT`` overrides).
 DEFAULT_TIMEOUT_S = 300.0
@@ -207,8 +207,25 @@ def launch(command: list[str]) -> int:
     """Run the torchrun ``command`` (``--nproc``): it gets SIGTERM if this process dies; its exit status.
 
     Its ranks know this process by ``$RESNETS_LAUNCHER_PID`` and stop if it goes. On Ctrl-C (which torchrun
-    also gets, and passes to the ranks) this waits for the ranks' checkpoint before giving up on them.
+    also gets, and passes to the ranks) this waits for the ranks' checkpoint before giving up on them. A rank's
+    UserError is written to ``$RESNETS_ERROR_FILE`` (see ``resnets.cli.report``) and printed here once: 2.
     """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="resnets-launch-") as tmp:
+        error_file = os.path.join(tmp, "error")
+        code = _launch(command, error_file)
+        if code != 0 and os.path.isfile(error_file):
+            with open(error_file) as fh:
+                message = fh.read().strip()
+            if message:
+                print(message, file=sys.stderr)
+                return 2
+        return code
+
+
+def _launch(command: list[str], error_file: str) -> int:
+    """:func:`launch` with the ranks' error file ``error_file``."""
     me = os.getpid()
     prctl = _prctl()
 
@@ -218,7 +235,7 @@ def launch(command: list[str]) -> int:
         if os.getppid() != me:  # the launcher died before the prctl
             os._exit(1)
 
-    env = os.environ | {LAUNCHER_PID_ENV: str(me)}
+    env = os.environ | {LAUNCHER_PID_ENV: str(me), ERROR_FILE_ENV: error_file}
     with subprocess.Popen(command, env=env, preexec_fn=die_with_launcher) as proc:
         try:
             return proc.wait()
