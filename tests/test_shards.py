@@ -284,3 +284,29 @@ def test_oversized_tar_header_is_refused(tmp_path: Path) -> None:
         t.addfile(info, io.BytesIO(b"0"))
     with pytest.raises(UserError, match=r"^shard .*pax\.tar: a \d+-byte tar header exceeds the limit of 1048576"):
         open_shards(str(shard))
+
+
+@pytest.mark.parametrize("device, pinned", [("cuda", True), ("cpu", False)])
+def test_shard_loaders_pin_memory_for_cuda(folder: Path, tmp_path: Path, device: str, pinned: bool,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import resnets.data.shards as shards_module
+    from resnets.train import distributed as D
+    from resnets.train import resolve_config
+    from resnets.train.loop import _shard_data
+
+    out = tmp_path / "shards"
+    write_shards(folder, out, max_count=4, log=lambda _: None)
+    cfg = resolve_config({"data": str(out), "batch_size": 6, "workers": 1, "epochs": 1})
+    bundle = _shard_data(cfg, torch.device(device), D.DistEnv(device=torch.device(device)))  # builds, runs nothing
+    assert bundle.train.pin_memory is pinned and bundle.val.pin_memory is pinned
+    made: list[bool] = []
+    real = shards_module.DataLoader
+
+    def spy(*args: object, **kwargs: object) -> object:
+        made.append(bool(kwargs.get("pin_memory")))
+        kwargs["pin_memory"] = False  # no CUDA here to pin for
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shards_module, "DataLoader", spy)
+    x, y = next(iter(bundle.train.iter_from(0)))
+    assert made == [pinned] and x.shape[0] == 6 and x.dtype == torch.float32 and len(y) == 6

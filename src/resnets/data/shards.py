@@ -620,7 +620,8 @@ class ShardBatches:
     def __init__(self, shards: ShardSet, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
                  workers: int = 0, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  pad: int = 4, flip: bool = True, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 skip_bad_images: bool = False, max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
+                 skip_bad_images: bool = False, max_member_bytes: int = MAX_MEMBER_BYTES,
+                 pin_memory: bool = False) -> None:
         if batch_size % world_size:
             raise UserError(f"the global batch size {batch_size} must be divisible by the number of processes "
                             f"{world_size}")
@@ -630,6 +631,7 @@ class ShardBatches:
         self.std = list(std or shards.std or IMAGENET_STD)
         self.transform = transform or small_image_transform(pad, flip, self.mean, self.std)
         self.skip_bad_images, self.max_member_bytes = skip_bad_images, max_member_bytes
+        self.pin_memory = pin_memory  # CUDA: page-locked batches, so the copy to the GPU overlaps compute
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -653,7 +655,7 @@ class ShardBatches:
         if workers == 0:
             yield from stream
             return
-        loader = DataLoader(stream, batch_size=None, num_workers=workers, in_order=True)
+        loader = DataLoader(stream, batch_size=None, num_workers=workers, in_order=True, pin_memory=self.pin_memory)
         yield from loader
 
 
@@ -696,7 +698,8 @@ class _EvalStream(IterableDataset):
 
 def eval_loader(shards: ShardSet, batch_size: int, *, rank: int = 0, world_size: int = 1, workers: int = 0,
                 transform: Callable[[torch.Tensor], torch.Tensor], skip_bad_images: bool = False,
-                max_member_bytes: int = MAX_MEMBER_BYTES) -> DataLoader:
-    """Evaluation batches of this rank's share of ``shards`` (each sample on exactly one rank)."""
+                max_member_bytes: int = MAX_MEMBER_BYTES, pin_memory: bool = False) -> DataLoader:
+    """Evaluation batches of this rank's share of ``shards`` (each sample on exactly one rank); ``pin_memory``
+    for a CUDA consumer."""
     stream = _EvalStream(shards.urls, batch_size, rank, world_size, transform, skip_bad_images, max_member_bytes)
-    return DataLoader(stream, batch_size=None, num_workers=max(0, workers))
+    return DataLoader(stream, batch_size=None, num_workers=max(0, workers), pin_memory=pin_memory)

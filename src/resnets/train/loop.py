@@ -198,10 +198,11 @@ def _shard_data(cfg: TrainConfig, device: torch.device, env: D.DistEnv) -> DataB
                                                                              mean, std)
     train = wd.ShardBatches(train_set, cfg.batch_size, seed=cfg.seed, rank=env.rank, world_size=env.world_size,
                             workers=cfg.workers, mean=mean, std=std, pad=cfg.pad, flip=cfg.flip,
-                            transform=train_tf, skip_bad_images=cfg.skip_bad_images)
+                            transform=train_tf, skip_bad_images=cfg.skip_bad_images,
+                            pin_memory=device.type == "cuda")
     val = wd.eval_loader(test_set, max(cfg.batch_size // env.world_size, 256), rank=env.rank,
                          world_size=env.world_size, workers=min(cfg.workers, 2), transform=eval_tf,
-                         skip_bad_images=cfg.skip_bad_images)
+                         skip_bad_images=cfg.skip_bad_images, pin_memory=device.type == "cuda")
     desc = (f"{cfg.data} (streamed shards): {train_set.total} train / {test_set.total} {test_set.split} images, "
             f"{len(train_set.classes)} classes")
     return DataBundle(train, val, list(train_set.classes), mean, std, None, desc)
