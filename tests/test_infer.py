@@ -85,21 +85,15 @@ def test_imagenet_class_names_match_torchvision() -> None:
     assert list(names) == torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"]
 
 
-LONG_SIDE_ROUNDED = pytest.mark.xfail(strict=True, reason="our preprocess rounds the resized long side "
-                                      "(e.g. 426.7 -> 427) where torchvision truncates it (426)")
-CROP_OFFSET_FLOORED = pytest.mark.xfail(strict=True, reason="our centre crop floors an odd margin's half "
-                                        "(159 / 2 -> 79) where torchvision rounds it half to even (80)")
-
-
 @pytest.mark.parametrize("width, height, family", [
     (200, 150, "imagenet"),  # upscaled, 341.3 -> 341 wide
     (257, 391, "imagenet"),  # downscaled, 389.5 -> 389 tall
     (256, 256, "imagenet"),  # square: centre crop only
     (48, 80, "cifar"),
-    pytest.param(300, 500, "imagenet", marks=LONG_SIDE_ROUNDED),  # 426.7 tall
-    pytest.param(500, 300, "imagenet", marks=LONG_SIDE_ROUNDED),  # 426.7 wide
-    pytest.param(45, 70, "cifar", marks=LONG_SIDE_ROUNDED),  # 49.8 tall
-    pytest.param(383, 256, "imagenet", marks=CROP_OFFSET_FLOORED),  # no resize; margin 159
+    (300, 500, "imagenet"),  # 426.7 tall, truncated to 426
+    (500, 300, "imagenet"),  # 426.7 wide
+    (45, 70, "cifar"),  # 49.8 tall
+    (383, 256, "imagenet"),  # no resize; margin 159, half rounded to even (80)
 ])
 def test_preprocess_matches_torchvision_resize_and_center_crop(tmp_path: Path, width: int, height: int,
                                                                family: str) -> None:

@@ -56,15 +56,15 @@ class LoadedModel:
 
 def preprocess(image: torch.Tensor, family: str, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Resize and crop as the family was trained (ImageNet: shorter side 256, centre 224; CIFAR: 32, centre 32),
-    then scale to 0..1 and normalise."""
+    with torchvision's Resize + CenterCrop arithmetic, then scale to 0..1 and normalise."""
     resize, crop = (256, 224) if family == "imagenet" else (32, 32)
     x = image.unsqueeze(0).float()
     h, w = x.shape[-2:]
-    scale = resize / min(h, w)
-    nh, nw = max(crop, round(h * scale)), max(crop, round(w * scale))
+    long_side = int(resize * max(h, w) / min(h, w))  # torchvision's Resize(int): the long side truncated
+    nh, nw = (resize, long_side) if h <= w else (long_side, resize)
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (nh - crop) // 2, (nw - crop) // 2
+    top, left = int(round((nh - crop) / 2.0)), int(round((nw - crop) / 2.0))  # as torchvision's CenterCrop
     x = x[..., top:top + crop, left:left + crop].clamp_(0, 255) / 255.0
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
