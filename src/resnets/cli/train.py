@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import UserError
 
 # flag dest -> TrainConfig field (flags left at None keep the recipe's value)
-_FIELDS = ("model", "variant", "data", "epochs", "iterations", "batch_size", "lr", "out", "device", "precision",
+_FIELDS = ("model", "variant", "shortcut", "data", "epochs", "iterations", "batch_size", "lr", "out", "device", "precision",
            "compile", "skip_bad_images", "cache_dir", "val_split", "seed", "workers", "ema", "label_smoothing",
            "mixup_alpha", "cutmix_alpha", "accum_steps", "checkpoint_every", "log_every", "tensorboard",
            "stop_after_steps", "train_images", "test_images", "download", "weight_decay", "momentum",
@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "it; the resolved settings are saved as config.json in the run folder.")
     p.add_argument("--model", help="model name (default resnet20)")
     p.add_argument("--variant", help="architecture variant (v1, v1.5, d, preact)")
+    p.add_argument("--shortcut", choices=("A", "B"), help="CIFAR nets: A, zero-padding identity shortcuts "
+                   "(default, the paper's); B, 1x1 projections where the shape changes")
     p.add_argument("--data", help="sample (default), cifar10, cifar100, a CIFAR archive, or a folder with "
                                   "train/ and val/ (or test/)")
     p.add_argument("--recipe", help="cifar-paper, imagenet-paper, cifar-fast, imagenet-fast "

@@ -28,6 +28,7 @@ class TrainConfig:
     # what to train, on what
     model: str = "resnet20"
     variant: str | None = None
+    shortcut: str | None = None  # CIFAR nets: "A" (zero-padding identity, the default) or "B" (1x1 projection)
     zero_init_residual: bool = False
     data: str = "sample"
     val_split: int = 0
@@ -325,3 +326,9 @@ def _validate(cfg: TrainConfig) -> None:
         raise UserError(f"eval_every must be at least 1 (epochs), not {cfg.eval_every}")
     if cfg.val_split < 0:
         raise UserError("val_split must be >= 0")
+    if cfg.shortcut is not None:
+        if cfg.shortcut not in ("A", "B"):
+            raise UserError(f"shortcut must be A (zero padding) or B (projection), not {cfg.shortcut!r}")
+        if model_family(cfg.model) != "cifar":
+            raise UserError(f"--shortcut is for CIFAR nets; {cfg.model} has projection shortcuts (variant d: "
+                            "average-pool then projection); drop --shortcut")

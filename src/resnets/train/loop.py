@@ -309,8 +309,9 @@ def train(
         if data.bad_images:
             _write_bad_images(run_dir / "bad_images.txt", data.bad_images)
             log(f"skipped {len(data.bad_images)} bad image(s); listed in {run_dir / 'bad_images.txt'}")
+    options = {"shortcut": cfg.shortcut} if cfg.shortcut else {}  # recorded in the weights' spec
     model = create_model(cfg.model, num_classes=len(data.classes), variant=cfg.variant,
-                         zero_init_residual=cfg.zero_init_residual).to(device, memory_format=memory_format)
+                         zero_init_residual=cfg.zero_init_residual, **options).to(device, memory_format=memory_format)
     if cfg.sync_bn and env.enabled:
         model = D.convert_sync_batchnorm(model, device)  # BN statistics of the global batch, not the rank's
     # precision "auto" on CPU: timed on this model (about a second, cached); rank 0 decides for all ranks
