@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         def filter(self, record: logging.LogRecord) -> bool:
             return not reported()
 
+    plain = logging.getLogger("torch.distributed.run")  # its notices print as under `python -m`: message only
+    plain.propagate = False
+    plain.addHandler(logging.StreamHandler(sys.stderr))
     loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
     for handler in {h for lg in loggers for h in lg.handlers}:
         handler.addFilter(Quiet())
