@@ -165,12 +165,20 @@ def run(args: argparse.Namespace) -> int:
     overrides.update(parse_set(args.set))
     if args.no_progress or not sys.stderr.isatty():
         overrides["progress"] = False if args.no_progress else None
+    # --json: stdout holds the JSON alone; the run's lines go to stderr
+    log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     if args.resume:
-        config = TrainConfig(**{k: v for k, v in overrides.items()
-                                if v is not None and k in TrainConfig.__dataclass_fields__})
-        result = train(config, resume=args.resume)
+        from ..train.config import load_config_file
+
+        if args.config:
+            overrides = {**load_config_file(args.config), **{k: v for k, v in overrides.items() if v is not None}}
+        if args.recipe:
+            overrides["recipe"] = args.recipe
+        given = {k for k, v in overrides.items() if v is not None and k in TrainConfig.__dataclass_fields__}
+        config = TrainConfig(**{k: overrides[k] for k in given})
+        result = train(config, resume=args.resume, log=log, given=given - {"progress"})
     else:
-        result = train(resolve_config(overrides, recipe=args.recipe, config_file=args.config))
+        result = train(resolve_config(overrides, recipe=args.recipe, config_file=args.config), log=log)
     from ..train.distributed import launched_world
 
     if launched_world()[0] != 0:  # under torchrun only rank 0 reports
@@ -179,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"run_dir": str(result.run_dir), "step": result.step, "final": result.final,
                           "best": result.best, "interrupted": result.interrupted}, indent=2))
     elif result.best:
-        print(f"best {'val' if result.best.get('val_acc') is not None else ''} accuracy "
-              f"{result.best['val_acc']:.2f}% (epoch {result.best['epoch']}); weights {result.best_weights}")
+        caveat = "" if result.held_out == "validation" else (
+            "; chosen on the test split, so optimistic: --val-split N picks on held-out training images")
+        print(f"best {result.held_out} accuracy {result.best['val_acc']:.2f}% (epoch {result.best['epoch']}"
+              f"{caveat}); weights {result.best_weights}")
     return 0

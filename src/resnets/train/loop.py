@@ -16,7 +16,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ class RunResult:
     best: dict[str, Any]
     step: int
     interrupted: bool = False
+    held_out: str = "test"  # where val_* come from: "validation" (a --val-split) or "test"
 
     @property
     def best_weights(self) -> Path:
@@ -260,8 +261,13 @@ def train(
     on_step: Sequence[Callback] = (),
     on_epoch: Sequence[Callback] = (),
     log: Callable[[str], None] = print,
+    given: Collection[str] | None = None,
 ) -> RunResult:
     """Train ``config`` (see ``resolve_config``); with ``resume``, continue the run in that directory exactly.
+
+    On resume, ``given`` names the settings of ``config`` the user set (default: those that differ from
+    ``TrainConfig()``); those in ``RESUMABLE_OVERRIDES`` apply, any other that differs from the run's is a
+    ``UserError``. A changed length recomputes the LR schedule over the new length, and says so.
 
     ``on_step`` callbacks run after every optimiser step, ``on_epoch`` after every evaluation; either may set
     ``state.stop`` to checkpoint and stop, or raise ``KeyboardInterrupt`` (the run checkpoints, then re-raises).
@@ -274,10 +280,13 @@ def train(
         run_dir = Path(resume)
         ckpt = load_checkpoint(run_dir / "last.pt")
         cfg = TrainConfig(**ckpt["config"])
+        defaults = TrainConfig()
+        user_set = set(given) if given is not None else {
+            k for k in cfg.to_dict() if getattr(config, k) != getattr(defaults, k)}
+        _refuse_changes(config, cfg, user_set, run_dir)
         for key in RESUMABLE_OVERRIDES:
-            value = getattr(config, key)
-            if value != getattr(TrainConfig(), key) or key in ("stop_after_steps", "progress"):
-                setattr(cfg, key, value)
+            if key in user_set or key in ("stop_after_steps", "progress"):
+                setattr(cfg, key, getattr(config, key))
         if config.epochs is not None or config.iterations is not None:
             cfg.epochs, cfg.iterations = config.epochs, config.iterations
             if cfg.epochs is None and cfg.iterations is None:
@@ -332,6 +341,8 @@ def train(
     total_steps = cfg.iterations if cfg.iterations is not None else math.ceil(cfg.epochs * steps_per_epoch)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     schedule = LRSchedule.from_config(cfg, total_steps, steps_per_epoch)
+    if ckpt is not None:
+        _say_length_change(TrainConfig(**ckpt["config"]), cfg, ckpt["step"], total_steps, steps_per_epoch, log)
     if cfg.resize_from is not None and not hasattr(data.train, "set_image_size"):
         raise UserError("resize_from (progressive resizing) works with small images held in memory (CIFAR, "
                         "small-image folders), not with streamed data; drop it")
@@ -522,9 +533,10 @@ def train(
                 summary = (f" | {'val' if cfg.val_split else 'test'} loss {val['loss']:.4f} acc {val['top1']:.2f}% "
                            f"top-5 {val['top5']:.2f}%")
             metrics.log(final)
-            on_main = (bar.write if cfg.progress else log) if env.is_main else _quiet
-            on_main(f"epoch {final['epoch']}: train loss {final['train_loss']:.4f} acc {final['train_acc']:.2f}%"
-                    f"{summary} | {final['images_per_s']:.0f} img/s")
+            on_main = log if env.is_main else _quiet
+            with tqdm.external_write_mode():  # the bar (on stderr) steps aside for the line
+                on_main(f"epoch {final['epoch']}: train loss {final['train_loss']:.4f} acc {final['train_acc']:.2f}%"
+                        f"{summary} | {final['images_per_s']:.0f} img/s")
             state.epoch += 1
             state.batch = 0
             sums.update(epoch_loss=0.0, epoch_correct=0.0, epoch_seen=0, epoch_time=0.0)
@@ -559,7 +571,36 @@ def train(
         final = next((r for r in reversed(metrics.records) if r["kind"] == "epoch" and "val_acc" in r), {})
     if state.step >= total_steps and final and env.is_main:  # finished: the last weights too, ready to ship
         _save_shipped(shipped, run_dir / "final.safetensors", data, cfg, final)
-    return RunResult(run_dir=run_dir, final=final, best=best, step=state.step, interrupted=interrupted)
+    return RunResult(run_dir=run_dir, final=final, best=best, step=state.step, interrupted=interrupted,
+                     held_out="validation" if cfg.val_split else "test")
+
+
+def _refuse_changes(config: TrainConfig, saved: TrainConfig, given: set[str], run_dir: Path) -> None:
+    """UserError naming the first setting in ``given`` that a resumed run cannot change but ``config`` does."""
+    for key in sorted(given - set(RESUMABLE_OVERRIDES)):
+        new, old = getattr(config, key), getattr(saved, key)
+        if key == "out" and new is not None and Path(new).resolve() == run_dir.resolve():
+            continue
+        if new != old:
+            raise UserError(f"--resume continues {run_dir} with its own settings; its {key} is {old!r}, not "
+                            f"{new!r}: drop --{key.replace('_', '-')}, or start a new run with --out")
+
+
+def _say_length_change(saved: TrainConfig, cfg: TrainConfig, step: int, total_steps: int, steps_per_epoch: int,
+                       log: Callable[[str], None]) -> None:
+    """Log what a resume with another --epochs/--iterations does to the run and its LR schedule."""
+    old_total = saved.iterations if saved.iterations is not None else math.ceil(saved.epochs * steps_per_epoch)
+    if old_total == total_steps:
+        return
+    if total_steps <= step:
+        log(f"the run already did {step} steps, at least the new length ({total_steps} steps); nothing to train")
+        return
+    old_lr = LRSchedule.from_config(saved, old_total, steps_per_epoch)(min(step, old_total - 1))
+    new_lr = LRSchedule.from_config(cfg, total_steps, steps_per_epoch)(step)
+    done = "finished" if step >= old_total else f"at step {step} of {old_total}"
+    log(f"length changed from {old_total} to {total_steps} steps (run {done}): the {cfg.schedule} LR schedule "
+        f"is recomputed over {total_steps} steps, so the LR at step {step} is {new_lr:.4g} (was {old_lr:.4g})"
+        f"{'; final.safetensors will be replaced when it ends' if step >= old_total else ''}")
 
 
 def _quiet(message: str) -> None:
