@@ -74,3 +74,33 @@ def test_best_accuracy_names_the_test_split(tmp_path: Path, capsys: pytest.Captu
     assert train_cli(tmp_path / "run") == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("best test accuracy ") and "chosen on the test split, so optimistic" in last
+
+
+def test_head_size_message_names_only_real_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from resnets import UserError, create_model, load_weights
+
+    weights = tmp_path / "cifar100.pth"
+    torch.save(create_model("resnet20", num_classes=100).state_dict(), weights)
+    with pytest.raises(UserError, match="build the model with num_classes=100, or call load_weights") as info:
+        load_weights(create_model("resnet20"), weights)
+    assert "--reinit-head" not in str(info.value)
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    # a foreign file named with --model: the model is built with the weights' 100 classes
+    assert main(["predict", "--weights", str(weights), "--model", "resnet20", "--topk", "1", str(image)]) == 0
+    assert "class " in capsys.readouterr().out
+
+
+def test_eval_cifar10_message_names_a_real_download(finished: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESNETS_CACHE_DIR", str(tmp_path / "empty-cache"))
+    capsys.readouterr()
+    assert main(["eval", "--weights", str(finished / "final.safetensors"), "--data", "cifar10",
+                 "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert "fetch it once with: resnets train --data cifar10 --download" in err and "(--download)" not in err

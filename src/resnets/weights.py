@@ -171,7 +171,8 @@ def load_weights(
     if shapes and set(shapes) <= head and not missing and not unexpected:
         got, want = state[shapes[0]].shape[0], own[shapes[0]].shape[0]
         raise UserError(f"the weights have a {got}-class head but the model has {want} classes; "
-                        "pass reinit_head=True (--reinit-head) to fine-tune with a fresh head")
+                        f"build the model with num_classes={got}, or call load_weights(model, weights, "
+                        "reinit_head=True) to fine-tune with a fresh head")
     if missing or unexpected or shapes:
         parts = []
         if missing:

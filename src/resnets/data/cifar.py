@@ -153,8 +153,8 @@ def load_cifar(root_or_archive: str | os.PathLike[str] | None, name: str = "cifa
     location = find_cifar(root, name)
     if location is None:
         if not download:
-            raise UserError(f"{name} not found at {root}; pass download=True (--download) or give the path "
-                            f"of {spec['archive']}")
+            raise UserError(f"{name} not found at {root}; fetch it once with: resnets train --data {name} "
+                            f"--download (Python: download=True), or give the path of {spec['archive']}")
         location = download_cifar(name, root, base_url=base_url)
     split = spec["train"] if train else spec["test"]
     raw = _read_members(location, spec, [*split, spec["meta"]])

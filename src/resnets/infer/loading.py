@@ -116,8 +116,13 @@ def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name
         raise UserError(f"{path} is not a resnets weights file; name its architecture with --model NAME "
                         "(e.g. --model resnet50 for torchvision's ImageNet weights)")
     else:
-        model = create_model(model_name, variant=variant)
-        load_weights(model, path)
+        from ..weights import read_state_dict
+
+        state = read_state_dict(path)
+        head = state.get("fc.weight", state.get("linear.weight"))  # the head's size: the weights' classes
+        classes_in = int(head.shape[0]) if head is not None and head.ndim == 2 else None
+        model = create_model(model_name, variant=variant, num_classes=classes_in)
+        load_weights(model, state)
         model.classes = None
         model.normalization = None
     model.eval()
