@@ -268,8 +268,9 @@ def bench_infer(
 
             say(f"quantising to int8, calibrated on {len(quant_calib)} other real images")
             int8_path = str(Path(tmpdir.name) / f"{model}.int8.onnx")
-            quantize_onnx(fp32_path, int8_path, quant_calib)
-            paths.append((f"onnxruntime int8 (QDQ U8S8 per-channel, {len(quant_calib)} calibration images)",
+            kept = quantize_onnx(fp32_path, int8_path, quant_calib)
+            paths.append((f"onnxruntime int8 (QDQ {kept.form.name} per-channel, {len(quant_calib)} calibration "
+                          "images)",
                           _onnx_runner(int8_path), ""))
 
     ref_logits: torch.Tensor | None = None
