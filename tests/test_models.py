@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from resnets import UserError, create_model, summary
+from resnets import UserError, create_model, load_weights, summary
 from resnets.models import ZeroPadShortcut
 from resnets.models.registry import CIFAR_DEPTHS, PLAIN_CIFAR_DEPTHS, PLAIN_IMAGENET_DEPTHS
 
@@ -20,6 +20,12 @@ CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_9
 # Multiply-adds at 1x3x224x224, in billions: v1.5 = torchvision's published figures; v1 = the paper's nets.
 GMACS_V15 = {18: 1.814, 34: 3.664, 50: 4.089, 101: 7.801, 152: 11.514}
 GMACS_V1 = {18: 1.814, 34: 3.664, 50: 3.858, 101: 7.570, 152: 11.282}
+# Pre-activation, from v1.5: each BN is sized to the input of the conv it precedes, not to the output of the one
+# it followed; the 4 (18/34: 3) projections lose their BN; a final BN-ReLU is added; layer1.0 has no BN before
+# its first conv (it uses the stem's). ResNet-18:
+# 11,689,512 - 2*(128+256+512) + 2*512 - 2*(64+128+256) - 2*64 = 11,687,720; ResNet-50: 25,557,032
+# - 2*(256+512+1024+2048) + 2*2048 - 4*(128+256+512) - 2*(64+192) = 25,549,352.
+PREACT_PARAMS = {18: 11_687_720, 34: 21_795_880, 50: 25_549_352, 101: 44_541_480, 152: 60_185_128}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -131,13 +137,40 @@ def test_preact_forward(name: str) -> None:
     assert out.shape == (2, model.num_classes) and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("depth", PREACT_PARAMS)
+def test_preact_parameter_counts(depth: int) -> None:
+    assert n_params(meta_model(f"resnet{depth}", variant="preact")) == PREACT_PARAMS[depth]
+
+
+@pytest.mark.parametrize("depth", [20, 110])
+def test_preact_cifar_parameter_counts(depth: int) -> None:
+    # Option A: the v1 net's BN channels, moved before the convs (stem BN shared by layer1.0, final BN-ReLU).
+    assert n_params(meta_model(f"resnet{depth}", variant="preact")) == CIFAR_PARAMS[depth]
+    # Option B: plus the two 1x1 projections, with no BN of their own.
+    assert n_params(meta_model(f"resnet{depth}", variant="preact", shortcut="B")) == CIFAR_PARAMS[depth] + 2_560
+
+
+def test_earlier_preact_weights_with_a_first_unit_bn_are_refused_with_the_reason() -> None:
+    model = create_model("resnet20", variant="preact")
+    state = dict(model.state_dict())
+    bn = nn.BatchNorm2d(16)
+    state.update({f"layer1.0.bn1.{k}": v for k, v in bn.state_dict().items()})
+    with pytest.raises(UserError, match=r"weights do not fit resnet20: they hold layer1.0.bn1, the extra BN-ReLU"):
+        load_weights(model, state)
+    del state["layer1.0.bn1.weight"], state["fc.bias"]  # any other mismatch: the usual listing
+    with pytest.raises(UserError, match=r"missing 1 key\(s\): fc.bias; unexpected 4 key\(s\): layer1.0.bn1"):
+        load_weights(model, state)
+
+
 # --- pre-activation against an independent reference -------------------------------------------------------
 #
 # He, Zhang, Ren and Sun 2016, "Identity Mappings in Deep Residual Networks": x_{l+1} = x_l + F(x_l), with
 # F = conv(relu(bn(conv(relu(bn(x)))))) (Fig. 4e; the bottleneck: three BN-ReLU-conv). A unit that changes
 # the shape projects with a 1x1 convolution (no BN) the same pre-activated input its residual branch gets, as
 # the authors' code does (KaimingHe/resnet-1k-layers, "common BN, ReLU"). The first unit's activation is the
-# one right after conv1, before the split; the last addition is followed by an extra BN-ReLU (appendix).
+# one right after conv1, before the split; the last addition is followed by an extra BN-ReLU (appendix). So
+# do fb.resnet.torch's preresnet.lua (stage 1's first unit "no_preact" after a conv-BN-ReLU-maxpool stem for
+# ImageNet, "both_preact" right after conv1 for CIFAR) and resnet-1k-layers (conv1, then "common BN, ReLU").
 # Written from those equations with its own parameter names, not from resnets.models.blocks.
 
 Params = dict[str, torch.Tensor]
@@ -196,7 +229,7 @@ def paper_preact_resnet(p: Params, x: torch.Tensor, *, kind: str, stages: list[i
 
 
 def paper_names(ours: dict[str, torch.Tensor]) -> Tracked:
-    """Our preact state dict under the reference's names; our ``layer1.0.bn1`` has no counterpart (see below)."""
+    """Our preact state dict under the reference's names (the stem's ``bn1`` is ``conv1_bn``)."""
     bn = {"weight": "gamma", "bias": "beta", "running_mean": "mean", "running_var": "var"}
     block = {"bn1": "bn_a", "conv1": "conv_a", "bn2": "bn_b", "conv2": "conv_b", "bn3": "bn_c", "conv3": "conv_c"}
     out = Tracked()
@@ -240,9 +273,6 @@ def test_preact_matches_the_papers_equations(name: str, options: dict, kind: str
     randomize_batchnorm(ours, 3)
     with torch.no_grad():
         ours.fc.bias.normal_()
-    # Ours has one BN-ReLU more than the paper: layer1.0's own, after the stem's. An identity there (its input
-    # is already ReLU'd) gives the paper's net; everything else must then match exactly.
-    ours.layer1[0].bn1 = nn.Identity()
     params = paper_names(ours.state_dict())
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -265,10 +295,10 @@ def test_preact_projection_takes_the_pre_activated_input() -> None:
     assert [type(m) for m in block.downsample] == [nn.Conv2d]  # no BN on the projection
 
 
-@pytest.mark.xfail(strict=True, reason="deviation from the paper: the first unit's residual branch has its own "
-                   "BN-ReLU (layer1.0.bn1) after the stem's, where the paper shares the activation after conv1")
 def test_preact_first_unit_shares_the_activation_after_conv1() -> None:
     ours = create_model("resnet20", variant="preact", shortcut="B")
+    assert ours.layer1[0].bn1 is None and all(b.bn1 is not None for b in [*ours.layer1[1:], *ours.layer2])
+    assert not any(k.startswith("layer1.0.bn1.") for k in ours.state_dict())
     randomize_batchnorm(ours, 5)
     params = paper_names(ours.state_dict())
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))

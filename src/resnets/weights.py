@@ -30,6 +30,7 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 _MAX_NESTING = 3
 _COUNTER = "num_batches_tracked"
+_OLD_PREACT_BN = "layer1.0.bn1."  # only earlier pre-activation nets have it; see load_weights
 
 
 def default_file_mode() -> int:
@@ -158,7 +159,8 @@ def load_weights(
     Checkpoints saved before PyTorch 0.4.1 (no ``num_batches_tracked``) load with those counters at 0;
     a ``linear.`` head (popular CIFAR repositories) loads as ``fc.`` when the weights have no ``fc.``.
     A different number of classes is an error unless ``reinit_head=True``, which keeps the model's fresh
-    head (fine-tuning).
+    head (fine-tuning). Earlier resnets pre-activation weights (with ``layer1.0.bn1``) are refused with that
+    reason: that net had an extra BN-ReLU, so no weights of the current one compute the same function.
     """
     own = model.state_dict()
     state = _fit_names(read_state_dict(source), own)
@@ -173,6 +175,13 @@ def load_weights(
         raise UserError(f"the weights have a {got}-class head but the model has {want} classes; "
                         f"build the model with num_classes={got}, or call load_weights(model, weights, "
                         "reinit_head=True) to fine-tune with a fresh head")
+    name = getattr(model, "spec", {}).get("name", type(model).__name__)
+    if getattr(model, "variant", None) == "preact" and unexpected and not missing and not shapes and all(
+            k.startswith(_OLD_PREACT_BN) for k in unexpected):
+        raise UserError(f"weights do not fit {name}: they hold {_OLD_PREACT_BN[:-1]}, the extra BN-ReLU that "
+                        "earlier resnets pre-activation nets had in their first unit; the paper's net (this one) "
+                        "uses the stem's BN-ReLU there, and the extra one cannot be folded into conv1 exactly "
+                        "(a ReLU follows it), so these weights need retraining")
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -182,7 +191,6 @@ def load_weights(
         if shapes:
             parts.append("shape mismatch: " + _some(
                 [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shapes]))
-        name = getattr(model, "spec", {}).get("name", type(model).__name__)
         raise UserError(f"weights do not fit {name}: " + "; ".join(parts))
     model.load_state_dict(state, strict=not reinit_head)
     return model

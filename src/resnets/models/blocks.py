@@ -140,7 +140,12 @@ class Bottleneck(nn.Module):
 
 
 class PreActBasicBlock(nn.Module):
-    """Pre-activation basic block (He et al. 2016): BN-ReLU-conv twice, nothing after the addition."""
+    """Pre-activation basic block (He et al. 2016): BN-ReLU-conv twice, nothing after the addition.
+
+    The first BN-ReLU (``bn1``) feeds both the residual branch and a projection/option-A shortcut; an
+    identity shortcut takes ``x`` itself. ``activate_input=False`` (the net's first unit, whose input is
+    the stem's BN-ReLU output, as in the paper's appendix): no ``bn1``, both paths take ``x``.
+    """
 
     expansion = 1
 
@@ -152,11 +157,12 @@ class PreActBasicBlock(nn.Module):
         shortcut: str = "B",
         residual: bool = True,
         stride_in_1x1: bool = False,
+        activate_input: bool = True,
     ) -> None:
         super().__init__()
         del stride_in_1x1
         out_channels = width * self.expansion
-        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.bn1 = nn.BatchNorm2d(in_channels) if activate_input else None
         self.conv1 = conv3x3(in_channels, width, stride)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv2 = conv3x3(width, out_channels)
@@ -168,7 +174,7 @@ class PreActBasicBlock(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.relu(self.bn1(x))
+        pre = x if self.bn1 is None else self.relu(self.bn1(x))
         out = self.conv1(pre)
         out = self.conv2(self.relu(self.bn2(out)))
         if self.residual:
@@ -180,7 +186,10 @@ class PreActBasicBlock(nn.Module):
 
 
 class PreActBottleneck(nn.Module):
-    """Pre-activation bottleneck: BN-ReLU before each of the 1x1, 3x3 (strided) and 1x1 convolutions."""
+    """Pre-activation bottleneck: BN-ReLU before each of the 1x1, 3x3 (strided) and 1x1 convolutions.
+
+    ``bn1`` and ``activate_input`` as in ``PreActBasicBlock``.
+    """
 
     expansion = 4
 
@@ -192,10 +201,11 @@ class PreActBottleneck(nn.Module):
         shortcut: str = "B",
         residual: bool = True,
         stride_in_1x1: bool = False,
+        activate_input: bool = True,
     ) -> None:
         super().__init__()
         out_channels = width * self.expansion
-        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.bn1 = nn.BatchNorm2d(in_channels) if activate_input else None
         self.conv1 = conv1x1(in_channels, width, stride if stride_in_1x1 else 1)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv2 = conv3x3(width, width, 1 if stride_in_1x1 else stride)
@@ -209,7 +219,7 @@ class PreActBottleneck(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.relu(self.bn1(x))
+        pre = x if self.bn1 is None else self.relu(self.bn1(x))
         out = self.conv1(pre)
         out = self.conv2(self.relu(self.bn2(out)))
         out = self.conv3(self.relu(self.bn3(out)))

@@ -25,6 +25,11 @@ def block_class(kind: str, variant: str) -> type[nn.Module]:
     return (_PRE_ACT if variant == "preact" else _POST_ACT)[kind]
 
 
+def _first_unit_options(variant: str, stage: int) -> dict[str, object] | None:
+    """The net's first pre-activation unit takes the stem's BN-ReLU as its own (He et al. 2016, appendix)."""
+    return {"activate_input": False} if variant == "preact" and stage == 0 else None
+
+
 class ResNetBase(nn.Module):
     """Shared skeleton: subclasses build ``self.stem_modules`` (names), ``self.stage_names`` and ``fc``."""
 
@@ -40,9 +45,11 @@ class ResNetBase(nn.Module):
         width: int,
         blocks: int,
         stride: int,
+        first_options: dict[str, object] | None = None,
         **block_options: object,
     ) -> tuple[nn.Sequential, int]:
-        layers = [block(in_channels, width, stride, **block_options)]
+        """``blocks`` blocks, the first strided; ``first_options`` go to the first block only."""
+        layers = [block(in_channels, width, stride, **block_options, **(first_options or {}))]
         out_channels = width * block.expansion  # type: ignore[attr-defined]
         layers += [block(out_channels, width, 1, **block_options) for _ in range(1, blocks)]
         return nn.Sequential(*layers), out_channels
@@ -103,7 +110,8 @@ class ResNet(ResNetBase):
     """ImageNet ResNet (paper Table 1): a stem to 1/4 resolution, four stages of 64..512 widths, pool, fc.
 
     ``variant``: ``"v1.5"`` stride on the bottleneck's 3x3; ``"v1"`` stride on its first 1x1 (the paper);
-    ``"d"`` deep 3x3 stem and average-pool shortcuts (Bag of Tricks); ``"preact"`` pre-activation blocks.
+    ``"d"`` deep 3x3 stem and average-pool shortcuts (Bag of Tricks); ``"preact"`` pre-activation blocks
+    (fb.resnet.torch's preresnet.lua: conv-BN-ReLU-maxpool stem shared by ``layer1.0``, final BN-ReLU).
     ``residual=False`` removes every shortcut (the paper's plain networks).
     """
 
@@ -153,7 +161,8 @@ class ResNet(ResNetBase):
         self.feature_info = [{"module": "stem", "num_chs": stem_width, "reduction": 4}]
         for i, (width, blocks) in enumerate(zip(widths, layers, strict=True)):
             stride = 1 if i == 0 else 2
-            stage, channels = self._make_stage(block, channels, width, blocks, stride, **options)
+            stage, channels = self._make_stage(block, channels, width, blocks, stride,
+                                               _first_unit_options(variant, i), **options)
             name = f"layer{i + 1}"
             setattr(self, name, stage)
             self.stage_names.append(name)
@@ -169,7 +178,7 @@ class CifarResNet(ResNetBase):
     """CIFAR ResNet (paper section 4.2): 3x3 stem, three stages of 2n 3x3 layers with 16, 32, 64 filters.
 
     ``shortcut="A"`` (the paper's zero-padding identity, parameter-free) or ``"B"`` (1x1 projection).
-    Depth is 6n + 2.
+    Depth is 6n + 2. ``variant="preact"``: the stem's BN-ReLU is the first unit's, then a final BN-ReLU.
     """
 
     def __init__(
@@ -202,7 +211,8 @@ class CifarResNet(ResNetBase):
         for i, width in enumerate(widths):
             stride = 1 if i == 0 else 2
             stage, channels = self._make_stage(
-                block, channels, width, blocks_per_stage, stride, shortcut=shortcut, residual=residual
+                block, channels, width, blocks_per_stage, stride, _first_unit_options(variant, i),
+                shortcut=shortcut, residual=residual,
             )
             name = f"layer{i + 1}"
             setattr(self, name, stage)
