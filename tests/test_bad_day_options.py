@@ -104,3 +104,74 @@ def test_eval_cifar10_message_names_a_real_download(finished: Path, tmp_path: Pa
                  "--out", str(tmp_path / "report")]) == 2
     err = capsys.readouterr().err
     assert "fetch it once with: resnets train --data cifar10 --download" in err and "(--download)" not in err
+
+
+def image_folder(root: Path, splits: tuple[str, ...], side: int, per_class: int = 6) -> Path:
+    from PIL import Image
+
+    for split in splits:
+        for c, colour in enumerate(((200, 20, 20), (20, 20, 200))):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (side, side), (colour[0], i * 20, colour[2])).save(root / split / f"c{c}" / f"{i}.png")
+    return root
+
+
+STREAMED = ["--model", "resnet18", "--image-size", "32", "--batch-size", "2", "--epochs", "1", "--workers", "0",
+            "--no-progress", "--device", "cpu", "--precision", "fp32"]
+
+
+def test_streamed_folder_takes_val_split_subsets_and_flip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = image_folder(tmp_path / "big", ("train",), side=80)  # train/ only: the held-out images are the test
+    assert main(["train", *STREAMED, "--data", str(data), "--val-split", "4", "--train-images", "6",
+                 "--test-images", "3", "--set", "flip=false", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert f"{data} (streamed): 6 train / 3 validation images, 2 classes" in out and "3 steps of 2" in out
+    import torch
+
+    from resnets.train import resolve_config
+    from resnets.train.loop import build_data
+
+    cfg = resolve_config({"model": "resnet18", "data": str(data), "val_split": 4, "flip": False, "workers": 0,
+                          "epochs": 1})
+    bundle = build_data(cfg, torch.device("cpu"))
+    steps = [type(t).__name__ for t in bundle.train.loader.dataset.transform.transforms]
+    assert "RandomHorizontalFlip" not in steps and "RandomResizedCrop" in steps
+    held_out = {p for p, _ in bundle.val.dataset.samples}
+    assert len(held_out) == 4 and not held_out & {p for p, _ in bundle.train.loader.dataset.samples}
+
+
+def test_streamed_folder_refuses_pad_and_download(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = image_folder(tmp_path / "big", ("train", "val"), side=80, per_class=2)
+    assert main(["train", *STREAMED, "--data", str(data), "--set", "pad=2", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pad (pad-and-crop) is for small images held in memory" in err
+    assert main(["train", *TINY, "--download", "--out", str(tmp_path / "b")]) == 2
+    assert "--download fetches cifar10 or cifar100; sample is not one of them" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_val_split_on_a_folder_with_only_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = image_folder(tmp_path / "small", ("train",), side=32, per_class=20)
+    assert main(["train", "--data", str(data), "--val-split", "8", "--epochs", "1", "--batch-size", "16",
+                 "--no-progress", "--device", "cpu", "--precision", "fp32", "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "32 train / 8 validation images, 2 classes" in out and "best validation accuracy" in out
+    assert "optimistic" not in out
+    assert main(["train", "--data", str(data), "--epochs", "1", "--out", str(tmp_path / "no")]) == 2
+    assert "add one, or hold out training images with --val-split N" in capsys.readouterr().err
+
+
+def test_shards_refuse_what_they_cannot_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from resnets.data.shards import write_shards
+
+    shards = tmp_path / "shards"
+    write_shards(image_folder(tmp_path / "small", ("train", "val"), side=32, per_class=4), shards,
+                 log=lambda _: None)
+    for flag, value in (("--val-split", "2"), ("--train-images", "4"), ("--test-images", "2")):
+        assert main(["train", "--data", str(shards), "--epochs", "1", flag, value, "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{flag} does not apply to shards" in err
+    assert main(["train", "--data", str(shards), "--epochs", "1", "--batch-size", "4", "--no-progress",
+                 "--device", "cpu", "--out", str(tmp_path / "ok")]) == 0
+    assert f"{shards} (streamed shards): 8 train / 8 val images" in capsys.readouterr().out

@@ -82,19 +82,23 @@ def open_data(spec: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str]
             splits = DataSplits(train, test, list(train.classes), name,
                                 {"train": _cifar_report(text, train, start), "test": _cifar_report(text, test, start)})
         else:
-            splits = _open_folder(path, path.name, cache_dir, skip_bad_images, size, image_size)
+            splits = _open_folder(path, path.name, cache_dir, skip_bad_images, size, image_size, bool(val_split))
     return hold_out(splits, val_split) if val_split else splits
 
 
 def _open_folder(root: Path, name: str, cache_dir: str | os.PathLike[str] | None, skip_bad_images: bool,
-                 size: Size | None, image_size: int | None = None) -> DataSplits:
+                 size: Size | None, image_size: int | None = None, val_split: bool = False) -> DataSplits:
+    """``root``'s train/ and val/ (or test/) splits; with ``val_split`` (held out later) val/ may be absent."""
     if not (root / "train").is_dir():
         raise UserError(f"{root} has no train/ folder (expected train/<class>/... and val/ or test/)")
     test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
-    if test_dir is None:
-        raise UserError(f"{root} has no val/ or test/ folder next to train/")
+    if test_dir is None and not val_split:
+        raise UserError(f"{root} has no val/ or test/ folder next to train/; add one, or hold out training "
+                        "images with --val-split N")
     train, train_report = load_image_folder(root / "train", size=size, skip_bad_images=skip_bad_images,
                                             cache_dir=cache_dir, image_size=image_size)
+    if test_dir is None:  # hold_out replaces the test split
+        return DataSplits(train, train, list(train.classes), name, {"train": train_report})
     test_size = None if image_size else size or train.image_size
     test, test_report = load_image_folder(test_dir, train.classes, size=test_size, skip_bad_images=skip_bad_images,
                                           cache_dir=cache_dir, image_size=image_size)

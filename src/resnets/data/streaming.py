@@ -28,12 +28,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def imagenet_transforms(train: bool, image_size: int = 224, resize: int = 256,
-                        mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Any:
-    """The torchvision v2 transform pipeline for uint8 3xHxW tensors, train or eval."""
+                        mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                        flip: bool = True) -> Any:
+    """The torchvision v2 transform pipeline for uint8 3xHxW tensors, train (``flip``: random flips) or eval."""
     from torchvision.transforms import v2
 
     if train:
-        steps = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
+        steps = [v2.RandomResizedCrop(image_size, antialias=True), *([v2.RandomHorizontalFlip()] if flip else [])]
     else:
         steps = [v2.Resize(resize, antialias=True), v2.CenterCrop(image_size)]
     return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
@@ -86,10 +87,14 @@ def streaming_loader(split_dir: str | os.PathLike[str], classes: Sequence[str] |
                      batch_size: int, workers: int, image_size: int = 224, resize: int = 256,
                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                      skip_bad_images: bool = False, generator: torch.Generator | None = None,
-                     pin_memory: bool = False, drop_last: bool | None = None) -> DataLoader:
-    """A DataLoader of normalised float batches from an image folder, shuffled and augmented if ``train``."""
+                     pin_memory: bool = False, drop_last: bool | None = None, flip: bool = True,
+                     indices: Sequence[int] | None = None) -> DataLoader:
+    """A DataLoader of normalised float batches from an image folder, shuffled and augmented if ``train``;
+    ``indices`` keeps only those of the split's sorted files."""
     dataset = ImageFolderDataset(split_dir, classes, skip_bad_images=skip_bad_images,
-                                 transform=imagenet_transforms(train, image_size, resize, mean, std))
+                                 transform=imagenet_transforms(train, image_size, resize, mean, std, flip))
+    if indices is not None:
+        dataset.samples = [dataset.samples[i] for i in indices]
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
                       collate_fn=collate_skipping_none, pin_memory=pin_memory, generator=generator,
                       drop_last=train if drop_last is None else drop_last, persistent_workers=workers > 0)

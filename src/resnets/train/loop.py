@@ -138,27 +138,15 @@ def build_data(cfg: TrainConfig, device: torch.device, env: D.DistEnv | None = N
     from ..evaluate import is_streaming_folder
 
     env = env or D.DistEnv(device=device)
+    if cfg.download and cfg.data not in ("cifar10", "cifar100"):
+        raise UserError(f"--download fetches cifar10 or cifar100; {cfg.data} is not one of them: drop --download")
     if is_shard_spec(cfg.data):
         return _shard_data(cfg, device, env)
     if env.enabled and is_streaming_folder(cfg.data):
         raise UserError(f"{cfg.data}: several processes stream large images from WebDataset shards; write them "
                         f"with: resnets shard {cfg.data} --out SHARDS, then train with --data SHARDS")
     if is_streaming_folder(cfg.data):
-        root = Path(cfg.data)
-        val_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
-        if not (root / "train").is_dir() or val_dir is None:
-            raise UserError(f"{root} needs train/ and val/ (or test/) folders of class sub-folders")
-        classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-        loader_gen = torch.Generator()
-        train = rdata.streaming_loader(root / "train", classes, train=True, batch_size=cfg.batch_size,
-                                       workers=cfg.workers, image_size=cfg.image_size, resize=cfg.resize,
-                                       skip_bad_images=cfg.skip_bad_images, generator=loader_gen,
-                                       pin_memory=device.type == "cuda")
-        val = rdata.streaming_loader(val_dir, classes, train=False, batch_size=cfg.batch_size,
-                                     workers=cfg.workers, image_size=cfg.image_size, resize=cfg.resize,
-                                     skip_bad_images=cfg.skip_bad_images, pin_memory=device.type == "cuda")
-        return DataBundle(_StreamingBatches(train, loader_gen, cfg.seed), val, classes, mean, std, None, f"{root} (streamed)")
+        return _streamed_folder_data(cfg, device)
     splits = rdata.open_data(cfg.data, cache_dir=cfg.cache_dir, skip_bad_images=cfg.skip_bad_images,
                              download=cfg.download, val_split=cfg.val_split, image_size=cfg.fit_images)
     train_set, test_set = _limit(splits.train, cfg.train_images), _limit(splits.test, cfg.test_images)
@@ -181,20 +169,86 @@ def build_data(cfg: TrainConfig, device: torch.device, env: D.DistEnv | None = N
     return DataBundle(train, val, list(splits.classes), mean, std, generator, desc, bad)
 
 
+def _refuse_pad(cfg: TrainConfig, what: str) -> None:
+    """Pad-and-crop is for small images; large ones train on random-resized crops."""
+    if cfg.pad != TrainConfig.pad:
+        raise UserError(f"pad (pad-and-crop) is for small images held in memory; {what} trains on "
+                        "random-resized crops: drop pad")
+
+
+def _streamed_folder_data(cfg: TrainConfig, device: torch.device) -> DataBundle:
+    """A folder of large images, streamed: train/ (less a ``val_split`` held out) and val/ or test/; the
+    ``train_images``/``test_images`` subsets and ``flip`` apply as for images held in memory."""
+    from ..data.folder import find_classes, scan_split
+    from ..data.splits import VAL_SPLIT_SEED
+    from ..data.streaming import IMAGENET_MEAN, IMAGENET_STD, streaming_loader
+
+    root = Path(cfg.data)
+    val_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
+    if not (root / "train").is_dir():
+        raise UserError(f"{root} needs train/ and val/ (or test/) folders of class sub-folders")
+    if val_dir is None and not cfg.val_split:
+        raise UserError(f"{root} has no val/ or test/ folder next to train/; add one, or hold out training "
+                        "images with --val-split N")
+    _refuse_pad(cfg, f"{root} (large images, streamed)")
+    classes = find_classes(root / "train")
+    n = len(scan_split(root / "train", classes))
+    train_idx: list[int] = list(range(n))
+    val_idx: list[int] | None = None
+    if cfg.val_split:  # as hold_out: the last val_split of a fixed seeded permutation
+        if not 0 < cfg.val_split < n:
+            raise UserError(f"val_split must be between 1 and {n - 1} (the training split has {n} images), "
+                            f"got {cfg.val_split}")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED)).tolist()
+        train_idx, val_idx = order[: n - cfg.val_split], order[n - cfg.val_split:]
+        val_dir = root / "train"
+    else:
+        assert val_dir is not None
+        val_idx = list(range(len(scan_split(val_dir, classes))))
+    train_idx, val_idx = _pick(train_idx, cfg.train_images), _pick(val_idx, cfg.test_images)
+    common = dict(batch_size=cfg.batch_size, workers=cfg.workers, image_size=cfg.image_size, resize=cfg.resize,
+                  skip_bad_images=cfg.skip_bad_images, pin_memory=device.type == "cuda")
+    loader_gen = torch.Generator()
+    train = streaming_loader(root / "train", classes, train=True, generator=loader_gen, flip=cfg.flip,
+                             indices=train_idx, **common)  # type: ignore[arg-type]
+    val = streaming_loader(val_dir, classes, train=False, indices=val_idx, **common)  # type: ignore[arg-type]
+    what = "validation" if cfg.val_split else "test"
+    desc = f"{root} (streamed): {len(train_idx)} train / {len(val_idx)} {what} images, {len(classes)} classes"
+    return DataBundle(_StreamingBatches(train, loader_gen, cfg.seed), val, classes, list(IMAGENET_MEAN),
+                      list(IMAGENET_STD), None, desc)
+
+
+def _pick(indices: list[int], count: int | None) -> list[int]:
+    """``count`` of ``indices``: the first of a fixed seeded permutation, as ``limit_images``; all if None."""
+    if count is None or count >= len(indices):
+        return indices
+    order = torch.randperm(len(indices), generator=torch.Generator().manual_seed(1234))[:count]
+    return [indices[i] for i in order.tolist()]
+
+
 def _shard_data(cfg: TrainConfig, device: torch.device, env: D.DistEnv) -> DataBundle:
     """WebDataset shards, streamed: this rank's shards for training, its share of the test shards."""
     from ..data import shards as wd
     from ..data.streaming import IMAGENET_MEAN, IMAGENET_STD, imagenet_transforms
 
+    for key, why in (("val_split", "the val/test split beside them is the held-out set; write shards of a "
+                                   "folder with val/ (resnets shard DIR --out SHARDS)"),
+                     ("train_images", "every sample is streamed; write shards of fewer images, or train "
+                                      "fewer steps with --iterations N"),
+                     ("test_images", "every test sample is streamed; write shards of fewer images")):
+        if getattr(cfg, key):
+            raise UserError(f"--{key.replace('_', '-')} does not apply to shards ({cfg.data}): {why}")
     train_set = wd.open_shards(cfg.data)
     test_set = wd.sibling_split(train_set)
     if test_set is None:
         raise UserError(f"{cfg.data}: no val or test split in an index.json beside the shards "
                         "(write them with resnets shard DIR --out SHARDS)")
     small = train_set.small_images
+    if not small:
+        _refuse_pad(cfg, f"{cfg.data} (large-image shards)")
     mean = list(train_set.mean) if small and train_set.mean else list(IMAGENET_MEAN)
     std = list(train_set.std) if small and train_set.std else list(IMAGENET_STD)
-    train_tf = None if small else imagenet_transforms(True, cfg.image_size, cfg.resize, mean, std)
+    train_tf = None if small else imagenet_transforms(True, cfg.image_size, cfg.resize, mean, std, cfg.flip)
     eval_tf = wd.eval_transform(mean, std) if small else imagenet_transforms(False, cfg.image_size, cfg.resize,
                                                                              mean, std)
     train = wd.ShardBatches(train_set, cfg.batch_size, seed=cfg.seed, rank=env.rank, world_size=env.world_size,
