@@ -175,3 +175,56 @@ def test_shards_refuse_what_they_cannot_do(tmp_path: Path, capsys: pytest.Captur
     assert main(["train", "--data", str(shards), "--epochs", "1", "--batch-size", "4", "--no-progress",
                  "--device", "cpu", "--out", str(tmp_path / "ok")]) == 0
     assert f"{shards} (streamed shards): 8 train / 8 val images" in capsys.readouterr().out
+
+
+def test_progress_off_a_terminal_is_plain_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [a for a in TINY if a != "--no-progress"]  # progress on, but stderr is not a terminal here
+    assert main(["train", *args, "--log-every", "1", "--out", str(tmp_path / "run")]) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err + captured.out
+    lines = [ln for ln in captured.out.splitlines() if " step " in ln]
+    assert [ln.split(":")[0] for ln in lines] == ["epoch 1/1 step 1/2", "epoch 1/1 step 2/2"]
+    assert "img/s lr " in lines[0]
+
+
+def test_workers_default_to_the_cores_available() -> None:
+    import os
+
+    from resnets.train import TrainConfig
+
+    assert TrainConfig().workers == max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def test_one_pixel_wide_image_gives_no_numpy_warning(tmp_path: Path) -> None:
+    import warnings
+
+    from PIL import Image
+
+    from resnets.data.images import read_rgb
+
+    Image.new("RGB", (1, 1), (1, 2, 3)).save(tmp_path / "dot.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = read_rgb(tmp_path / "dot.png")
+    assert image.tolist() == [[[1]], [[2]], [[3]]]
+
+
+def test_lr_plot_draws_the_schedule_from_step_0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnets.train import plots, resolve_config
+    from resnets.train.optim import LRSchedule
+
+    drawn: dict[str, object] = {}
+    real = plots.plot_metrics
+
+    def spy(records: list, out_dir: Path, **kwargs: object) -> list[Path]:
+        drawn.update(kwargs)
+        return real(records, out_dir, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(plots, "plot_metrics", spy)
+    # 6 steps, fewer than --log-every (50); one-cycle warm-up over half of them
+    assert train_cli(tmp_path / "run", "--epochs", "3", "--set", "warmup=0.5") == 0
+    cfg = resolve_config({"data": "sample", "epochs": 3, "batch_size": 32, "warmup": 0.5})
+    schedule = LRSchedule.from_config(cfg, total_steps=6, steps_per_epoch=2)
+    assert drawn["lr_curve"] == [(s, pytest.approx(schedule(s))) for s in range(6)]
+    assert drawn["lr_curve"][0][1] < max(lr for _, lr in drawn["lr_curve"])  # the warm-up shows
+    assert (tmp_path / "run" / "lr.png").stat().st_size > 0

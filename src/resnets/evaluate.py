@@ -183,7 +183,7 @@ def evaluate(
     out_dir: str | Path | None = None,
     cache_dir: str | None = None,
     skip_bad_images: bool = False,
-    workers: int = 4,
+    workers: int | None = None,
     max_images: int | None = None,
     model_name: str | None = None,
     variant: str | None = None,
@@ -210,6 +210,10 @@ def evaluate(
         raise UserError(f"--max-images must be at least 1, got {max_images}")
     if image_size is not None and image_size < 1:
         raise UserError(f"--image-size must be a positive number of pixels, got {image_size}")
+    if workers is None:
+        from .train.config import default_workers
+
+        workers = default_workers()  # the cores this process may use, at most 4
     dev = resolve_device(device)
     resolve_precision(precision, dev)  # a wrong name fails here, before any work
     loaded = load_for_inference(weights, model_name, variant=variant)

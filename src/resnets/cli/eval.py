@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, metavar="N", help="score a fixed subset of N images only")
     p.add_argument("--image-size", type=int, metavar="N", help="small images of mixed sizes: scale to shorter "
                    "side N, centre-crop N (default: as trained); large images: the centre crop")
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, help="loader processes for large images and shards (default: the "
+                   "CPU cores available, at most 4)")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     p.set_defaults(func=run)
 

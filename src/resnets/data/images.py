@@ -77,7 +77,8 @@ def decode_rgb(data: bytes, path: str | os.PathLike[str] = "<bytes>", *,
         raise BadImageError(path, "not an image file Pillow can identify") from None
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, MemoryError) as exc:
         raise BadImageError(path, f"{type(exc).__name__}: {exc}") from None
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    chw = np.ascontiguousarray(array.transpose(2, 0, 1))  # a view, not a copy, for 1-pixel-wide images
+    return torch.from_numpy(chw if chw.flags.writeable else chw.copy())
 
 
 def _to_rgb_array(im: Image.Image) -> np.ndarray:

@@ -79,7 +79,7 @@ class TrainConfig:
     sync_bn: bool = False  # several processes: BN statistics of the global batch, not of each rank's slice
     seed: int = 0
     deterministic: bool | None = None  # None: on for CPU (bit-exact resume), off for CUDA (cudnn.benchmark)
-    workers: int = 4
+    workers: int = field(default_factory=lambda: default_workers())  # loader processes for streamed data
     # output
     out: str | None = None
     log_every: int = 50
@@ -97,6 +97,14 @@ class TrainConfig:
     def effective_lr(self) -> float:
         """The peak learning rate actually used (after batch-size scaling)."""
         return self.lr * self.batch_size / self.lr_scale_batch if self.lr_scale_batch else self.lr
+
+
+def default_workers() -> int:
+    """Loader processes by default: the CPU cores this process may use, at most 4."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 # The recipes: only what differs from the TrainConfig defaults.

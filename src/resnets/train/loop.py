@@ -14,6 +14,7 @@ import math
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -38,6 +39,7 @@ from .config import TrainConfig
 from .ema import ModelEMA
 from .metrics import MetricsLogger
 from .optim import LRSchedule, build_optimizer, set_lr
+from .plots import lr_curve
 
 # Settings that may change when a run is resumed (everything else comes from the checkpoint).
 RESUMABLE_OVERRIDES = ("stop_after_steps", "progress", "tensorboard", "plots", "workers", "log_every",
@@ -469,8 +471,9 @@ def train(
     signals = _StopSignals() if threading.current_thread() is threading.main_thread() else None
     from tqdm import tqdm
 
-    bar = tqdm(total=total_steps, initial=state.step, unit="step", disable=not cfg.progress or not env.is_main, dynamic_ncols=True,
-               leave=True)
+    plain = cfg.progress and env.is_main and not sys.stderr.isatty()  # not a terminal: a plain line per log step
+    bar = tqdm(total=total_steps, initial=state.step, unit="step", disable=not cfg.progress or not env.is_main or plain,
+               dynamic_ncols=True, leave=True)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     shipped = ema.module if ema is not None else model
     consistent, interrupted = True, False
@@ -548,6 +551,10 @@ def train(
                     metrics.log(record)
                     bar.set_postfix(loss=f"{record['train_loss']:.3f}", acc=f"{record['train_acc']:.1f}%",
                                     img_s=f"{record['images_per_s']:.0f}", lr=f"{state.lr:.3g}")
+                    if plain:
+                        log(f"epoch {state.epoch + 1}/{num_epochs} step {state.step}/{total_steps}: loss "
+                            f"{record['train_loss']:.3f} acc {record['train_acc']:.1f}% "
+                            f"{record['images_per_s']:.0f} img/s lr {state.lr:.3g}")
                     sums.update(win_loss=0.0, win_correct=0.0, win_seen=0, win_time=0.0)
                 for callback in on_step:
                     callback(state)
@@ -620,7 +627,8 @@ def train(
     if cfg.plots and metrics.records and env.is_main:
         from .plots import plot_metrics
 
-        plot_metrics(metrics.records, run_dir, val_label="validation" if cfg.val_split else "test")
+        plot_metrics(metrics.records, run_dir, val_label="validation" if cfg.val_split else "test",
+                     lr_curve=lr_curve(schedule, total_steps))
     if not final:
         final = next((r for r in reversed(metrics.records) if r["kind"] == "epoch" and "val_acc" in r), {})
     if state.step >= total_steps and final and env.is_main:  # finished: the last weights too, ready to ship
