@@ -321,9 +321,10 @@ def train(
 ) -> RunResult:
     """Train ``config`` (see ``resolve_config``); with ``resume``, continue the run in that directory exactly.
 
-    On resume, ``given`` names the settings of ``config`` the user set (default: those that differ from
-    ``TrainConfig()``); those in ``RESUMABLE_OVERRIDES`` apply, any other that differs from the run's is a
-    ``UserError``. A changed length recomputes the LR schedule over the new length, and says so.
+    On resume, the settings in ``RESUMABLE_OVERRIDES`` that ``given`` names (default: those of ``config``
+    that differ from ``TrainConfig()``) apply and the others come from the checkpoint; with ``given``, one
+    it names that differs from the run's is a ``UserError``. A changed length recomputes the LR schedule over
+    the new length, and says so.
 
     ``on_step`` callbacks run after every optimiser step, ``on_epoch`` after every evaluation; either may set
     ``state.stop`` to checkpoint and stop, or raise ``KeyboardInterrupt`` (the run checkpoints, then re-raises).
@@ -339,7 +340,8 @@ def train(
         defaults = TrainConfig()
         user_set = set(given) if given is not None else {
             k for k in cfg.to_dict() if getattr(config, k) != getattr(defaults, k)}
-        _refuse_changes(config, cfg, user_set, run_dir)
+        if given is not None:  # the command line: what the user set must be what the run has
+            _refuse_changes(config, cfg, user_set, run_dir)
         for key in RESUMABLE_OVERRIDES:
             if key in user_set or key in ("stop_after_steps", "progress"):
                 setattr(cfg, key, getattr(config, key))
