@@ -45,6 +45,18 @@ def test_bad_image_raises_or_is_skipped(tmp_path):
         next(iter(loader))
     loader = streaming_loader(tmp_path, None, train=False, batch_size=16, workers=0, image_size=8, resize=8,
                               skip_bad_images=True)
-    with pytest.warns(UserWarning, match="bad.jpg"):
-        x, y = next(iter(loader))
-    assert len(y) == 6
+    x, y = next(iter(loader))
+    assert len(y) == 6 and loader.bad_images == [(str(tmp_path / "a" / "bad.jpg"), loader.bad_images[0][1])]
+
+
+def test_bad_images_found_in_workers_are_listed_once(tmp_path):
+    """Skipped in DataLoader worker processes, listed in the main process; two epochs list each file once."""
+    _folder(tmp_path)
+    for name in ("a", "b"):
+        (tmp_path / name / "bad.jpg").write_bytes(b"\xff\xd8garbage")
+    loader = streaming_loader(tmp_path, None, train=True, batch_size=2, workers=2, image_size=8, resize=8,
+                              skip_bad_images=True, drop_last=False)
+    for _ in range(2):
+        assert sum(len(y) for _, y in loader) == 6
+    assert sorted(p for p, _ in loader.bad_images) == [str(tmp_path / n / "bad.jpg") for n in ("a", "b")]
+    assert all("Pillow" in reason or "Error" in reason for _, reason in loader.bad_images)

@@ -294,9 +294,10 @@ def _eval_batches(data: str, norm: dict[str, list[float]], device: torch.device,
         for _, label in dataset.samples:
             counts[classes[label]] += 1
         return loader, list(classes), (crop if tta == "10crop" else None), {
-            "missing_classes": [c for c, n in counts.items() if n == 0]}
+            "missing_classes": [c for c, n in counts.items() if n == 0],
+            "bad_images": loader.bad_images}  # filled in as the batches are read
     test, report = rdata.open_eval_split(data, classes, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
-                                         image_size=image_size)
+                                         image_size=image_size, max_images=max_images)
     batches = rdata.DeviceBatches(limit_images(test, max_images), batch_size, train=False, device=device,
                                   mean=norm["mean"], std=norm["std"], channels_last=channels_last)
     notes = {"bad_images": [list(b) for b in report.bad_images], "missing_classes": report.missing_classes}

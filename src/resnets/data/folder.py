@@ -22,6 +22,9 @@ from .tensors import ImageTensors, LoadReport
 
 Size = int | tuple[int, int]
 
+#: Seed of the permutation whose first N files ``load_image_folder(limit=N)`` decodes (eval's ``--max-images``).
+SUBSET_SEED = 1234
+
 
 def find_classes(split_dir: str | os.PathLike[str], *, allow_empty: bool = False) -> list[str]:
     """Sorted class folder names of ``split_dir``, ignoring hidden folders and files.
@@ -105,7 +108,8 @@ def load_image_folder(split_dir: str | os.PathLike[str], classes: list[str] | No
                       size: Size | None = None, skip_bad_images: bool = False,
                       cache_dir: str | os.PathLike[str] | None = None,
                       workers: int | None = None,
-                      image_size: int | None = None) -> tuple[ImageTensors, LoadReport]:
+                      image_size: int | None = None,
+                      limit: int | None = None) -> tuple[ImageTensors, LoadReport]:
     """Load an image-folder split into memory, decoding it once into the cache.
 
     ``classes=None`` takes the class list from this split. Otherwise ``classes`` is the training split's
@@ -115,6 +119,10 @@ def load_image_folder(split_dir: str | os.PathLike[str], classes: list[str] | No
     ``report.bad_images``. Images of different sizes need ``size`` (int or (height, width)), with which every
     image is resized to it (antialiased bilinear), or ``image_size=N``, with which each is scaled so that its
     shorter side is N (aspect kept) and centre-cropped to N x N.
+
+    ``limit=N`` decodes (and caches) only N of the files, the first of a permutation seeded with
+    :data:`SUBSET_SEED`, in path order (fewer if some are bad and skipped); ``report.missing_classes`` then
+    names the classes with no files at all, not those the subset happens to miss.
     """
     start = time.perf_counter()
     root = Path(split_dir)
@@ -133,6 +141,10 @@ def load_image_folder(split_dir: str | os.PathLike[str], classes: list[str] | No
         raise UserError(f"--image-size must be a positive number of pixels, got {image_size}")
     hw = _as_hw(size) if size is not None else None
     rows = scan_split(root, classes)
+    present = {r[3] for r in rows}
+    if limit is not None and limit < len(rows):
+        keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(SUBSET_SEED))[:limit]
+        rows = [rows[i] for i in sorted(keep.tolist())]  # the cache key below holds just these files
     report = LoadReport(source=str(root), classes=list(classes))
     if not rows:
         raise UserError(f"no image files in {root}")
@@ -152,7 +164,7 @@ def load_image_folder(split_dir: str | os.PathLike[str], classes: list[str] | No
             raise BadImageError(path, reason)
         data = ImageTensors(tensors["images"], tensors["labels"], list(classes))
         report.cache_hit, report.resized = True, int(meta["resized"])
-        return data, _finish(report, data, start)
+        return data, _finish(report, data, start, present if limit is not None else None)
 
     results = decode_files([root / r[0] for r in rows], workers=workers)
     images: list[torch.Tensor] = []
@@ -177,7 +189,7 @@ def load_image_folder(split_dir: str | os.PathLike[str], classes: list[str] | No
                    {"source": str(root), "bad_images": report.bad_images, "resized": report.resized})
     except OSError as exc:
         warnings.warn(f"could not write data cache {cache_path}: {exc}", stacklevel=2)
-    return data, _finish(report, data, start)
+    return data, _finish(report, data, start, present if limit is not None else None)
 
 
 def _same_size(images: list[torch.Tensor], hw: tuple[int, int] | None,
@@ -219,10 +231,12 @@ def _fit_square(images: list[torch.Tensor], side: int) -> tuple[list[torch.Tenso
     return out, changed
 
 
-def _finish(report: LoadReport, data: ImageTensors, start: float) -> LoadReport:
+def _finish(report: LoadReport, data: ImageTensors, start: float, present: set[int] | None = None) -> LoadReport:
+    """``report`` completed from ``data``; ``present``: the labels with files, when ``data`` is a subset."""
     counts = data.class_counts()
     report.num_images = len(data)
     report.class_counts = counts
-    report.missing_classes = [c for c, n in counts.items() if n == 0]
+    report.missing_classes = [c for i, (c, n) in enumerate(counts.items())
+                              if (n == 0 if present is None else i not in present)]
     report.seconds = time.perf_counter() - start
     return report

@@ -133,12 +133,15 @@ def eval_split_dir(root: str | os.PathLike[str]) -> Path:
 
 def open_eval_split(spec: str | os.PathLike[str], classes: list[str] | None = None, *,
                     cache_dir: str | os.PathLike[str] | None = None, skip_bad_images: bool = False,
-                    image_size: int | None = None) -> tuple[ImageTensors, LoadReport]:
+                    image_size: int | None = None,
+                    max_images: int | None = None) -> tuple[ImageTensors, LoadReport]:
     """The test (or val) split of ``spec`` alone, in memory; the training split is never read.
 
     ``spec`` is as for :func:`open_data`, or a folder of class folders (see :func:`eval_split_dir`).
     ``classes`` (the model's) fixes the labels; None takes them from ``train/`` beside the split if there is
     one (folder names only), else from the split itself.
+    ``max_images=N``: of an image folder, only N files are decoded (see ``load_image_folder``'s ``limit``);
+    a CIFAR split is read whole (it needs no decoding) and left for the caller to subset.
     """
     text = os.fspath(spec)
     start = time.perf_counter()
@@ -159,4 +162,4 @@ def open_eval_split(spec: str | os.PathLike[str], classes: list[str] | None = No
 
         classes = find_classes(root / "train", allow_empty=True)
     return load_image_folder(split, classes, skip_bad_images=skip_bad_images, cache_dir=cache_dir,
-                             image_size=image_size)
+                             image_size=image_size, limit=max_images)

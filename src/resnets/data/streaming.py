@@ -4,14 +4,13 @@ Train: RandomResizedCrop(image_size), RandomHorizontalFlip, ToDtype(float32, sca
 Eval: Resize(resize), CenterCrop(image_size), ToDtype, Normalize. Decoding goes through
 :func:`resnets.data.decode.decode_files` (libjpeg-turbo for plain JPEGs, Pillow for everything else), so the
 odd-image rules of :mod:`resnets.data.images` hold. Bad images raise :class:`BadImageError`, or with
-``skip_bad_images`` are dropped from their batch with a warning.
+``skip_bad_images`` are dropped from their batch and listed in the loader's ``bad_images``.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,25 +61,46 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | BadImageError:
+        """(image, label); a bad image raises :class:`BadImageError`, or with ``skip_bad_images`` is
+        returned, for the collate function to leave out and list."""
         path, label = self.samples[index]
         image = decode_files([path], workers=1)[0]
         if isinstance(image, BadImageError):
             if not self.skip_bad_images:
                 raise image
-            warnings.warn(f"skipping {image}", stacklevel=2)
-            return None
+            return image
         if self.transform is not None:
             image = self.transform(image)
         return image, label
 
 
-def collate_skipping_none(batch: list[Any]) -> Any:
-    """default_collate of the samples that are not None (bad images skipped)."""
-    kept = [b for b in batch if b is not None]
+def collate_listing_bad(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+    """(images, labels) of the good samples, default-collated, and (path, reason) of each bad one."""
+    bad = [(b.path, b.reason) for b in batch if isinstance(b, BadImageError)]
+    kept = [b for b in batch if not isinstance(b, BadImageError)]
     if not kept:
-        return torch.empty(0, 3, 0, 0), torch.empty(0, dtype=torch.int64)
-    return default_collate(kept)
+        return torch.empty(0, 3, 0, 0), torch.empty(0, dtype=torch.int64), bad
+    images, labels = default_collate(kept)
+    return images, labels, bad
+
+
+class StreamingLoader(DataLoader):
+    """A DataLoader of (images, labels) batches that keeps the bad images its workers skipped
+    (``skip_bad_images``) in ``bad_images``: (path, reason), each once, in the order found."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bad_images: list[tuple[str, str]] = []
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # type: ignore[override]
+        seen = {path for path, _ in self.bad_images}
+        for images, labels, bad in super().__iter__():
+            for path, reason in bad:
+                if path not in seen:
+                    seen.add(path)
+                    self.bad_images.append((path, reason))
+            yield images, labels
 
 
 def streaming_loader(split_dir: str | os.PathLike[str], classes: Sequence[str] | None, *, train: bool,
@@ -88,13 +108,14 @@ def streaming_loader(split_dir: str | os.PathLike[str], classes: Sequence[str] |
                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                      skip_bad_images: bool = False, generator: torch.Generator | None = None,
                      pin_memory: bool = False, drop_last: bool | None = None, flip: bool = True,
-                     indices: Sequence[int] | None = None) -> DataLoader:
+                     indices: Sequence[int] | None = None) -> StreamingLoader:
     """A DataLoader of normalised float batches from an image folder, shuffled and augmented if ``train``;
-    ``indices`` keeps only those of the split's sorted files."""
+    ``indices`` keeps only those of the split's sorted files. With ``skip_bad_images`` the bad images met
+    are left out of their batch and listed in the loader's ``bad_images``."""
     dataset = ImageFolderDataset(split_dir, classes, skip_bad_images=skip_bad_images,
                                  transform=imagenet_transforms(train, image_size, resize, mean, std, flip))
     if indices is not None:
         dataset.samples = [dataset.samples[i] for i in indices]
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
-                      collate_fn=collate_skipping_none, pin_memory=pin_memory, generator=generator,
-                      drop_last=train if drop_last is None else drop_last, persistent_workers=workers > 0)
+    return StreamingLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
+                           collate_fn=collate_listing_bad, pin_memory=pin_memory, generator=generator,
+                           drop_last=train if drop_last is None else drop_last, persistent_workers=workers > 0)

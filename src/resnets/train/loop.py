@@ -108,6 +108,7 @@ class DataBundle:
     generator: torch.Generator | None
     description: str
     bad_images: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) skipped
+    found_bad: Callable[[], list[tuple[str, str]]] | None = None  # streamed: those skipped so far, while training
 
 
 class _StreamingBatches:
@@ -217,7 +218,7 @@ def _streamed_folder_data(cfg: TrainConfig, device: torch.device) -> DataBundle:
     what = "validation" if cfg.val_split else "test"
     desc = f"{root} (streamed): {len(train_idx)} train / {len(val_idx)} {what} images, {len(classes)} classes"
     return DataBundle(_StreamingBatches(train, loader_gen, cfg.seed), val, classes, list(IMAGENET_MEAN),
-                      list(IMAGENET_STD), None, desc)
+                      list(IMAGENET_STD), None, desc, found_bad=lambda: train.bad_images + val.bad_images)
 
 
 def _pick(indices: list[int], count: int | None) -> list[int]:
@@ -371,11 +372,6 @@ def train(
 
     # ---- data and model ----------------------------------------------------------------------------------
     data = build_data(cfg, device, env)
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if data.bad_images:
-            _write_bad_images(run_dir / "bad_images.txt", data.bad_images)
-            log(f"skipped {len(data.bad_images)} bad image(s); listed in {run_dir / 'bad_images.txt'}")
     options = {"shortcut": cfg.shortcut} if cfg.shortcut else {}  # recorded in the weights' spec
     model = create_model(cfg.model, num_classes=len(data.classes), variant=cfg.variant,
                          zero_init_residual=cfg.zero_init_residual, **options).to(device, memory_format=memory_format)
@@ -423,6 +419,11 @@ def train(
         state.step, state.epoch, state.batch = ckpt["step"], ckpt["epoch"], ckpt["batch"]
         sums.update(ckpt["sums"])
         best, elapsed = ckpt["best"], ckpt["elapsed_s"]
+    if env.is_main:  # the run can start: only now its folder
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if data.bad_images:
+            _write_bad_images(run_dir / "bad_images.txt", data.bad_images)
+            log(f"skipped {len(data.bad_images)} bad image(s); listed in {run_dir / 'bad_images.txt'}")
     metrics = MetricsLogger(run_dir, tensorboard=cfg.tensorboard, resume_step=state.step if ckpt else None) \
         if env.is_main else _MemoryMetrics()
     if env.is_main:
@@ -607,6 +608,8 @@ def train(
             if is_best:
                 best = dict(final)
             checkpoint()
+            if data.found_bad is not None and env.is_main:
+                _list_found_bad(run_dir / "bad_images.txt", data.found_bad(), log)
             if is_best:
                 checkpoint("best.pt")
                 D.on_main(env, _save_shipped, shipped, run_dir / "best.safetensors", data, cfg, final)
@@ -700,6 +703,16 @@ def _write_bad_images(path: Path, bad: list[tuple[str, str]]) -> None:
 
     text = "".join(f"{p}\t{reason}\n" for p, reason in bad)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _list_found_bad(path: Path, found: list[tuple[str, str]], log: Callable[[str], None]) -> None:
+    """Add the bad images ``found`` while streaming to ``path`` (kept across a resume); log when it grows."""
+    listed = [tuple(line.split("\t", 1)) for line in path.read_text().splitlines()] if path.is_file() else []
+    known = {p for p, *_ in listed}
+    new = [(p, reason) for p, reason in found if p not in known]
+    if new:
+        _write_bad_images(path, [*listed, *new])  # type: ignore[list-item]
+        log(f"skipped {len(listed) + len(new)} bad image(s) so far; listed in {path}")
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str:
