@@ -68,36 +68,46 @@ def evaluate_model(
     tta: str | None = None,
     crop: int | None = None,
     channels_last: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Loss, top-1 and top-5 accuracy (%), and the confusion matrix (rows: true class) of ``model``.
 
     With ``tta`` the class probabilities of the views are averaged; the loss is the NLL of that average.
+    ``progress``: show the batches done on stderr (see :mod:`resnets.progress`).
     """
+    from .progress import Progress
+
+    try:
+        total: int | None = len(batches)  # type: ignore[arg-type]
+    except TypeError:  # an iterable of unknown length
+        total = None
     device = torch.device(device)
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     loss_sum, top5, n = 0.0, 0, 0
     k = min(5, num_classes)
-    for x, y in batches:
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        probs = None
-        for view in tta_views(x, tta, crop=crop):
-            if channels_last:
-                view = view.contiguous(memory_format=torch.channels_last)
-            with autocast_context(device, autocast_dtype):
-                logits = model(view)
-            p = logits.float().softmax(1)
-            probs = p if probs is None else probs + p
-        assert probs is not None
-        probs /= len(tta_views(x[:1], tta, crop=crop))
-        loss_sum += float(F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum"))
-        pred = probs.argmax(1)
-        top5 += int((probs.topk(k, 1).indices == y[:, None]).any(1).sum())
-        confusion += torch.bincount((y * num_classes + pred).cpu(), minlength=num_classes**2).view(
-            num_classes, num_classes)
-        n += len(y)
+    with Progress(total, "evaluating", unit="batches", enabled=progress) as bar:
+        for x, y in batches:
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            probs = None
+            for view in tta_views(x, tta, crop=crop):
+                if channels_last:
+                    view = view.contiguous(memory_format=torch.channels_last)
+                with autocast_context(device, autocast_dtype):
+                    logits = model(view)
+                p = logits.float().softmax(1)
+                probs = p if probs is None else probs + p
+            assert probs is not None
+            probs /= len(tta_views(x[:1], tta, crop=crop))
+            loss_sum += float(F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum"))
+            pred = probs.argmax(1)
+            top5 += int((probs.topk(k, 1).indices == y[:, None]).any(1).sum())
+            confusion += torch.bincount((y * num_classes + pred).cpu(), minlength=num_classes**2).view(
+                num_classes, num_classes)
+            n += len(y)
+            bar.update()
     model.train(was_training)
     if n == 0:
         raise UserError("nothing to evaluate: the data set is empty")
@@ -188,6 +198,7 @@ def evaluate(
     model_name: str | None = None,
     variant: str | None = None,
     image_size: int | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Score weights on the test (or val) split of ``data``; write a JSON report and a PNG.
 
@@ -199,6 +210,7 @@ def evaluate(
     ``...-confusion.png``). ``max_images`` scores a fixed seeded subset only, for quick checks.
     ``image_size`` (default: the one the weights were trained with, if any) scales small images of mixed
     sizes to that shorter side and centre-crops them, or sets the crop of streamed large images.
+    ``progress=False`` hides the progress (decoding, batches evaluated) otherwise shown on stderr.
     """
     from .infer.loading import load_for_inference
     from .outputs import check_out_dir
@@ -226,7 +238,7 @@ def evaluate(
     batches, data_classes, crop, notes = _eval_batches(
         data, norm, dev, batch_size=batch_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
         workers=workers, tta=tta, channels_last=True, max_images=max_images, classes=classes,
-        image_size=image_size or _trained_fit_size(weights))
+        image_size=image_size or _trained_fit_size(weights), progress=progress)
     if model.num_classes != len(data_classes):
         raise UserError(f"the weights classify {model.num_classes} classes but {data} has {len(data_classes)}")
     if classes is not None and list(classes) != list(data_classes):
@@ -238,7 +250,7 @@ def evaluate(
     side = crop or (224 if model_family(name) == "imagenet" else 32)
     dtype = resolve_precision(precision, dev, model, image_size=side, model_key=name)
     result = evaluate_model(model, batches, num_classes=len(classes), device=dev, autocast_dtype=dtype, tta=tta,
-                            crop=crop, channels_last=True)
+                            crop=crop, channels_last=True, progress=progress)
     confusion = result.pop("confusion")
     totals = confusion.sum(1)
     per_class = {c: (100.0 * int(confusion[i, i]) / int(totals[i]) if totals[i] else None)
@@ -262,7 +274,7 @@ def evaluate(
 def _eval_batches(data: str, norm: dict[str, list[float]], device: torch.device, *, batch_size: int,
                   cache_dir: str | None, skip_bad_images: bool, workers: int, tta: str | None,
                   channels_last: bool, max_images: int | None, classes: list[str] | None = None,
-                  image_size: int | None = None
+                  image_size: int | None = None, progress: bool = True
                   ) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor]], list[str], int | None, dict[str, Any]]:
     """Normalised evaluation batches of ``data``'s test/val split (never its training split), its classes
     (``classes``, the model's, when given), the 10-crop side (or None), and notes: ``bad_images`` skipped and
@@ -297,7 +309,7 @@ def _eval_batches(data: str, norm: dict[str, list[float]], device: torch.device,
             "missing_classes": [c for c, n in counts.items() if n == 0],
             "bad_images": loader.bad_images}  # filled in as the batches are read
     test, report = rdata.open_eval_split(data, classes, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
-                                         image_size=image_size, max_images=max_images)
+                                         image_size=image_size, progress=progress, max_images=max_images)
     batches = rdata.DeviceBatches(limit_images(test, max_images), batch_size, train=False, device=device,
                                   mean=norm["mean"], std=norm["std"], channels_last=channels_last)
     notes = {"bad_images": [list(b) for b in report.bad_images], "missing_classes": report.missing_classes}

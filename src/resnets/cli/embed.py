@@ -14,6 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="index file (.safetensors, or .npz)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     add_precision_arg(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
 
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"resnets embed: skipped {path}: {message}", file=sys.stderr)
 
     result = embed(loaded_weights(args), args.paths, out=args.out, model_name=args.model, batch_size=args.batch_size,
-                   precision=args.precision, on_failure=report)
+                   precision=args.precision, on_failure=report, progress=not args.no_progress)
     print(f"wrote {len(result.paths)} x {result.vectors.shape[1]} embeddings ({result.meta['precision']}) "
           f"to {args.out}")
     return 1 if result.failures else 0

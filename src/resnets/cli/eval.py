@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="loader processes for large images and shards (default: the "
                    "CPU cores available, at most 4)")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
 
 
@@ -35,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(args.weights, args.data, tta=args.tta, device=args.device, precision=args.precision,
                       batch_size=args.batch_size, out_dir=args.out, cache_dir=args.cache_dir,
                       skip_bad_images=args.skip_bad_images, workers=args.workers, max_images=args.max_images,
-                      model_name=args.model, variant=args.variant, image_size=args.image_size)
+                      model_name=args.model, variant=args.variant, image_size=args.image_size,
+                      progress=not args.no_progress)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

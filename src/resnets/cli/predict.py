@@ -40,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
     add_precision_arg(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
 
 
@@ -54,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"resnets predict: skipped {path}: {message}", file=sys.stderr)
 
     result = predict(loaded_weights(args), args.paths, model_name=args.model, topk=args.topk,
-                     batch_size=args.batch_size, precision=args.precision, on_failure=report)
+                     batch_size=args.batch_size, precision=args.precision, on_failure=report,
+                     progress=not args.no_progress)
     out = sys.stdout
     if args.format == "json":
         json.dump([{"path": p.path, "top": [{"label": n, "index": i, "prob": round(v, 6)} for n, i, v in p.labels]}

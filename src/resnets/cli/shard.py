@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the one-time shuffle of the training split")
     p.add_argument("--no-shuffle", action="store_true", help="keep the training split in folder order")
     p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images (listed in the index)")
+    p.add_argument("--no-progress", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
 
 
@@ -33,5 +34,6 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)  # before the work
 
     write_shards(args.dir, args.out, max_count=args.max_count, max_bytes=max(1, int(args.max_size * 1e6)),
-                 shuffle_seed=None if args.no_shuffle else args.seed, skip_bad_images=args.skip_bad_images)
+                 shuffle_seed=None if args.no_shuffle else args.seed, skip_bad_images=args.skip_bad_images,
+                 progress=not args.no_progress)
     return 0

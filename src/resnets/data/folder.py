@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..progress import Progress
 from .cache import cache_key, load_entry, resolve_cache_dir, save_entry
 from .decode import decode_files
 from .images import BadImageError, is_image_file
@@ -108,7 +109,7 @@ def load_image_folder(split_dir: str | os.PathLike[str], classes: list[str] | No
                       size: Size | None = None, skip_bad_images: bool = False,
                       cache_dir: str | os.PathLike[str] | None = None,
                       workers: int | None = None,
-                      image_size: int | None = None,
+                      image_size: int | None = None, progress: bool = True,
                       limit: int | None = None) -> tuple[ImageTensors, LoadReport]:
     """Load an image-folder split into memory, decoding it once into the cache.
 
@@ -118,7 +119,8 @@ def load_image_folder(split_dir: str | os.PathLike[str], classes: list[str] | No
     :class:`BadImageError` unless ``skip_bad_images``, which leaves them out and lists them in
     ``report.bad_images``. Images of different sizes need ``size`` (int or (height, width)), with which every
     image is resized to it (antialiased bilinear), or ``image_size=N``, with which each is scaled so that its
-    shorter side is N (aspect kept) and centre-cropped to N x N.
+    shorter side is N (aspect kept) and centre-cropped to N x N. Decoding shows its progress on stderr
+    (see :mod:`resnets.progress`) unless ``progress=False``.
 
     ``limit=N`` decodes (and caches) only N of the files, the first of a permutation seeded with
     :data:`SUBSET_SEED`, in path order (fewer if some are bad and skipped); ``report.missing_classes`` then
@@ -166,7 +168,8 @@ def load_image_folder(split_dir: str | os.PathLike[str], classes: list[str] | No
         report.cache_hit, report.resized = True, int(meta["resized"])
         return data, _finish(report, data, start, present if limit is not None else None)
 
-    results = decode_files([root / r[0] for r in rows], workers=workers)
+    with Progress(len(rows), f"decoding {root.name}", enabled=progress) as bar:
+        results = decode_files([root / r[0] for r in rows], workers=workers, progress=bar.to)
     images: list[torch.Tensor] = []
     labels: list[int] = []
     for row, result in zip(rows, results, strict=True):

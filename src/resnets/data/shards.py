@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import UserError
+from ..progress import Progress
 from ..weights import default_file_mode
 from .cifar import DATASETS
 from .folder import find_classes, scan_split
@@ -82,8 +83,10 @@ def _atomic_tar(path: Path, samples: list[tuple[str, str, bytes, int]]) -> None:
 
 def write_split(split_dir: Path, out: Path, name: str, classes: list[str], *, max_count: int,
                 max_bytes: int, shuffle_seed: int | None, skip_bad_images: bool,
-                stats: bool) -> dict[str, Any]:
-    """Write one split folder as ``<name>-NNNNNN.tar`` shards in ``out``; its entry for ``index.json``."""
+                stats: bool, progress: bool = True) -> dict[str, Any]:
+    """Write one split folder as ``<name>-NNNNNN.tar`` shards in ``out``; its entry for ``index.json``.
+
+    ``progress``: show the images done on stderr (see :mod:`resnets.progress`)."""
     rows = scan_split(split_dir, classes)
     if not rows:
         raise UserError(f"no image files in {split_dir}")
@@ -106,28 +109,31 @@ def write_split(split_dir: Path, out: Path, name: str, classes: list[str], *, ma
             counts.append(len(pending))
             pending, pending_bytes = [], 0
 
-    for index, (rel, _, _, label) in enumerate(rows):
-        path = split_dir / rel
-        data = path.read_bytes()
-        try:
-            image = decode_rgb(data, path)  # checks every image once, at write time
-        except BadImageError as exc:
-            if not skip_bad_images:
-                raise
-            bad.append([exc.path, exc.reason])
-            continue
-        sizes.add(tuple(image.shape[1:]))
-        if stats:
-            pix = image.to(torch.float64).div_(255)
-            total += pix.sum(dim=(1, 2))
-            squares += pix.square().sum(dim=(1, 2))
-            pixels += pix.shape[1] * pix.shape[2]
-        ext = Path(rel).suffix.lower().lstrip(".") or "img"
-        pending.append((f"{index:09d}", ext, data, label))
-        pending_bytes += len(data)
-        if len(pending) >= max_count or pending_bytes >= max_bytes:
-            flush()
-    flush()
+    with Progress(len(rows), f"sharding {name}", enabled=progress) as bar:
+        for index, (rel, _, _, label) in enumerate(rows):
+            bar.to(index)
+            path = split_dir / rel
+            data = path.read_bytes()
+            try:
+                image = decode_rgb(data, path)  # checks every image once, at write time
+            except BadImageError as exc:
+                if not skip_bad_images:
+                    raise
+                bad.append([exc.path, exc.reason])
+                continue
+            sizes.add(tuple(image.shape[1:]))
+            if stats:
+                pix = image.to(torch.float64).div_(255)
+                total += pix.sum(dim=(1, 2))
+                squares += pix.square().sum(dim=(1, 2))
+                pixels += pix.shape[1] * pix.shape[2]
+            ext = Path(rel).suffix.lower().lstrip(".") or "img"
+            pending.append((f"{index:09d}", ext, data, label))
+            pending_bytes += len(data)
+            if len(pending) >= max_count or pending_bytes >= max_bytes:
+                flush()
+        flush()
+        bar.to(len(rows))
     if not shards:
         raise UserError(f"no readable images in {split_dir} ({len(bad)} bad)")
     entry: dict[str, Any] = {"shards": shards, "counts": counts, "total": sum(counts),
@@ -146,12 +152,13 @@ def _pattern(name: str, count: int) -> str:
 
 def write_shards(root: str | os.PathLike[str], out: str | os.PathLike[str], *, max_count: int = 10000,
                  max_bytes: int = 1 << 30, shuffle_seed: int | None = 0, skip_bad_images: bool = False,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+                 log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
     """Write the image folder ``root`` as shards in ``out``; returns the ``index.json`` written there.
 
     ``root`` holds ``train/`` and optionally ``val/``/``test/`` (class sub-folders in each), or is itself one
     split of class folders (written as ``train``). A shard closes at ``max_count`` samples or ``max_bytes``.
     ``shuffle_seed`` (None: keep folder order) shuffles the training split before it is cut into shards.
+    ``progress=False`` hides the images written per split (shown on stderr, see :mod:`resnets.progress`).
     """
     root, out = Path(root), Path(out)
     if max_count < 1 or max_bytes < 1:
@@ -175,7 +182,7 @@ def write_shards(root: str | os.PathLike[str], out: str | os.PathLike[str], *, m
                 raise UserError(f"{folder} has class folder(s) {', '.join(extra)} not in train/")
         entry = write_split(folder, out, name, classes, max_count=max_count, max_bytes=max_bytes,
                             shuffle_seed=shuffle_seed if name == "train" else None,
-                            skip_bad_images=skip_bad_images, stats=name == "train")
+                            skip_bad_images=skip_bad_images, stats=name == "train", progress=progress)
         index["splits"][name] = entry
         log(f"{name}: {entry['total']} images in {len(entry['shards'])} shard(s) {out / entry['pattern']}"
             + (f", {len(entry['bad_images'])} bad image(s) skipped" if entry["bad_images"] else ""))

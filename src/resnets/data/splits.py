@@ -50,20 +50,21 @@ def _cifar_name(path: Path) -> str | None:
 
 def open_data(spec: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str] | None = None,
               skip_bad_images: bool = False, download: bool = False, val_split: int = 0,
-              size: Size | None = None, image_size: int | None = None) -> DataSplits:
+              size: Size | None = None, image_size: int | None = None, progress: bool = True) -> DataSplits:
     """Open a data set by spec and return its train and test splits.
 
     ``spec`` is ``"sample"`` (the shipped CIFAR-10 sample), ``"cifar10"``/``"cifar100"`` (from
     ``<cache dir>/cifar``, downloaded there if ``download``), the path of a CIFAR archive or extracted folder,
     or a folder with ``train/`` and ``val/`` (or ``test/``) image folders. ``val_split=n`` replaces the test
     split by the last ``n`` images of a fixed seeded permutation of the training split (the paper's 45k/5k).
-    ``size``/``image_size`` apply to image folders (see :func:`load_image_folder`).
+    ``size``/``image_size`` apply to image folders (see :func:`load_image_folder`); ``progress=False`` hides
+    the progress of decoding them.
     """
     text = os.fspath(spec)
     start = time.perf_counter()
     if text == "sample":
         splits = _open_folder(extract_sample(cache_dir), "cifar10-sample", cache_dir, skip_bad_images, size,
-                              image_size)
+                              image_size, progress=progress)
     elif text in DATASETS:
         train = load_cifar(None, text, True, download=download, cache_dir=cache_dir)
         report = {"train": _cifar_report(text, train, start)}
@@ -82,12 +83,14 @@ def open_data(spec: str | os.PathLike[str], *, cache_dir: str | os.PathLike[str]
             splits = DataSplits(train, test, list(train.classes), name,
                                 {"train": _cifar_report(text, train, start), "test": _cifar_report(text, test, start)})
         else:
-            splits = _open_folder(path, path.name, cache_dir, skip_bad_images, size, image_size, bool(val_split))
+            splits = _open_folder(path, path.name, cache_dir, skip_bad_images, size, image_size, bool(val_split),
+                                  progress=progress)
     return hold_out(splits, val_split) if val_split else splits
 
 
 def _open_folder(root: Path, name: str, cache_dir: str | os.PathLike[str] | None, skip_bad_images: bool,
-                 size: Size | None, image_size: int | None = None, val_split: bool = False) -> DataSplits:
+                 size: Size | None, image_size: int | None = None, val_split: bool = False, *,
+                 progress: bool = True) -> DataSplits:
     """``root``'s train/ and val/ (or test/) splits; with ``val_split`` (held out later) val/ may be absent."""
     if not (root / "train").is_dir():
         raise UserError(f"{root} has no train/ folder (expected train/<class>/... and val/ or test/)")
@@ -96,12 +99,12 @@ def _open_folder(root: Path, name: str, cache_dir: str | os.PathLike[str] | None
         raise UserError(f"{root} has no val/ or test/ folder next to train/; add one, or hold out training "
                         "images with --val-split N")
     train, train_report = load_image_folder(root / "train", size=size, skip_bad_images=skip_bad_images,
-                                            cache_dir=cache_dir, image_size=image_size)
+                                            cache_dir=cache_dir, image_size=image_size, progress=progress)
     if test_dir is None:  # hold_out replaces the test split
         return DataSplits(train, train, list(train.classes), name, {"train": train_report})
     test_size = None if image_size else size or train.image_size
     test, test_report = load_image_folder(test_dir, train.classes, size=test_size, skip_bad_images=skip_bad_images,
-                                          cache_dir=cache_dir, image_size=image_size)
+                                          cache_dir=cache_dir, image_size=image_size, progress=progress)
     return DataSplits(train, test, list(train.classes), name, {"train": train_report, test_dir.name: test_report})
 
 
@@ -133,13 +136,13 @@ def eval_split_dir(root: str | os.PathLike[str]) -> Path:
 
 def open_eval_split(spec: str | os.PathLike[str], classes: list[str] | None = None, *,
                     cache_dir: str | os.PathLike[str] | None = None, skip_bad_images: bool = False,
-                    image_size: int | None = None,
+                    image_size: int | None = None, progress: bool = True,
                     max_images: int | None = None) -> tuple[ImageTensors, LoadReport]:
     """The test (or val) split of ``spec`` alone, in memory; the training split is never read.
 
     ``spec`` is as for :func:`open_data`, or a folder of class folders (see :func:`eval_split_dir`).
     ``classes`` (the model's) fixes the labels; None takes them from ``train/`` beside the split if there is
-    one (folder names only), else from the split itself.
+    one (folder names only), else from the split itself. ``progress=False`` hides the progress of decoding.
     ``max_images=N``: of an image folder, only N files are decoded (see ``load_image_folder``'s ``limit``);
     a CIFAR split is read whole (it needs no decoding) and left for the caller to subset.
     """
@@ -162,4 +165,4 @@ def open_eval_split(spec: str | os.PathLike[str], classes: list[str] | None = No
 
         classes = find_classes(root / "train", allow_empty=True)
     return load_image_folder(split, classes, skip_bad_images=skip_bad_images, cache_dir=cache_dir,
-                             image_size=image_size, limit=max_images)
+                             image_size=image_size, progress=progress, limit=max_images)

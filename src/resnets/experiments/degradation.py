@@ -175,7 +175,7 @@ def _open_splits(opts: DegradationOptions, settings: dict[str, Any]) -> tuple[An
     from ..data import open_data
     from ..evaluate import limit_images
 
-    splits = open_data(opts.data, cache_dir=opts.cache_dir)
+    splits = open_data(opts.data, cache_dir=opts.cache_dir, progress=opts.progress)
     return (limit_images(splits.train, settings["train_images"] or None),
             limit_images(splits.test, settings["test_images"] or None))
 

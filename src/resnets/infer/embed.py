@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..progress import Progress
 from .fastpath import FastModel
 from .loading import LoadedModel, expand_paths, load_for_inference, read_batches
 
@@ -64,9 +65,11 @@ def embed(
     batch_size: int = 32,
     precision: str = "auto",
     on_failure: object = None,
+    progress: bool = True,
 ) -> Embeddings:
     """Embed the images at ``paths`` (files, folders, globs): ``forward_head(forward_features(x),
-    pre_logits=True)``, L2-normalised. With ``out`` the index is written there atomically."""
+    pre_logits=True)``, L2-normalised. With ``out`` the index is written there atomically. The images done
+    are shown on stderr (see :mod:`resnets.progress`) unless ``progress=False``."""
     loaded = load_for_inference(weights, model_name)
     files, problems = expand_paths(paths)
     failures: list[tuple[str, str]] = []
@@ -75,14 +78,17 @@ def embed(
     fast = FastModel(loaded.model, precision, input_size=loaded.input_size, model_key=loaded.name)
     good_paths: list[str] = []
     chunks: list[np.ndarray] = []
-    for good, inputs, bad in read_batches(files, loaded, batch_size):
-        for item in bad:
-            _fail(failures, item, on_failure)
-        if inputs is None:
-            continue
-        feats = torch.nn.functional.normalize(fast.embed(inputs), dim=1)
-        chunks.append(feats.numpy().astype(np.float32))
-        good_paths += [os.path.abspath(p) for p in good]
+    with Progress(len(files), "embedding", enabled=progress) as bar:
+        for good, inputs, bad in read_batches(files, loaded, batch_size):
+            if bad:
+                with bar.aside():
+                    for item in bad:
+                        _fail(failures, item, on_failure)
+            if inputs is not None:
+                feats = torch.nn.functional.normalize(fast.embed(inputs), dim=1)
+                chunks.append(feats.numpy().astype(np.float32))
+                good_paths += [os.path.abspath(p) for p in good]
+            bar.update(len(good) + len(bad))
     width = int(loaded.model.num_features)
     vectors = np.concatenate(chunks) if chunks else np.zeros((0, width), np.float32)
     meta = {"format": INDEX_FORMAT, "weights": loaded.source, "model": loaded.name,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import UserError
+from ..progress import Progress
 from .fastpath import FastModel
 from .loading import LoadedModel, expand_paths, load_for_inference, read_batches
 
@@ -39,11 +40,13 @@ def predict(
     batch_size: int = 32,
     precision: str = "auto",
     on_failure: object = None,
+    progress: bool = True,
 ) -> PredictResult:
     """Predict the top ``topk`` classes of the images at ``paths`` (files, folders, globs).
 
     ``precision``: ``"auto"`` (bf16 where the probe timed it faster on this CPU, else fp32), ``"bf16"`` or ``"fp32"``.
-    ``on_failure(path, message)`` is called for each unreadable input as it happens.
+    ``on_failure(path, message)`` is called for each unreadable input as it happens. The images done are shown
+    on stderr (see :mod:`resnets.progress`) unless ``progress=False``.
     """
     loaded = load_for_inference(weights, model_name)
     if topk < 1:
@@ -57,16 +60,19 @@ def predict(
         return result
     fast = FastModel(loaded.model, precision, input_size=loaded.input_size, model_key=loaded.name)
     result.precision = fast.precision
-    for good, inputs, failures in read_batches(files, loaded, batch_size):
-        for item in failures:
-            _fail(result, item, on_failure)
-        if inputs is None:
-            continue
-        probs = torch.softmax(fast(inputs), dim=1)
-        values, indices = probs.topk(k, dim=1)
-        for path, vals, idxs in zip(good, values.tolist(), indices.tolist(), strict=True):
-            result.predictions.append(
-                Prediction(path, [(loaded.classes[i], i, v) for v, i in zip(vals, idxs, strict=True)]))
+    with Progress(len(files), "predicting", enabled=progress) as bar:
+        for good, inputs, failures in read_batches(files, loaded, batch_size):
+            if failures:
+                with bar.aside():
+                    for item in failures:
+                        _fail(result, item, on_failure)
+            if inputs is not None:
+                probs = torch.softmax(fast(inputs), dim=1)
+                values, indices = probs.topk(k, dim=1)
+                for path, vals, idxs in zip(good, values.tolist(), indices.tolist(), strict=True):
+                    result.predictions.append(
+                        Prediction(path, [(loaded.classes[i], i, v) for v, i in zip(vals, idxs, strict=True)]))
+            bar.update(len(good) + len(failures))
     return result
 
 

@@ -14,7 +14,6 @@ import math
 import os
 import random
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -151,7 +150,8 @@ def build_data(cfg: TrainConfig, device: torch.device, env: D.DistEnv | None = N
     if is_streaming_folder(cfg.data):
         return _streamed_folder_data(cfg, device)
     splits = rdata.open_data(cfg.data, cache_dir=cfg.cache_dir, skip_bad_images=cfg.skip_bad_images,
-                             download=cfg.download, val_split=cfg.val_split, image_size=cfg.fit_images)
+                             download=cfg.download, val_split=cfg.val_split, image_size=cfg.fit_images,
+                             progress=cfg.progress and env.is_main)
     train_set, test_set = _limit(splits.train, cfg.train_images), _limit(splits.test, cfg.test_images)
     mean, std = list(train_set.mean()), list(train_set.std())
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -474,8 +474,11 @@ def train(
     signals = _StopSignals() if threading.current_thread() is threading.main_thread() else None
     from tqdm import tqdm
 
-    plain = cfg.progress and env.is_main and not sys.stderr.isatty()  # not a terminal: a plain line per log step
-    bar = tqdm(total=total_steps, initial=state.step, unit="step", disable=not cfg.progress or not env.is_main or plain,
+    from ..progress import progress_mode
+
+    mode = progress_mode(cfg.progress and env.is_main)
+    plain = mode == "plain"  # not a terminal: a plain line per log step
+    bar = tqdm(total=total_steps, initial=state.step, unit="step", disable=mode != "bar",
                dynamic_ncols=True, leave=True)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     shipped = ema.module if ema is not None else model
