@@ -138,3 +138,18 @@ def test_refused_run_leaves_no_folder(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["train", "--data", str(data), "--model", "resnet18", "--set", "resize_from=16", "--batch-size", "2",
                  "--epochs", "1", "--workers", "0", "--device", "cpu", "--precision", "fp32", "--out", str(run)]) == 2
     assert "progressive resizing" in capsys.readouterr().err and not run.exists()
+
+
+# ---- a refusal answers without importing torchvision (seconds of a bad day's every mistake) ----------------
+
+
+def test_refusals_do_not_import_torchvision(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from resnets.cli import main; "
+            f"codes = [main(['train', '--set', 'lr=abc', '--out', {str(tmp_path / 'r')!r}]), "
+            "main(['eval', '--weights', 'nope.safetensors', '--max-images', '0'])]; "
+            "print(codes, 'torchvision' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["[2,", "2]", "False"], proc.stdout + proc.stderr

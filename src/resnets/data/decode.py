@@ -8,10 +8,12 @@ decoded by :func:`resnets.data.images.decode_rgb`, so the rules for odd images a
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 
@@ -20,10 +22,17 @@ from .images import MAX_IMAGE_PIXELS, BadImageError, decode_rgb
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
 
-try:  # torchvision's image codecs are deprecated upstream; without them everything goes through Pillow
-    from torchvision.io import ImageReadMode, decode_jpeg
-except ImportError:  # pragma: no cover - depends on the installed torchvision
-    decode_jpeg = None
+
+@functools.cache
+def _jpeg_codec() -> tuple[Callable[..., Any], Any] | None:
+    """torchvision's ``decode_jpeg`` and ``ImageReadMode``, imported on first use (torchvision takes seconds to
+    import, which commands that decode no JPEG should not pay); None without them (everything goes through
+    Pillow: torchvision's image codecs are deprecated upstream)."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:  # pragma: no cover - depends on the installed torchvision
+        return None
+    return decode_jpeg, ImageReadMode
 
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _CHUNK = 256
@@ -58,7 +67,7 @@ def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
 
 
 def _fast_ok(data: bytes, max_pixels: int) -> bool:
-    if decode_jpeg is None:
+    if _jpeg_codec() is None:
         return False
     header = jpeg_header(data)
     if header is None:
@@ -69,8 +78,9 @@ def _fast_ok(data: bytes, max_pixels: int) -> bool:
 
 
 def _fast_one(data: bytes, path: str, max_pixels: int) -> DecodeResult:
+    decode_jpeg, read_mode = _jpeg_codec()  # type: ignore[misc]  # _fast_ok saw it
     try:
-        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=read_mode.RGB,
                            apply_exif_orientation=True)
     except (RuntimeError, ValueError):
         return _slow_one(data, path, max_pixels)
@@ -105,8 +115,9 @@ def _decode_chunk(paths: Sequence[str], max_pixels: int) -> list[DecodeResult]:
         else:
             out[k] = _slow_one(data, path, max_pixels)
     if fast_idx:
+        decode_jpeg, read_mode = _jpeg_codec()  # type: ignore[misc]  # _fast_ok saw it
         try:
-            decoded = decode_jpeg(fast_data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+            decoded = decode_jpeg(fast_data, mode=read_mode.RGB, apply_exif_orientation=True)
         except (RuntimeError, ValueError):  # one bad file fails the batch: redo one by one
             decoded = [_fast_one(d.numpy().tobytes(), paths[k], max_pixels) for k, d in zip(fast_idx, fast_data, strict=True)]
         for k, image in zip(fast_idx, decoded, strict=True):
