@@ -153,3 +153,9 @@ def test_refusals_do_not_import_torchvision(tmp_path: Path) -> None:
             "print(codes, 'torchvision' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["[2,", "2]", "False"], proc.stdout + proc.stderr
+    png = tmp_path / "x.png"
+    Image.new("RGB", (4, 4)).save(png)
+    code = ("import sys; from resnets.data.decode import decode_files; "
+            f"print(decode_files([{str(png)!r}])[0].shape, 'torchvision' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["torch.Size([3,", "4,", "4])", "False"], proc.stdout + proc.stderr  # PNGs

@@ -67,10 +67,8 @@ def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
 
 
 def _fast_ok(data: bytes, max_pixels: int) -> bool:
-    if _jpeg_codec() is None:
-        return False
     header = jpeg_header(data)
-    if header is None:
+    if header is None or _jpeg_codec() is None:  # the header first: no torchvision import for PNGs
         return False
     height, width, components = header
     return (components in (1, 3) and 0 < height * width <= max_pixels
