@@ -537,11 +537,12 @@ def message(case: Case, r: Result) -> str:
     """The line the table shows: the error line, else the first stderr line, else the stdout line the case
     looks at."""
     err = [line.strip() for line in r.stderr.splitlines() if line.strip()]
-    if err:
-        return next((line for line in err if line.startswith("resnets ") and ": error: " in line), err[0])
+    error = next((line for line in err if line.startswith("resnets ") and ": error: " in line), None)
     out = [line.strip() for line in r.stdout.replace("\r", "\n").splitlines() if line.strip()]
     picked = [line for line in out if case.show and case.show in line]
-    return ("(stdout) " + (picked or out or [""])[0]) if out else ""
+    if error or (err and not (picked and all(PROGRESS.match(line) for line in err))):
+        return error or err[0]
+    return ("(stdout) " + (picked or out)[0]) if out else ""
 
 
 def cell(text: str, width: int = 220) -> str:
