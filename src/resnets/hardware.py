@@ -28,6 +28,7 @@ from torch import nn
 PROBE_SECONDS = 1.0  # time budget of one probe (at least MIN_ROUNDS rounds of each format are timed)
 MIN_ROUNDS = 3
 BF16_MARGIN = 0.9  # bf16 is chosen only when its median time is under 90% of float32's
+CLEAR_LOSS = 3.0  # a round where bf16 takes over 3x float32's time ends the probe (an AVX2-only CPU: 5-10x)
 
 
 @functools.cache
@@ -106,6 +107,8 @@ def time_formats(model: nn.Module, input_shape: tuple[int, ...], *, training: bo
             times[bf16].append(call(bf16))
         spent = time.perf_counter() - start
         if spent >= seconds and (len(times[True]) >= MIN_ROUNDS or spent >= 3 * seconds):
+            break
+        if times[True][-1] > CLEAR_LOSS * times[False][-1]:  # bf16 emulated (no native units): no doubt
             break
     return {"fp32_s": statistics.median(times[False]), "bf16_s": statistics.median(times[True]),
             "rounds": len(times[True])}
