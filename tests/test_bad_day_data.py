@@ -6,42 +6,21 @@ Every case runs the real command (``resnets.cli.main``) on small image folders w
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from resnets.cli import main
 from resnets.evaluate import is_streaming_folder
 from resnets.models import create_model
 from resnets.weights import save_weights
 
-CLASSES = ("ant", "bee", "cat")
-
-
-def make_folder(root: Path, *, splits: dict[str, int], sizes: tuple[tuple[int, int], ...] = ((32, 32),),
-                classes: tuple[str, ...] = CLASSES, skip: tuple[tuple[str, str], ...] = ()) -> Path:
-    """``root/<split>/<class>/NNN.png`` images, ``splits[split]`` per class, sizes cycling through ``sizes``;
-    (split, class) pairs in ``skip`` get no folder."""
-    rng = np.random.default_rng(0)
-    for split, count in splits.items():
-        for ci, name in enumerate(classes):
-            if (split, name) in skip:
-                continue
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                h, w = sizes[i % len(sizes)]
-                pixels = (rng.random((h, w, 3)) * 80 + ci * 60).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i:03d}.png")
-    return root
-
-
-def corrupt(path: Path) -> Path:
-    path.write_bytes(b"this is not an image")
-    return path
+# the folders the scripted bad day builds (scripts/bad_day.py), so both exercise the same fixtures
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from bad_day import CLASSES, corrupt  # noqa: E402
+from bad_day import image_folder as make_folder  # noqa: E402
 
 
 def weights_file(path: Path, classes: tuple[str, ...] = CLASSES, **extra: object) -> Path:

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..progress import Progress
 from .fastpath import FastModel
-from .loading import LoadedModel, expand_paths, load_for_inference, read_batches
+from .loading import LoadedModel, expand_paths, load_for_inference, read_batches_reporting, report_failure
 
 INDEX_FORMAT = "resnets-embeddings-1"
 # When an installed approximate-nearest-neighbour library (faiss HNSW) replaces exact search: galleries of at
@@ -74,21 +73,15 @@ def embed(
     files, problems = expand_paths(paths)
     failures: list[tuple[str, str]] = []
     for item in problems:
-        _fail(failures, item, on_failure)
+        report_failure(failures, item, on_failure)
     fast = FastModel(loaded.model, precision, input_size=loaded.input_size, model_key=loaded.name)
     good_paths: list[str] = []
     chunks: list[np.ndarray] = []
-    with Progress(len(files), "embedding", enabled=progress) as bar:
-        for good, inputs, bad in read_batches(files, loaded, batch_size):
-            if bad:
-                with bar.aside():
-                    for item in bad:
-                        _fail(failures, item, on_failure)
-            if inputs is not None:
-                feats = torch.nn.functional.normalize(fast.embed(inputs), dim=1)
-                chunks.append(feats.numpy().astype(np.float32))
-                good_paths += [os.path.abspath(p) for p in good]
-            bar.update(len(good) + len(bad))
+    for good, inputs in read_batches_reporting(files, loaded, batch_size, failures, on_failure,
+                                               what="embedding", progress=progress):
+        feats = torch.nn.functional.normalize(fast.embed(inputs), dim=1)
+        chunks.append(feats.numpy().astype(np.float32))
+        good_paths += [os.path.abspath(p) for p in good]
     width = int(loaded.model.num_features)
     vectors = np.concatenate(chunks) if chunks else np.zeros((0, width), np.float32)
     meta = {"format": INDEX_FORMAT, "weights": loaded.source, "model": loaded.name,
@@ -100,11 +93,6 @@ def embed(
         save_index(result, out)
     return result
 
-
-def _fail(failures: list[tuple[str, str]], item: tuple[str, str], on_failure: object) -> None:
-    failures.append(item)
-    if callable(on_failure):
-        on_failure(*item)
 
 
 def save_index(emb: Embeddings, path: str | os.PathLike[str]) -> Path:

@@ -227,3 +227,28 @@ def require(module: str, extra: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise UserError(f"this needs {module}: pip install 'resnets[{extra}]'")
+
+
+def report_failure(failures: list[tuple[str, str]], item: tuple[str, str], on_failure: object) -> None:
+    """Record an unreadable input ``(path, message)`` and pass it to ``on_failure`` if that is callable."""
+    failures.append(item)
+    if callable(on_failure):
+        on_failure(*item)
+
+
+def read_batches_reporting(paths: Sequence[str], loaded: LoadedModel, batch_size: int,
+                           failures: list[tuple[str, str]], on_failure: object, *, what: str,
+                           progress: bool) -> Iterator[tuple[list[str], torch.Tensor]]:
+    """``read_batches`` under a progress bar (``what``): unreadable files go to ``report_failure`` beside the
+    bar; yields ``(good_paths, inputs)`` for each batch with a readable image."""
+    from ..progress import Progress
+
+    with Progress(len(paths), what, enabled=progress) as bar:
+        for good, inputs, bad in read_batches(paths, loaded, batch_size):
+            if bad:
+                with bar.aside():
+                    for item in bad:
+                        report_failure(failures, item, on_failure)
+            if inputs is not None:
+                yield good, inputs
+            bar.update(len(good) + len(bad))

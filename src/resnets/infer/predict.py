@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import UserError
-from ..progress import Progress
 from .fastpath import FastModel
-from .loading import LoadedModel, expand_paths, load_for_inference, read_batches
+from .loading import LoadedModel, expand_paths, load_for_inference, read_batches_reporting, report_failure
 
 
 @dataclass
@@ -55,28 +54,17 @@ def predict(
     files, problems = expand_paths(paths)
     result = PredictResult(precision="fp32")
     for item in problems:
-        _fail(result, item, on_failure)
+        report_failure(result.failures, item, on_failure)
     if not files:
         return result
     fast = FastModel(loaded.model, precision, input_size=loaded.input_size, model_key=loaded.name)
     result.precision = fast.precision
-    with Progress(len(files), "predicting", enabled=progress) as bar:
-        for good, inputs, failures in read_batches(files, loaded, batch_size):
-            if failures:
-                with bar.aside():
-                    for item in failures:
-                        _fail(result, item, on_failure)
-            if inputs is not None:
-                probs = torch.softmax(fast(inputs), dim=1)
-                values, indices = probs.topk(k, dim=1)
-                for path, vals, idxs in zip(good, values.tolist(), indices.tolist(), strict=True):
-                    result.predictions.append(
-                        Prediction(path, [(loaded.classes[i], i, v) for v, i in zip(vals, idxs, strict=True)]))
-            bar.update(len(good) + len(failures))
+    for good, inputs in read_batches_reporting(files, loaded, batch_size, result.failures, on_failure,
+                                               what="predicting", progress=progress):
+        probs = torch.softmax(fast(inputs), dim=1)
+        values, indices = probs.topk(k, dim=1)
+        for path, vals, idxs in zip(good, values.tolist(), indices.tolist(), strict=True):
+            result.predictions.append(
+                Prediction(path, [(loaded.classes[i], i, v) for v, i in zip(vals, idxs, strict=True)]))
     return result
 
-
-def _fail(result: PredictResult, item: tuple[str, str], on_failure: object) -> None:
-    result.failures.append(item)
-    if callable(on_failure):
-        on_failure(*item)
