@@ -11,7 +11,7 @@ from resnets import create_model
 from resnets.data import extract_sample, read_rgb
 from resnets.infer import FastModel, bench_infer, fold_batchnorm
 from resnets.infer.bench import calibrate_batchnorm
-from resnets.infer.fastpath import resolve_precision
+from resnets.infer.fastpath import cpu_inference_precision
 from resnets.infer.loading import CIFAR_MEAN, CIFAR_STD, preprocess
 
 
@@ -140,10 +140,10 @@ def test_fast_path_bf16_close_to_float32(sample_batch: torch.Tensor) -> None:
 
 def test_precision_names() -> None:
     # what "auto" chooses is tested against the probe in test_precision.py
-    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
-    assert resolve_precision("auto") == "fp32"  # nothing to time without a model
+    assert cpu_inference_precision("fp32") == "fp32" and cpu_inference_precision("bf16") == "bf16"
+    assert cpu_inference_precision("auto") == "fp32"  # nothing to time without a model
     with pytest.raises(ValueError, match="unknown precision"):
-        resolve_precision("int8")
+        cpu_inference_precision("int8")
 
 
 def test_bench_infer_small_run() -> None:

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from resnets import create_model
-from resnets.evaluate import resolve_precision
 from resnets.hardware import cpu_precision, probe_cache_path, probe_key, time_formats
 from resnets.infer.fastpath import FastModel
+from resnets.runtime import autocast_dtype, choose_precision
 
 
 @pytest.fixture(autouse=True)
@@ -71,9 +71,9 @@ def test_train_and_eval_auto_follow_the_probe(choice: str, expected: torch.dtype
     model = create_model("resnet20")
     plant(choice, "resnet20", (32, 3, 32, 32), True)
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu, model, image_size=32, training=True, model_key="resnet20") == expected
-    assert resolve_precision("fp32", cpu, model, image_size=32, training=True, model_key="resnet20") is None
-    assert resolve_precision("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype(choose_precision("auto", cpu, model, image_size=32, training=True, model_key="resnet20")) == expected
+    assert autocast_dtype(choose_precision("fp32", cpu, model, image_size=32, training=True, model_key="resnet20")) is None
+    assert autocast_dtype(choose_precision("bf16", cpu)) == torch.bfloat16
 
 
 @pytest.mark.parametrize("choice", ["bf16", "fp32"])
@@ -88,7 +88,7 @@ def test_fp16_on_cpu_is_refused() -> None:
     from resnets import UserError
 
     with pytest.raises(UserError, match="fp16 needs a CUDA device"):
-        resolve_precision("fp16", torch.device("cpu"))
+        autocast_dtype(choose_precision("fp16", torch.device("cpu")))
 
 
 def test_cuda_auto_asks_for_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,9 +100,9 @@ def test_cuda_auto_asks_for_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", native)
     native.answer = True  # type: ignore[attr-defined]
-    assert resolve_precision("auto", torch.device("cuda")) == torch.bfloat16
+    assert autocast_dtype(choose_precision("auto", torch.device("cuda"))) == torch.bfloat16
     native.answer = False  # type: ignore[attr-defined]  # e.g. a T4 or V100: fp16 (with a gradient scaler)
-    assert resolve_precision("auto", torch.device("cuda")) == torch.float16
+    assert autocast_dtype(choose_precision("auto", torch.device("cuda"))) == torch.float16
     assert asked == [False, False]
 
 
@@ -120,15 +120,15 @@ def test_resume_restores_cuda_rng_only_for_visible_gpus(monkeypatch: pytest.Monk
 
 
 def test_deterministic_kernels_by_default_on_cpu_only() -> None:
+    from resnets.runtime import use_deterministic
     from resnets.train import resolve_config
-    from resnets.train.loop import use_deterministic
 
     cfg = resolve_config({})
     assert cfg.deterministic is None
-    assert use_deterministic(cfg, torch.device("cpu")) is True
-    assert use_deterministic(cfg, torch.device("cuda")) is False  # cudnn.benchmark on
-    assert use_deterministic(resolve_config({"deterministic": True}), torch.device("cuda")) is True
-    assert use_deterministic(resolve_config({"deterministic": False}), torch.device("cpu")) is False
+    assert use_deterministic(cfg.deterministic, torch.device("cpu")) is True
+    assert use_deterministic(cfg.deterministic, torch.device("cuda")) is False  # cudnn.benchmark on
+    assert use_deterministic(resolve_config({"deterministic": True}).deterministic, torch.device("cuda")) is True
+    assert use_deterministic(resolve_config({"deterministic": False}).deterministic, torch.device("cpu")) is False
 
 
 def test_deterministic_flag_is_parsed() -> None:

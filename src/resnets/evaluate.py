@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Iterable
@@ -18,16 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .hardware import cpu_precision, cuda_autocast_dtype, probe_input_shape
+from .runtime import autocast_context, autocast_dtype, choose_precision, resolve_device
 
 TTA_MODES = ("flip", "10crop")
 
 
-def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast`` to ``dtype`` on ``device``, or a no-op for float32 (``dtype`` None)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def ten_crop_views(x: torch.Tensor, crop: int) -> list[torch.Tensor]:
@@ -123,39 +117,8 @@ def limit_images(data: Any, count: int | None) -> Any:
     return data.subset(torch.randperm(len(data), generator=torch.Generator().manual_seed(1234))[:count])
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; UserError for CUDA without a GPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU here")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise UserError(f"unknown device '{device}'; use cpu, cuda or auto")
-    return torch.device(device)
 
 
-def resolve_precision(precision: str, device: torch.device, model: nn.Module | None = None, *,
-                      image_size: int = 32, training: bool = False, model_key: str = "model"
-                      ) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` (None: float32).
-
-    ``auto``: on CUDA, bf16 where the GPU has it natively, else fp16; on CPU, bf16 only where the probe
-    (``hardware.cpu_precision``) timed ``model`` faster in bf16 than in float32 on this machine, float32
-    without a model to time.
-    """
-    if precision == "auto":
-        if device.type == "cuda":
-            return cuda_autocast_dtype()
-        if model is None:
-            return None
-        choice = cpu_precision(model, probe_input_shape(image_size), training=training, model_key=model_key)
-        return torch.bfloat16 if choice == "bf16" else None
-    table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in table:
-        raise UserError(f"unknown precision '{precision}'; use auto, bf16, fp16 or fp32")
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError("fp16 needs a CUDA device; on CPU use bf16 or fp32")
-    return table[precision]
 
 
 #: Images whose longer side exceeds this many pixels are streamed from disk rather than held in memory.
@@ -227,7 +190,7 @@ def evaluate(
 
         workers = default_workers()  # the cores this process may use, at most 4
     dev = resolve_device(device)
-    resolve_precision(precision, dev)  # a wrong name fails here, before any work
+    choose_precision(precision, dev)  # a wrong name fails here, before any work
     loaded = load_for_inference(weights, model_name, variant=variant)
     weights = loaded.source
     out = check_out_dir(out_dir if out_dir is not None else Path(weights).parent)  # before the work, not after
@@ -248,7 +211,7 @@ def evaluate(
 
     name = model.spec["name"]
     side = crop or (224 if model_family(name) == "imagenet" else 32)
-    dtype = resolve_precision(precision, dev, model, image_size=side, model_key=name)
+    dtype = autocast_dtype(choose_precision(precision, dev, model, image_size=side, model_key=name))
     result = evaluate_model(model, batches, num_classes=len(classes), device=dev, autocast_dtype=dtype, tta=tta,
                             crop=crop, channels_last=True, progress=progress)
     confusion = result.pop("confusion")

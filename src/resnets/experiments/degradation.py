@@ -142,9 +142,9 @@ def experiment_precision(opts: DegradationOptions) -> str:
     """The number format of every net: ``opts.precision`` if given; on CPU, what the probe finds faster for
     training the deepest ResNet of the experiment (one choice for all nets, so the comparison stays fair);
     on CUDA ``auto`` (the trainer takes bf16 where native, else fp16)."""
-    from ..evaluate import resolve_device
     from ..hardware import cpu_precision, probe_input_shape
     from ..models import create_model
+    from ..runtime import resolve_device
 
     if opts.precision != "auto":
         if opts.precision not in ("bf16", "fp32", "fp16"):

@@ -16,24 +16,20 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..hardware import cpu_precision, probe_input_shape
 from ..models.blocks import BasicBlock, Bottleneck
 from ..models.resnet import ResNetBase
+from ..runtime import choose_precision
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-def resolve_precision(precision: str, model: nn.Module | None = None, *, input_size: int = 224,
-                      model_key: str = "model") -> str:
+def cpu_inference_precision(precision: str, model: nn.Module | None = None, *, input_size: int = 224,
+                            model_key: str = "model") -> str:
     """``"auto"`` to what the probe found faster for ``model`` in inference on this CPU (``"fp32"`` without a
-    model); ``"bf16"`` and ``"fp32"`` checked and returned."""
+    model); ``"bf16"`` and ``"fp32"`` checked and returned (see ``runtime.choose_precision``)."""
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        if model is None:
-            return "fp32"
-        return cpu_precision(model, probe_input_shape(input_size), training=False, model_key=model_key)
-    return precision
+    return choose_precision(precision, torch.device("cpu"), model, image_size=input_size, model_key=model_key)
 
 
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -118,7 +114,7 @@ class FastModel:
     def __init__(self, model: nn.Module, precision: str = "auto", *, compile: bool = False,
                  fold: bool = True, channels_last: bool = True, input_size: int = 224,
                  model_key: str = "model") -> None:
-        resolve_precision(precision)  # a wrong name fails before the model is copied
+        cpu_inference_precision(precision)  # a wrong name fails before the model is copied
         self.channels_last = channels_last
         self.compiled = compile
         net = fold_batchnorm(model) if fold else copy.deepcopy(model).eval()
@@ -127,7 +123,7 @@ class FastModel:
         self.model = net
         # ``auto`` times this folded copy, as it will run (folding is per model; the key names the layout)
         key = f"{model_key} folded" if fold else model_key
-        self.precision = resolve_precision(precision, net, input_size=input_size, model_key=key)
+        self.precision = cpu_inference_precision(precision, net, input_size=input_size, model_key=key)
         self._logits: Callable[[torch.Tensor], torch.Tensor] = net
         self._embed: Callable[[torch.Tensor], torch.Tensor] = _Embedder(net)
         if compile:

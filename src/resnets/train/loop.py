@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import random
 import signal
 import threading
 import time
@@ -21,17 +19,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..data.batches import progressive_image_size
 from ..errors import UserError
-from ..evaluate import autocast_context, evaluate_model, resolve_device, resolve_precision
+from ..evaluate import evaluate_model
 from ..evaluate import limit_images as _limit
 from ..models import create_model
 from ..models.registry import model_family
 from ..outputs import check_out_dir
+from ..runtime import (
+    autocast_context,
+    autocast_dtype,
+    choose_precision,
+    resolve_device,
+    seed_everything,
+    use_deterministic,
+)
 from . import distributed as D
 from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
@@ -45,7 +50,6 @@ RESUMABLE_OVERRIDES = ("stop_after_steps", "progress", "tensorboard", "plots", "
                        "checkpoint_every", "eval_every", "epochs", "iterations", "device")
 MAX_SKIPPED_STEPS = 5  # fp16: stop after this many consecutive non-finite steps
 DIST_READ_EVERY = 10  # several processes: agree on stop requests at least this often (steps)
-AMP_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(UserError):
@@ -266,22 +270,8 @@ def _shard_data(cfg: TrainConfig, device: torch.device, env: D.DistEnv) -> DataB
     return DataBundle(train, val, list(train_set.classes), mean, std, None, desc)
 
 
-def use_deterministic(cfg: TrainConfig, device: torch.device) -> bool:
-    """``cfg.deterministic`` if set; else on for CPU (resume is bit-exact), off for CUDA (cudnn.benchmark)."""
-    return cfg.deterministic if cfg.deterministic is not None else device.type == "cpu"
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed torch, CUDA, Python and NumPy; with ``deterministic``, ask PyTorch for deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
 
 
 def mix_batch(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator
@@ -366,8 +356,8 @@ def train(
         log = _quiet
     if env.enabled and not cfg.out and ckpt is None:
         run_dir = Path(D.broadcast_object(env, str(run_dir)))  # rank 0's timestamped name everywhere
-    resolve_precision(cfg.precision, device)  # fp16 on CPU fails here, before any work
-    seed_everything(cfg.seed, use_deterministic(cfg, device))
+    choose_precision(cfg.precision, device)  # fp16 on CPU fails here, before any work
+    seed_everything(cfg.seed, use_deterministic(cfg.deterministic, device))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     # ---- data and model ----------------------------------------------------------------------------------
@@ -379,9 +369,10 @@ def train(
         model = D.convert_sync_batchnorm(model, device)  # BN statistics of the global batch, not the rank's
     # precision "auto" on CPU: timed on this model (about a second, cached); rank 0 decides for all ranks
     side = getattr(data.train, "crop", (cfg.image_size,))[0]
-    amp_name = _dtype_name(resolve_precision(cfg.precision, device, model, image_size=side, training=True,
-                                             model_key=cfg.model) if env.is_main else None)
-    amp_dtype = AMP_DTYPES[D.broadcast_object(env, amp_name)]
+    amp_name = choose_precision(cfg.precision, device, model, image_size=side, training=True,
+                                model_key=cfg.model) if env.is_main else None
+    amp_name = D.broadcast_object(env, amp_name)
+    amp_dtype = autocast_dtype(amp_name)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None  # fp16 is CUDA-only
     forward = D.wrap_ddp(model, env)  # the model itself for one process
     forward = torch.compile(forward) if cfg.compile else forward
@@ -718,8 +709,6 @@ def _list_found_bad(path: Path, found: list[tuple[str, str]], log: Callable[[str
         log(f"skipped {len(listed) + len(new)} bad image(s) so far; listed in {path}")
 
 
-def _dtype_name(dtype: torch.dtype | None) -> str:
-    return next(name for name, d in AMP_DTYPES.items() if d == dtype)
 
 
 class _StepTotals:
