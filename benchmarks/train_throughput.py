@@ -19,8 +19,10 @@ import time
 
 import torch
 
+from resnets.data.normalization import CIFAR_MEAN as MEAN
+from resnets.data.normalization import CIFAR_STD as STD
+
 DATA = "/work/shared/data/cifar10-jpeg"
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 VARIANTS = {  # name -> (precision, channels_last, compile)
     "fp32": ("fp32", False, False),
     "fp32-cl": ("fp32", True, False),

@@ -47,7 +47,7 @@ from ..weights import default_file_mode
 from .cifar import DATASETS
 from .folder import find_classes, scan_split
 from .images import MAX_IMAGE_PIXELS, BadImageError, decode_rgb
-from .streaming import IMAGENET_MEAN, IMAGENET_STD
+from .normalization import IMAGENET_MEAN, IMAGENET_STD
 
 INDEX_NAME = "index.json"
 FORMAT = "resnets-shards-1"

@@ -21,9 +21,7 @@ from ..errors import UserError
 from .decode import decode_files
 from .folder import find_classes, scan_split
 from .images import BadImageError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .normalization import IMAGENET_MEAN, IMAGENET_STD
 
 
 def imagenet_transforms(train: bool, image_size: int = 224, resize: int = 256,

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.normalization import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UserError
 from ..hardware import cpu_has_native_bf16, cpu_name
 from .fastpath import FastModel
-from .loading import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, LoadedModel, preprocess
+from .loading import LoadedModel, preprocess
 
 SHARED_IMAGES = Path("/work/shared/data/cifar10-jpeg/test")
 
