@@ -176,8 +176,7 @@ def evaluate(
     ``progress=False`` hides the progress (decoding, batches evaluated) otherwise shown on stderr.
     """
     from .infer.loading import load_for_inference
-    from .outputs import check_out_dir
-    from .weights import atomic_write
+    from .outputs import atomic_write, check_out_dir
 
     if tta is not None and tta not in TTA_MODES:
         raise UserError(f"unknown TTA mode '{tta}'; choose one of: {', '.join(TTA_MODES)}")

@@ -1,10 +1,12 @@
-"""Where a command will write, checked before its work starts: folders that can be made and written, files
-that are not folders and replace nothing unasked. The checks create nothing and leave nothing behind."""
+"""A command's outputs: where it will write, checked before its work starts (folders that can be made and
+written, files that are not folders and replace nothing unasked; the checks create nothing and leave nothing
+behind), and each file written atomically (:func:`atomic_write`)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import UserError
@@ -44,3 +46,34 @@ def _check_writable(folder: Path, what: str, flag: str) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise UserError(f"cannot write {what} ({exc.strerror or exc}); choose another {flag}") from None
+
+
+def default_file_mode() -> int:
+    """The mode ``open()`` would give a new file under the current umask (0o644 for umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename it into place and fsync
+    the folder; if ``write`` raises, the temporary file is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; the user's umask decides, as for open()
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path

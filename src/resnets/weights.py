@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 
 from .errors import UserError
 from .models import create_model
+from .outputs import atomic_write
 
 FORMAT_VERSION = 1
 METADATA_KEY = "resnets"
@@ -31,36 +31,6 @@ _PREFIXES = ("module.", "_orig_mod.", "model.")
 _MAX_NESTING = 3
 _COUNTER = "num_batches_tracked"
 _OLD_PREACT_BN = "layer1.0.bn1."  # only earlier pre-activation nets have it; see load_weights
-
-
-def default_file_mode() -> int:
-    """The mode ``open()`` would give a new file under the current umask (0o644 for umask 022)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; the user's umask decides, as for open()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
 
 
 def save_weights(

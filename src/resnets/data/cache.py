@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
+from ..outputs import atomic_write
 
 #: Bumped whenever decoding or the entry layout changes, so old entries are not reused.
 CACHE_VERSION = "resnets-data-1"
@@ -59,16 +59,9 @@ def md5_file(path: str | os.PathLike[str]) -> str:
 
 
 def save_entry(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Write tensors and JSON metadata to ``path`` atomically (temporary file in the same folder, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"json": json.dumps(metadata)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write tensors and JSON metadata to ``path`` atomically (see :func:`resnets.outputs.atomic_write`)."""
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
+                                             metadata={"json": json.dumps(metadata)}))
 
 
 def load_entry(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:

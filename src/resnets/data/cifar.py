@@ -11,7 +11,6 @@ import io
 import os
 import pickle
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..weights import default_file_mode
+from ..outputs import atomic_write
 from .cache import md5_file, resolve_cache_dir
 from .tensors import ImageTensors
 
@@ -182,23 +181,18 @@ def download_cifar(name: str, dest_dir: str | os.PathLike[str], *, base_url: str
     expected = md5 or spec["md5"]
     base = base_url or os.environ.get("RESNETS_CIFAR_URL") or DEFAULT_BASE_URL
     url = f"{base.rstrip('/')}/{spec['archive']}"
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
-    target = dest / spec["archive"]
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec['archive']}.", suffix=".part", dir=dest)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+    target = Path(dest_dir) / spec["archive"]
+
+    def fetch(tmp: str) -> None:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             while block := response.read(1 << 20):
                 out.write(block)
         got = md5_file(tmp)
         if got != expected:
             raise UserError(f"checksum mismatch for {url}: md5 {got}, expected {expected}; "
                             "the download is corrupt or not the official archive")
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600
-        os.replace(tmp, target)
+
+    try:
+        return atomic_write(target, fetch)
     except (urllib.error.URLError, OSError) as exc:
         raise UserError(f"cannot download {url}: {exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target

@@ -29,7 +29,6 @@ import os
 import random
 import re
 import tarfile
-import tempfile
 import urllib.parse
 import warnings
 import zlib
@@ -42,8 +41,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import UserError
+from ..outputs import atomic_write
 from ..progress import Progress
-from ..weights import default_file_mode
 from .cifar import DATASETS
 from .folder import find_classes, scan_split
 from .images import MAX_IMAGE_PIXELS, BadImageError, decode_rgb
@@ -64,21 +63,17 @@ MAX_TAR_HEADER_BYTES = 1 << 20
 
 
 def _atomic_tar(path: Path, samples: list[tuple[str, str, bytes, int]]) -> None:
-    """Write ``(key, ext, data, label)`` samples to the tar ``path`` atomically (temp file, rename)."""
+    """Write ``(key, ext, data, label)`` samples to the tar ``path`` atomically (see ``atomic_write``)."""
     import webdataset as wds
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as stream:
             writer = wds.TarWriter(stream, encoder=False)
             for key, ext, data, label in samples:
                 writer.write({"__key__": key, ext: data, "cls": str(label).encode("ascii")})
             writer.close()
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def write_split(split_dir: Path, out: Path, name: str, classes: list[str], *, max_count: int,
@@ -186,9 +181,7 @@ def write_shards(root: str | os.PathLike[str], out: str | os.PathLike[str], *, m
         index["splits"][name] = entry
         log(f"{name}: {entry['total']} images in {len(entry['shards'])} shard(s) {out / entry['pattern']}"
             + (f", {len(entry['bad_images'])} bad image(s) skipped" if entry["bad_images"] else ""))
-    tmp = out / f".{INDEX_NAME}.tmp"
-    tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(tmp, out / INDEX_NAME)
+    atomic_write(out / INDEX_NAME, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1) + "\n"))
     return index
 
 

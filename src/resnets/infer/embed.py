@@ -99,7 +99,7 @@ def save_index(emb: Embeddings, path: str | os.PathLike[str]) -> Path:
     """Write ``emb`` to ``path`` (``.safetensors`` or ``.npz``) atomically: a temporary file, then rename."""
     from safetensors.numpy import save_file
 
-    from ..weights import atomic_write
+    from ..outputs import atomic_write
 
     path = Path(path)
     meta = {**emb.meta, "paths": emb.paths}

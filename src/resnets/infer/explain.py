@@ -106,7 +106,7 @@ def save_overlay(exp: Explanation, out: str | os.PathLike[str]) -> Path:
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    from ..weights import atomic_write
+    from ..outputs import atomic_write
 
     fig = Figure(figsize=(4.2, 4.6), dpi=100)
     ax = fig.add_subplot()

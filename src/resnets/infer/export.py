@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..outputs import check_out_file
-from ..weights import atomic_write, default_file_mode
+from ..outputs import atomic_write, check_out_file
 from .loading import LoadedModel, load_for_inference
 from .quantize import (
     BATCH,
@@ -100,15 +99,16 @@ def export(
     if int8:
         return _export_int8(model, loaded, out_path, opset, calibration, calibration_images, check_images,
                             min_agreement, max_rel_error)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     size = loaded.input_size
     gen = torch.Generator().manual_seed(0)
     inputs = [torch.randn(b, 3, size, size, generator=gen) for b in CHECK_BATCHES]
     with torch.inference_mode():
         refs = [model(x) for x in inputs]
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
+    diff = ref_max = 0.0
+
+    def write_checked(tmp: str) -> None:
+        """Export to ``tmp`` and check it; raising leaves ``out_path`` as it was."""
+        nonlocal diff, ref_max
         with warnings.catch_warnings():  # the exporters' deprecation and constant-folding chatter
             warnings.simplefilter("ignore", (UserWarning, FutureWarning, DeprecationWarning))
             if format == "onnx":
@@ -124,10 +124,8 @@ def export(
         if not diff <= ATOL + RTOL * ref_max:
             raise ExportCheckError(f"{format} outputs differ from PyTorch by up to {diff:.3g} "
                                    f"(allowed {ATOL + RTOL * ref_max:.3g}); nothing written")
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, out_path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    atomic_write(out_path, write_checked)  # renamed into place only once the check passed
     return ExportResult(str(out_path), format, diff, ref_max, CHECK_BATCHES)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..weights import atomic_write
+from ..outputs import atomic_write
 
 CHECKPOINT_VERSION = 1
 
