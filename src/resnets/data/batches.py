@@ -12,7 +12,6 @@ bilinear downscale of the whole crop, so the network sees the whole object at a 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterator, Sequence
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..runtime import derive_seed
 from .tensors import ImageTensors
 
 
@@ -31,12 +31,6 @@ def progressive_image_size(epoch: int, num_epochs: int, full: int, start: int, u
         return full
     size = start + (full - start) * epoch / ramp
     return min(full, max(4, 4 * int(size / 4 + 0.5)))  # halves round up
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A 63-bit seed for one epoch, mixed from the run's seed and the epoch number."""
-    digest = hashlib.sha256(f"resnets-batches:{seed}:{epoch}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 class DeviceBatches:
@@ -103,7 +97,7 @@ class DeviceBatches:
         n = len(self.labels)
         if not self.train:
             return torch.arange(n), None, None
-        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        g = torch.Generator().manual_seed(derive_seed("batches", self.seed, self.epoch))
         order = torch.randperm(n, generator=g)
         height, width = self.images.shape[2:]
         max_dy = height + 2 * self.pad - self.crop[0]

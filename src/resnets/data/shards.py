@@ -23,7 +23,6 @@ Other members are bad images: refused, or skipped (with a warning, counted) unde
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -43,6 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..errors import UserError
 from ..outputs import atomic_write
 from ..progress import Progress
+from ..runtime import derive_seed
 from .cifar import DATASETS
 from .folder import find_classes, scan_split
 from .images import MAX_IMAGE_PIXELS, BadImageError, decode_rgb
@@ -484,16 +484,10 @@ def decode_sample(sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
     return decode_rgb(data, path, max_pixels=MAX_IMAGE_PIXELS), _label(sample)
 
 
-def mix_seed(*parts: Any) -> int:
-    """A 63-bit seed mixed from ``parts``."""
-    digest = hashlib.sha256(":".join(map(str, ("resnets-shards", *parts))).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
 def rank_shards(urls: Sequence[str], seed: int, epoch: int, rank: int, world_size: int) -> list[str]:
     """This rank's shards for ``epoch``: a permutation seeded by (seed, epoch), then every ``world_size``-th."""
     order = list(urls)
-    random.Random(mix_seed(seed, epoch)).shuffle(order)
+    random.Random(derive_seed("shards", seed, epoch)).shuffle(order)
     mine = order[rank::world_size]
     if not mine:  # fewer shards than ranks: share them round-robin
         mine = [order[rank % len(order)]]
@@ -504,7 +498,7 @@ def stream_samples(urls: Sequence[str], seed: int, buffer: int = SHUFFLE_BUFFER,
                    max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict[str, Any]]:
     """Endless samples of ``urls``: pass ``p`` reads them in a (seed, p) order through a seeded shuffle buffer."""
     for p in range(1 << 62):
-        rng = random.Random(mix_seed(seed, p))
+        rng = random.Random(derive_seed("shards", seed, p))
         order = list(urls)
         if p:
             rng.shuffle(order)
@@ -550,13 +544,14 @@ class _TrainStream(IterableDataset):
             return
         stream = first % stride
         position = first // stride  # batches of this stream already consumed
-        samples = stream_samples(self.shards[stream::stride] or self.shards, mix_seed(self.seed, stream),
-                                 max_member_bytes=self.max_member_bytes)
+        samples = stream_samples(self.shards[stream::stride] or self.shards,
+                                 derive_seed("shards", self.seed, stream), max_member_bytes=self.max_member_bytes)
         for _ in range(position * self.per_rank):
             next(samples)
         for b in range(first, self.steps, stride):
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(mix_seed(self.seed, "batch", b))  # augmentation is a function of the batch
+                # augmentation is a function of the batch
+                torch.manual_seed(derive_seed("shards", self.seed, "batch", b))
                 batch = self._batch(samples)
             yield batch
 
@@ -650,7 +645,7 @@ class ShardBatches:
         workers = min(self.workers, len(mine))
         stream = _TrainStream(mine, per_rank=self.batch_size // self.world_size, steps=len(self),
                               start=max(0, start_batch), streams=max(1, workers),
-                              seed=mix_seed(self.seed, self.epoch, self.rank), transform=self.transform,
+                              seed=derive_seed("shards", self.seed, self.epoch, self.rank), transform=self.transform,
                               skip_bad_images=self.skip_bad_images, max_member_bytes=self.max_member_bytes)
         if workers == 0:
             yield from stream
