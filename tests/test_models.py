@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -11,9 +13,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from resnets import UserError, create_model, load_weights, summary
-from resnets.models import ZeroPadShortcut
+from resnets import UserError, create_model, load_weights, save_weights, summary
+from resnets.models import ModelCard, ResNet, ZeroPadShortcut, list_models, model_family
 from resnets.models.registry import CIFAR_DEPTHS, PLAIN_CIFAR_DEPTHS, PLAIN_IMAGENET_DEPTHS
+from resnets.models.resnet import VARIANTS
 
 IMAGENET_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
 CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
@@ -413,6 +416,71 @@ def test_plain_block_adds_no_shortcut() -> None:
     with torch.no_grad():
         expected = torch.relu(block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x))))))
         assert torch.equal(block(x), expected)
+
+
+# --- layout and model card -----------------------------------------------------------------------------------
+
+# sha256 (first 16 hex digits) of the JSON [[key, shape], ...] of every state dict of the model, over its variants
+# (CIFAR: v1, v1.5, preact x shortcut A, B), recorded from the code before ResNet and CifarResNet shared one
+# stage builder. Weights files, summary names and torchvision/timm loading depend on these keys.
+STATE_DICT_DIGESTS = {
+    "resnet18": "0d2ed050d14da58f", "resnet34": "3fbb2b9917967d13", "resnet50": "1743e8d9c68a0192",
+    "resnet101": "980bdb47f7eaa9ea", "resnet152": "fe87ae6b12434c20", "plain18": "cb8912e2881f28d6",
+    "plain34": "215751f73995d12a", "resnet20": "2cf3a1ad94c343a3", "resnet32": "1ab17086e8f2891b",
+    "resnet44": "2dc7ea38d7adc002", "resnet56": "a52c020be8f9ff6d", "resnet110": "d21632c5e2d03f96",
+    "resnet1202": "3c7b99617ff3937b", "plain20": "5067aa6a4a21048b", "plain32": "6790cd9c263c54b3",
+    "plain44": "a52a8f945ce8a5fe", "plain56": "2115af73b36c0cc3", "plain110": "dc14424aa411396c",
+}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_state_dict_keys_and_shapes_are_unchanged(name: str) -> None:
+    cifar = model_family(name) == "cifar"
+    digest = hashlib.sha256()
+    for variant in ("v1", "v1.5", "preact") if cifar else VARIANTS:
+        for options in ({"shortcut": "A"}, {"shortcut": "B"}) if cifar else ({},):
+            state = meta_model(name, variant=variant, **options).state_dict()
+            digest.update(json.dumps([[k, list(t.shape)] for k, t in state.items()]).encode())
+    assert digest.hexdigest()[:16] == STATE_DICT_DIGESTS[name]
+
+
+@pytest.mark.parametrize("name, stem, reductions, channels", [
+    ("resnet50", 4, [4, 8, 16, 32], [64, 256, 512, 1024, 2048]),
+    ("resnet18", 4, [4, 8, 16, 32], [64, 64, 128, 256, 512]),
+    ("resnet20", 1, [1, 2, 4], [16, 16, 32, 64]),
+])
+def test_feature_info_gives_each_stage_its_channels_and_reduction(name: str, stem: int, reductions: list[int],
+                                                                  channels: list[int]) -> None:
+    model = meta_model(name)
+    assert model.feature_info == [{"module": "stem", "num_chs": channels[0], "reduction": stem}] + [
+        {"module": f"layer{i + 1}", "num_chs": c, "reduction": r}
+        for i, (c, r) in enumerate(zip(channels[1:], reductions, strict=True))]
+    assert model.stage_names == [f"layer{i + 1}" for i in range(len(reductions))]
+    assert model.num_features == channels[-1] == model.fc.in_features
+
+
+def test_model_card_carries_the_spec_classes_and_normalization() -> None:
+    model = meta_model("resnet20", variant="preact", shortcut="B", num_classes=3)
+    assert model.card == ModelCard("resnet20", "preact", 3, {"shortcut": "B"})
+    assert model.spec == {"name": "resnet20", "variant": "preact", "num_classes": 3, "shortcut": "B"}
+    assert (model.num_classes, model.variant, model.classes, model.normalization) == (3, "preact", None, None)
+    with pytest.raises(AttributeError):
+        model.spec = {}  # type: ignore[misc]
+    model.classes = ["a", "b", "c"]
+    model.normalization = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    assert model.card.classes == ["a", "b", "c"] and model.card.normalization == {"mean": [0.5] * 3,
+                                                                                  "std": [0.25] * 3}
+    assert "card" not in dict(model.named_modules()) and "classes" not in model.state_dict()
+    model.reset_classifier(5)
+    assert model.spec["num_classes"] == model.num_classes == model.fc.out_features == 5 and model.classes is None
+
+
+def test_a_net_constructed_directly_has_an_unnamed_card() -> None:
+    with torch.device("meta"):
+        model = ResNet("basic", (2, 2, 2, 2), 7, variant="d")
+    assert model.card == ModelCard(None, "d", 7)
+    with pytest.raises(UserError, match="no registry name; build it with resnets.create_model"):
+        save_weights(model, "never-written.safetensors")
 
 
 # --- mistakes ----------------------------------------------------------------------------------------------

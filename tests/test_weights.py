@@ -44,6 +44,25 @@ def test_variant_and_class_count_survive_the_round_trip(tmp_path: Path) -> None:
     assert torch.equal(_logits(model, x), _logits(rebuilt, x))
 
 
+def test_metadata_is_the_cards_and_a_file_in_that_format_fills_the_card(tmp_path: Path) -> None:
+    model = create_model("resnet20", variant="preact", in_chans=1, num_classes=10)
+    model.classes, model.normalization = CLASSES, NORM
+    path = save_weights(model, tmp_path / "card.safetensors", extra={"trained": {"epoch": 3}})
+    assert read_metadata(path) == {
+        "format_version": 1, "spec": {"name": "resnet20", "variant": "preact", "num_classes": 10, "in_chans": 1},
+        "classes": CLASSES, "normalization": NORM, "trained": {"epoch": 3}}
+    from safetensors.torch import save_file
+
+    # written as resnets wrote files before the card, without classes or normalisation
+    old = tmp_path / "old.safetensors"
+    meta = {"format_version": 1, "spec": {"name": "resnet20", "variant": "v1", "num_classes": 4}}
+    save_file({k: v.contiguous() for k, v in create_model("resnet20", num_classes=4).state_dict().items()},
+              str(old), metadata={"resnets": json.dumps(meta)})
+    card = load_model(old).card
+    assert (card.name, card.variant, card.num_classes, card.options) == ("resnet20", "v1", 4, {})
+    assert card.classes is None and card.normalization is None
+
+
 def test_torchvision_pth_and_wrapped_checkpoints_load(tmp_path: Path) -> None:
     reference = torchvision.models.resnet18(weights=None).eval()
     x = torch.randn(1, 3, 64, 64)

@@ -194,7 +194,7 @@ def evaluate(
     weights = loaded.source
     out = check_out_dir(out_dir if out_dir is not None else Path(weights).parent)  # before the work, not after
     model = loaded.model.to(dev)
-    classes: list[str] | None = getattr(model, "classes", None)
+    classes = model.card.classes
     norm = {"mean": list(loaded.mean), "std": list(loaded.std)}
     start = time.perf_counter()
     batches, data_classes, crop, notes = _eval_batches(
@@ -208,7 +208,7 @@ def evaluate(
     classes = list(data_classes)
     from .models.registry import model_family
 
-    name = model.spec["name"]
+    name = loaded.name
     side = crop or (224 if model_family(name) == "imagenet" else 32)
     dtype = autocast_dtype(choose_precision(precision, dev, model, image_size=side, model_key=name))
     result = evaluate_model(model, batches, num_classes=len(classes), device=dev, autocast_dtype=dtype, tta=tta,
@@ -220,7 +220,7 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     stem = "eval-" + _slug(data) + (f"-{tta}" if tta else "")
     report: dict[str, Any] = {
-        "weights": str(weights), "data": str(data), "model": model.spec, "tta": tta, "images": result["n"],
+        "weights": str(weights), "data": str(data), "model": model.card.spec, "tta": tta, "images": result["n"],
         "top1": result["top1"], "top5": result["top5"], "loss": result["loss"], "per_class": per_class,
         "classes": classes, "confusion": confusion.tolist(), "seconds": time.perf_counter() - start,
         "device": str(dev), "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
@@ -228,7 +228,7 @@ def evaluate(
         "bad_images": notes.get("bad_images", []), "missing_classes": notes.get("missing_classes", []),
     }
     atomic_write(out / f"{stem}-confusion.png", lambda tmp: plot_confusion(
-        confusion, classes, tmp, title=f"{model.spec['name']} on {data}: top-1 {result['top1']:.2f}%"))
+        confusion, classes, tmp, title=f"{name} on {data}: top-1 {result['top1']:.2f}%"))
     atomic_write(out / f"{stem}.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
     return report
 

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import UserError
+from .models import ResNetBase
 
 DEPTHS = ("stages", "blocks")
 
@@ -167,7 +168,7 @@ def _input_shape(model: nn.Module, input_size: int | Sequence[int]) -> tuple[int
 
 
 def summary(
-    model: nn.Module,
+    model: ResNetBase,
     input_size: int | Sequence[int] = (1, 3, 224, 224),
     depth: str = "stages",
 ) -> ModelSummary:
@@ -181,7 +182,7 @@ def summary(
         raise UserError(f"unknown depth '{depth}'; choose one of: {', '.join(DEPTHS)}")
     shape = _input_shape(model, input_size)
     stage_names: list[str] = list(model.stage_names)
-    final_bn: nn.Module | None = getattr(model, "final_bn", None)
+    final_bn = model.final_bn
 
     # (row name, kind, module names covered, module whose output is the row's output)
     plan: list[tuple[str, str, list[str], str]] = []
@@ -238,10 +239,9 @@ def summary(
             block=_block_kind(block) if block is not None else None,
             shortcut=_shortcut_kind(block) if block is not None else None,
         ))
-    spec = getattr(model, "spec", {})
     return ModelSummary(
-        model=spec.get("name", type(model).__name__),
-        variant=spec.get("variant"),
+        model=model.card.name or type(model).__name__,
+        variant=model.card.variant,
         input_size=shape,
         depth=depth,
         rows=rows,

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import UserError
-from .models import create_model
+from .models import ResNetBase, create_model
 from .outputs import atomic_write
 
 FORMAT_VERSION = 1
@@ -34,7 +34,7 @@ _OLD_PREACT_BN = "layer1.0.bn1."  # only earlier pre-activation nets have it; se
 
 
 def save_weights(
-    model: nn.Module,
+    model: ResNetBase,
     path: str | os.PathLike[str],
     *,
     classes: list[str] | None = None,
@@ -44,19 +44,20 @@ def save_weights(
     """Write ``model``'s weights as safetensors with the metadata that rebuilds it; atomic.
 
     ``classes``: class names in index order; ``normalization``: ``{"mean": [...], "std": [...]}`` in 0..1.
-    Both default to the model's own ``classes``/``normalization`` attributes when it has them.
+    Both default to the model's card (``model.card.classes``/``.normalization``).
     """
-    spec = getattr(model, "spec", None)
-    if spec is None:
-        raise UserError("this model has no .spec; build it with resnets.create_model to save it with metadata")
-    classes = classes if classes is not None else getattr(model, "classes", None)
-    if classes is not None and len(classes) != spec["num_classes"]:
-        raise UserError(f"{len(classes)} class names given for a {spec['num_classes']}-class model")
+    card = model.card
+    if card.name is None:
+        raise UserError("this model has no registry name; build it with resnets.create_model to save it "
+                        "with metadata")
+    classes = classes if classes is not None else card.classes
+    if classes is not None and len(classes) != card.num_classes:
+        raise UserError(f"{len(classes)} class names given for a {card.num_classes}-class model")
     meta = {
         "format_version": FORMAT_VERSION,
-        "spec": spec,
+        "spec": card.spec,
         "classes": list(classes) if classes is not None else None,
-        "normalization": dict(normalization or getattr(model, "normalization", None) or {}) or None,
+        "normalization": dict(normalization or card.normalization or {}) or None,
         **(dict(extra) if extra else {}),
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -77,14 +78,13 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(raw)
 
 
-def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model from a ``save_weights`` file alone, with ``.classes`` and ``.normalization`` set."""
+def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> ResNetBase:
+    """Rebuild a model from a ``save_weights`` file alone, its card's ``classes`` and ``normalization`` set."""
     meta = read_metadata(path)
-    spec = dict(meta["spec"])
-    model = create_model(spec.pop("name"), **spec)
+    model = create_model(**meta["spec"])
     load_weights(model, path)
-    model.classes = meta.get("classes")
-    model.normalization = meta.get("normalization")
+    model.card.classes = meta.get("classes")
+    model.card.normalization = meta.get("normalization")
     return model.to(device).eval()
 
 
@@ -145,8 +145,9 @@ def load_weights(
         raise UserError(f"the weights have a {got}-class head but the model has {want} classes; "
                         f"build the model with num_classes={got}, or call load_weights(model, weights, "
                         "reinit_head=True) to fine-tune with a fresh head")
-    name = getattr(model, "spec", {}).get("name", type(model).__name__)
-    if getattr(model, "variant", None) == "preact" and unexpected and not missing and not shapes and all(
+    card = model.card if isinstance(model, ResNetBase) else None  # else a torchvision or other net
+    name = card.name if card is not None and card.name else type(model).__name__
+    if card is not None and card.variant == "preact" and unexpected and not missing and not shapes and all(
             k.startswith(_OLD_PREACT_BN) for k in unexpected):
         raise UserError(f"weights do not fit {name}: they hold {_OLD_PREACT_BN[:-1]}, the extra BN-ReLU that "
                         "earlier resnets pre-activation nets had in their first unit; the paper's net (this one) "

@@ -9,13 +9,16 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..data.normalization import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..models import ResNetBase
 
 
 @cache
@@ -32,7 +35,7 @@ def imagenet_classes() -> tuple[str, ...]:
 class LoadedModel:
     """A model in eval mode with what inference needs to feed it and name its outputs."""
 
-    model: nn.Module
+    model: ResNetBase
     classes: list[str]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -103,10 +106,11 @@ def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name
     is_resnets = _has_resnets_metadata(path, read_metadata)
     if is_resnets:
         model = load_model(path)
-        if model_name and model_name != model.spec["name"]:
-            raise UserError(f"{path} holds a {model.spec['name']}, not a {model_name}")
-        if variant and variant != model.spec.get("variant"):
-            raise UserError(f"{path} holds a {model.spec['name']} of variant {model.spec.get('variant')}, "
+        card = model.card
+        if model_name and model_name != card.name:
+            raise UserError(f"{path} holds a {card.name}, not a {model_name}")
+        if variant and variant != card.variant:
+            raise UserError(f"{path} holds a {card.name} of variant {card.variant}, "
                             f"not {variant}; leave out --variant")
     elif model_name is None:
         raise UserError(f"{path} is not a resnets weights file; name its architecture with --model NAME "
@@ -118,17 +122,16 @@ def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name
         head = state.get("fc.weight", state.get("linear.weight"))  # the head's size: the weights' classes
         classes_in = int(head.shape[0]) if head is not None and head.ndim == 2 else None
         model = create_model(model_name, variant=variant, num_classes=classes_in)
-        load_weights(model, state)
-        model.classes = None
-        model.normalization = None
+        load_weights(model, state)  # a fresh card: no class names or normalisation
     model.eval()
-    name = model.spec["name"]
+    card = model.card
+    name = card.name
     family = model_family(name)
-    classes = list(getattr(model, "classes", None) or [])
-    num_classes = model.spec["num_classes"]
+    classes = list(card.classes or [])
+    num_classes = card.num_classes
     if not classes:
         classes = list(imagenet_classes()) if num_classes == 1000 else [f"class {i}" for i in range(num_classes)]
-    norm = getattr(model, "normalization", None)
+    norm = card.normalization
     if norm:
         mean, std = tuple(norm["mean"]), tuple(norm["std"])
     elif family == "imagenet":

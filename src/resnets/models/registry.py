@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import difflib
+from dataclasses import replace
 from typing import Any
 
-from torch import nn
-
 from ..errors import UserError
-from .resnet import VARIANTS, CifarResNet, ResNet
+from .resnet import VARIANTS, CifarResNet, ResNet, ResNetBase
 
 # ImageNet family, paper Table 1: block kind and blocks per stage (conv2_x .. conv5_x).
 IMAGENET_DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -73,12 +72,13 @@ def create_model(
     num_classes: int | None = None,
     variant: str | None = None,
     **options: Any,
-) -> nn.Module:
+) -> ResNetBase:
     """Build a ResNet by name (see ``list_models()``), freshly initialised.
 
     ImageNet nets default to ``num_classes=1000`` and ``variant="v1.5"``; CIFAR nets to 10 classes,
     ``variant="v1"`` and ``shortcut="A"``. Options: ``zero_init_residual``, ``in_chans``, and for CIFAR nets
-    ``shortcut``. The returned model carries ``model.spec``, the arguments that rebuild it.
+    ``shortcut``. The returned model's ``card`` names it and records the options given (``model.spec``,
+    the arguments that rebuild it).
     """
     entry = _entry(name)
     family = entry["family"]
@@ -93,12 +93,12 @@ def create_model(
             if variant not in VARIANTS:
                 raise UserError(f"unknown variant '{variant}' for {name}; choose one of {', '.join(VARIANTS)}")
             kind, layers = IMAGENET_DEPTHS[entry["depth"]]
-            model: nn.Module = ResNet(kind, layers, num_classes or 1000, variant=variant,
-                                      residual=entry["residual"], **options)
+            model: ResNetBase = ResNet(kind, layers, num_classes or 1000, variant=variant,
+                                       residual=entry["residual"], **options)
         else:
             model = CifarResNet(CIFAR_DEPTHS[entry["depth"]], num_classes or 10, variant=variant,
                                 residual=entry["residual"], **options)
     except ValueError as exc:
         raise UserError(f"{name}: {exc}") from None
-    model.spec = {"name": name, "variant": variant, "num_classes": model.num_classes, **options}
+    model.card = replace(model.card, name=name, options=dict(options))
     return model

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from .blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, conv3x3
+from .card import ModelCard
 
 VARIANTS = ("v1.5", "v1", "d", "preact")
 
@@ -31,12 +33,54 @@ def _first_unit_options(variant: str, stage: int) -> dict[str, object] | None:
 
 
 class ResNetBase(nn.Module):
-    """Shared skeleton: subclasses build ``self.stem_modules`` (names), ``self.stage_names`` and ``fc``."""
+    """Shared skeleton: a subclass builds its stem (``stem_names``) and calls ``_build`` for the rest.
 
-    stage_names: list[str]
+    ``card`` (:class:`ModelCard`) is the metadata that travels with the net; ``spec``, ``classes``,
+    ``normalization``, ``num_classes`` and ``variant`` read it.
+    """
+
+    card: ModelCard
     stem_names: list[str]
-    num_features: int
+    stage_names: list[str]
     feature_info: list[dict[str, int | str]]
+    num_features: int
+    final_bn: nn.BatchNorm2d | None
+
+    def _build(
+        self,
+        block: type[nn.Module],
+        widths: Sequence[int],
+        layers: Sequence[int],
+        num_classes: int,
+        *,
+        stem_width: int,
+        stem_reduction: int,
+        variant: str,
+        zero_init_residual: bool,
+        **block_options: object,
+    ) -> None:
+        """Everything after the stem: ``layer1..layerN``, the final BN (preact), pool, ``fc``, init and card.
+
+        Stage ``i`` is ``layers[i]`` blocks of width ``widths[i]``; the first stage keeps the stem's
+        resolution (stride 1), every later one halves it (stride 2). ``stem_reduction``: the stem's output
+        stride, the first ``feature_info`` reduction. ``block_options`` go to every block.
+        """
+        self.card = ModelCard(None, variant, num_classes)
+        channels = stem_width
+        self.stage_names = []
+        self.feature_info = [{"module": "stem", "num_chs": stem_width, "reduction": stem_reduction}]
+        for i, (width, blocks) in enumerate(zip(widths, layers, strict=True)):
+            stage, channels = self._make_stage(block, channels, width, blocks, 1 if i == 0 else 2,
+                                               _first_unit_options(variant, i), **block_options)
+            name = f"layer{i + 1}"
+            setattr(self, name, stage)
+            self.stage_names.append(name)
+            self.feature_info.append({"module": name, "num_chs": channels, "reduction": stem_reduction * 2**i})
+        self.final_bn = nn.BatchNorm2d(channels) if variant == "preact" else None
+        self.num_features = channels
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+        self._init_weights(zero_init_residual)
 
     def _make_stage(
         self,
@@ -65,6 +109,37 @@ class ResNetBase(nn.Module):
             for m in self.modules():
                 if hasattr(m, "zero_init_last") and getattr(m, "residual", False):
                     m.zero_init_last()
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The arguments that rebuild this net, ``create_model(**model.spec)`` (read-only: see ``card``)."""
+        return self.card.spec
+
+    @property
+    def num_classes(self) -> int:
+        return self.card.num_classes
+
+    @property
+    def variant(self) -> str:
+        return self.card.variant
+
+    @property
+    def classes(self) -> list[str] | None:
+        """Class names in index order, or None when unknown."""
+        return self.card.classes
+
+    @classes.setter
+    def classes(self, value: list[str] | None) -> None:
+        self.card.classes = value
+
+    @property
+    def normalization(self) -> dict[str, list[float]] | None:
+        """The input normalisation it was trained with, ``{"mean": [...], "std": [...]}`` in 0..1, or None."""
+        return self.card.normalization
+
+    @normalization.setter
+    def normalization(self, value: dict[str, list[float]] | None) -> None:
+        self.card.normalization = value
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         for name in self.stem_names:
@@ -103,7 +178,8 @@ class ResNetBase(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head with a fresh ``num_classes``-way linear layer (for fine-tuning)."""
         self.fc = nn.Linear(self.num_features, num_classes)
-        self.num_classes = num_classes
+        self.card.num_classes = num_classes
+        self.card.classes = None  # the old head's names no longer apply
 
 
 class ResNet(ResNetBase):
@@ -130,9 +206,6 @@ class ResNet(ResNetBase):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-        self.variant = variant
-        self.num_classes = num_classes
-        block = block_class(block_kind, variant)
         stem_width = widths[0]
         if variant == "d":
             self.conv1: nn.Module = nn.Sequential(
@@ -150,28 +223,9 @@ class ResNet(ResNetBase):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         self.stem_names = ["conv1", "bn1", "relu", "maxpool"]
-
-        options = {
-            "shortcut": "D" if variant == "d" else "B",
-            "residual": residual,
-            "stride_in_1x1": variant == "v1",
-        }
-        channels = stem_width
-        self.stage_names = []
-        self.feature_info = [{"module": "stem", "num_chs": stem_width, "reduction": 4}]
-        for i, (width, blocks) in enumerate(zip(widths, layers, strict=True)):
-            stride = 1 if i == 0 else 2
-            stage, channels = self._make_stage(block, channels, width, blocks, stride,
-                                               _first_unit_options(variant, i), **options)
-            name = f"layer{i + 1}"
-            setattr(self, name, stage)
-            self.stage_names.append(name)
-            self.feature_info.append({"module": name, "num_chs": channels, "reduction": 4 * 2**i})
-        self.final_bn = nn.BatchNorm2d(channels) if variant == "preact" else None
-        self.num_features = channels
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels, num_classes)
-        self._init_weights(zero_init_residual)
+        self._build(block_class(block_kind, variant), widths, layers, num_classes, stem_width=stem_width,
+                    stem_reduction=4, variant=variant, zero_init_residual=zero_init_residual,
+                    shortcut="D" if variant == "d" else "B", residual=residual, stride_in_1x1=variant == "v1")
 
 
 class CifarResNet(ResNetBase):
@@ -198,28 +252,10 @@ class CifarResNet(ResNetBase):
             raise ValueError(f"CIFAR ResNets come in variants 'v1' and 'preact', not {variant!r}")
         if shortcut not in ("A", "B"):
             raise ValueError(f"unknown shortcut {shortcut!r}; use 'A' (zero padding) or 'B' (projection)")
-        self.variant = variant
-        self.num_classes = num_classes
-        block = block_class("basic", variant)
         self.conv1 = conv3x3(in_chans, widths[0])
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         self.stem_names = ["conv1", "bn1", "relu"]
-        channels = widths[0]
-        self.stage_names = []
-        self.feature_info = [{"module": "stem", "num_chs": widths[0], "reduction": 1}]
-        for i, width in enumerate(widths):
-            stride = 1 if i == 0 else 2
-            stage, channels = self._make_stage(
-                block, channels, width, blocks_per_stage, stride, _first_unit_options(variant, i),
-                shortcut=shortcut, residual=residual,
-            )
-            name = f"layer{i + 1}"
-            setattr(self, name, stage)
-            self.stage_names.append(name)
-            self.feature_info.append({"module": name, "num_chs": channels, "reduction": 2**i})
-        self.final_bn = nn.BatchNorm2d(channels) if variant == "preact" else None
-        self.num_features = channels
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels, num_classes)
-        self._init_weights(zero_init_residual)
+        self._build(block_class("basic", variant), widths, [blocks_per_stage] * len(widths), num_classes,
+                    stem_width=widths[0], stem_reduction=1, variant=variant,
+                    zero_init_residual=zero_init_residual, shortcut=shortcut, residual=residual)
