@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from resnets.cli import main
-from resnets.evaluate import is_streaming_folder
+from resnets.data.sources import is_streaming_folder
 from resnets.models import create_model
 from resnets.weights import save_weights
 

@@ -80,7 +80,7 @@ def test_eval_max_images_subset_is_the_same_files_as_before(tmp_path: Path) -> N
     import torch
 
     from resnets.data import load_image_folder
-    from resnets.evaluate import limit_images
+    from resnets.data.splits import limit_images
 
     root = make_folder(tmp_path / "data", {"test": 5})
     whole, _ = load_image_folder(root / "test", cache_dir=tmp_path / "c1")

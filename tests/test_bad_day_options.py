@@ -129,12 +129,12 @@ def test_streamed_folder_takes_val_split_subsets_and_flip(tmp_path: Path, capsys
     assert f"{data} (streamed): 6 train / 3 validation images, 2 classes" in out and "3 steps of 2" in out
     import torch
 
+    from resnets.data.sources import TrainDataSpec, open_train
     from resnets.train import resolve_config
-    from resnets.train.loop import build_data
 
     cfg = resolve_config({"model": "resnet18", "data": str(data), "val_split": 4, "flip": False, "workers": 0,
                           "epochs": 1})
-    bundle = build_data(cfg, torch.device("cpu"))
+    bundle = open_train(TrainDataSpec.of(cfg), torch.device("cpu"))
     steps = [type(t).__name__ for t in bundle.train.loader.dataset.transform.transforms]
     assert "RandomHorizontalFlip" not in steps and "RandomResizedCrop" in steps
     held_out = {p for p, _ in bundle.val.dataset.samples}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from resnets.data import DeviceBatches, ImageTensors
+from resnets.data import DeviceBatches, ImageTensors, RankBatches
 from resnets.errors import UserError
 from resnets.train import distributed as D
 
@@ -43,7 +43,7 @@ def test_rank_batches_are_slices_of_the_single_process_batches() -> None:
         return b
 
     single = list(batches())
-    ranks = [D.RankBatches(batches(), r, 2) for r in range(2)]
+    ranks = [RankBatches(batches(), r, 2) for r in range(2)]
     assert len(ranks[0]) == len(single) == 4
     per_rank = [list(r) for r in ranks]
     for b, (x, y) in enumerate(single):  # same images, same crops and flips, same labels
@@ -52,7 +52,7 @@ def test_rank_batches_are_slices_of_the_single_process_batches() -> None:
     resumed = list(ranks[1].iter_from(3))
     assert len(resumed) == 1 and torch.equal(resumed[0][0], per_rank[1][3][0])
     with pytest.raises(UserError, match="divisible"):
-        D.RankBatches(batches(), 0, 5)
+        RankBatches(batches(), 0, 5)
 
 
 def test_single_process_env_needs_no_process_group(monkeypatch: pytest.MonkeyPatch) -> None:

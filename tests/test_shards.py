@@ -290,14 +290,13 @@ def test_oversized_tar_header_is_refused(tmp_path: Path) -> None:
 def test_shard_loaders_pin_memory_for_cuda(folder: Path, tmp_path: Path, device: str, pinned: bool,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import resnets.data.shards as shards_module
-    from resnets.train import distributed as D
+    from resnets.data.sources import TrainDataSpec, open_train
     from resnets.train import resolve_config
-    from resnets.train.loop import _shard_data
 
     out = tmp_path / "shards"
     write_shards(folder, out, max_count=4, log=lambda _: None)
     cfg = resolve_config({"data": str(out), "batch_size": 6, "workers": 1, "epochs": 1})
-    bundle = _shard_data(cfg, torch.device(device), D.DistEnv(device=torch.device(device)))  # builds, runs nothing
+    bundle = open_train(TrainDataSpec.of(cfg), torch.device(device))  # builds, runs nothing
     assert bundle.train.pin_memory is pinned and bundle.val.pin_memory is pinned
     made: list[bool] = []
     real = shards_module.DataLoader

@@ -110,41 +110,6 @@ def evaluate_model(
             "confusion": confusion}
 
 
-def limit_images(data: Any, count: int | None) -> Any:
-    """``count`` images of ``data`` (an ``ImageTensors``): the first of a fixed seeded permutation; all if None."""
-    if count is None or count >= len(data):
-        return data
-    return data.subset(torch.randperm(len(data), generator=torch.Generator().manual_seed(1234))[:count])
-
-
-
-
-
-
-#: Images whose longer side exceeds this many pixels are streamed from disk rather than held in memory.
-STREAM_ABOVE = 64
-
-
-def is_streaming_folder(spec: str | Path, *, sample: int = 16) -> bool:
-    """True for an image folder whose images are large (ImageNet-like): those are streamed, not held in memory.
-
-    Decided from up to ``sample`` readable images of its ``train/`` split (else ``val/``, ``test/``, else the
-    folder itself when it holds class folders): streamed when most are over :data:`STREAM_ABOVE` pixels on
-    their longer side. Unreadable files are skipped, never fatal.
-    """
-    from .data.folder import sample_image_sizes
-
-    root = Path(spec)
-    if not root.is_dir():
-        return False
-    split = next((root / s for s in ("train", "val", "test") if (root / s).is_dir()), root)
-    try:
-        sides = sorted(max(hw) for hw in sample_image_sizes(split, sample))
-    except UserError:  # no class folders: not an image folder
-        return False
-    return bool(sides) and sides[len(sides) // 2] > STREAM_ABOVE
-
-
 def evaluate(
     weights: str | Path,
     data: str,
@@ -175,6 +140,7 @@ def evaluate(
     sizes to that shorter side and centre-crops them, or sets the crop of streamed large images.
     ``progress=False`` hides the progress (decoding, batches evaluated) otherwise shown on stderr.
     """
+    from .data.sources import open_eval
     from .infer.loading import load_for_inference
     from .outputs import atomic_write, check_out_dir
 
@@ -195,12 +161,12 @@ def evaluate(
     out = check_out_dir(out_dir if out_dir is not None else Path(weights).parent)  # before the work, not after
     model = loaded.model.to(dev)
     classes = model.card.classes
-    norm = {"mean": list(loaded.mean), "std": list(loaded.std)}
     start = time.perf_counter()
-    batches, data_classes, crop, notes = _eval_batches(
-        data, norm, dev, batch_size=batch_size, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
-        workers=workers, tta=tta, channels_last=True, max_images=max_images, classes=classes,
-        image_size=image_size or _trained_fit_size(weights), progress=progress)
+    opened = open_eval(data, dev, mean=loaded.mean, std=loaded.std, batch_size=batch_size, cache_dir=cache_dir,
+                       skip_bad_images=skip_bad_images, workers=workers, tta=tta, channels_last=True,
+                       max_images=max_images, classes=classes, image_size=image_size or _trained_fit_size(weights),
+                       progress=progress)
+    batches, data_classes, crop = opened.batches, opened.classes, opened.crop
     if model.num_classes != len(data_classes):
         raise UserError(f"the weights classify {model.num_classes} classes but {data} has {len(data_classes)}")
     if classes is not None and list(classes) != list(data_classes):
@@ -225,79 +191,12 @@ def evaluate(
         "classes": classes, "confusion": confusion.tolist(), "seconds": time.perf_counter() - start,
         "device": str(dev), "precision": str(dtype).removeprefix("torch.") if dtype else "fp32",
         "report": str(out / f"{stem}.json"), "confusion_png": str(out / f"{stem}-confusion.png"),
-        "bad_images": notes.get("bad_images", []), "missing_classes": notes.get("missing_classes", []),
+        "bad_images": [list(b) for b in opened.bad_images], "missing_classes": opened.missing_classes,
     }
     atomic_write(out / f"{stem}-confusion.png", lambda tmp: plot_confusion(
         confusion, classes, tmp, title=f"{name} on {data}: top-1 {result['top1']:.2f}%"))
     atomic_write(out / f"{stem}.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
     return report
-
-
-def _eval_batches(data: str, norm: dict[str, list[float]], device: torch.device, *, batch_size: int,
-                  cache_dir: str | None, skip_bad_images: bool, workers: int, tta: str | None,
-                  channels_last: bool, max_images: int | None, classes: list[str] | None = None,
-                  image_size: int | None = None, progress: bool = True
-                  ) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor]], list[str], int | None, dict[str, Any]]:
-    """Normalised evaluation batches of ``data``'s test/val split (never its training split), its classes
-    (``classes``, the model's, when given), the 10-crop side (or None), and notes: ``bad_images`` skipped and
-    ``missing_classes``."""
-    from . import data as rdata
-    from .data.shards import is_shard_spec
-    from .data.splits import eval_split_dir
-
-    crop = image_size or 224
-    resize = round(crop * 256 / 224)
-    if is_shard_spec(data):
-        return _shard_eval_batches(data, norm, batch_size=batch_size, workers=workers, tta=tta, crop=crop,
-                                   resize=resize, skip_bad_images=skip_bad_images)
-    path = Path(data).expanduser()
-    split_dir = eval_split_dir(path) if path.is_dir() else None
-    if split_dir is not None and is_streaming_folder(split_dir):
-        if classes is None:
-            train = path / "train"
-            classes = rdata.find_classes(train if split_dir != path and train.is_dir() else split_dir,
-                                         allow_empty=True)
-        loader = rdata.streaming_loader(split_dir, classes, train=False, batch_size=batch_size, workers=workers,
-                                        image_size=resize if tta == "10crop" else crop, resize=resize,
-                                        mean=norm["mean"], std=norm["std"], skip_bad_images=skip_bad_images)
-        dataset = loader.dataset
-        if max_images is not None and max_images < len(dataset.samples):
-            keep = torch.randperm(len(dataset.samples), generator=torch.Generator().manual_seed(1234))[:max_images]
-            dataset.samples = [dataset.samples[i] for i in sorted(keep.tolist())]
-        counts = {c: 0 for c in classes}
-        for _, label in dataset.samples:
-            counts[classes[label]] += 1
-        return loader, list(classes), (crop if tta == "10crop" else None), {
-            "missing_classes": [c for c, n in counts.items() if n == 0],
-            "bad_images": loader.bad_images}  # filled in as the batches are read
-    test, report = rdata.open_eval_split(data, classes, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
-                                         image_size=image_size, progress=progress, max_images=max_images)
-    batches = rdata.DeviceBatches(limit_images(test, max_images), batch_size, train=False, device=device,
-                                  mean=norm["mean"], std=norm["std"], channels_last=channels_last)
-    notes = {"bad_images": [list(b) for b in report.bad_images], "missing_classes": report.missing_classes}
-    return batches, list(test.classes), None, notes
-
-
-def _shard_eval_batches(data: str, norm: dict[str, list[float]], *, batch_size: int, workers: int,
-                        tta: str | None, crop: int, resize: int, skip_bad_images: bool
-                        ) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor]], list[str], int | None, dict[str, Any]]:
-    """Evaluation batches of shards: the val/test split beside named training shards, else the shards named."""
-    from .data import shards as wd
-    from .data.streaming import imagenet_transforms
-
-    named = wd.open_shards(data)
-    split = wd.sibling_split(named) if named.split == "train" else named
-    if split is None:
-        raise UserError(f"{data}: no val or test split in an index.json beside the shards; name the test "
-                        "shards themselves (e.g. --data SHARDS/test-{000000..000001}.tar)")
-    if split.small_images:
-        transform = wd.eval_transform(norm["mean"], norm["std"])
-    else:
-        transform = imagenet_transforms(False, resize if tta == "10crop" else crop, resize, norm["mean"],
-                                        norm["std"])
-    loader = wd.eval_loader(split, batch_size, workers=min(workers, 2), transform=transform,
-                            skip_bad_images=skip_bad_images)
-    return loader, list(split.classes), (crop if tta == "10crop" and not split.small_images else None), {}
 
 
 def _trained_fit_size(weights: str | Path) -> int | None:

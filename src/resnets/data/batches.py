@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..runtime import derive_seed
+from .sources import TrainBatches
 from .tensors import ImageTensors
 
 
@@ -33,7 +34,7 @@ def progressive_image_size(epoch: int, num_epochs: int, full: int, start: int, u
     return min(full, max(4, 4 * int(size / 4 + 0.5)))  # halves round up
 
 
-class DeviceBatches:
+class DeviceBatches(TrainBatches):
     """Iterate (x, y) batches of an :class:`ImageTensors`: x float NCHW normalised, y int64, on ``device``.
 
     ``train=True``: a new random order every epoch (see :meth:`set_epoch`), and per image a random crop
@@ -42,7 +43,10 @@ class DeviceBatches:
     images in order, centre-cropped to ``crop`` if given, never augmented; ``drop_last`` defaults to False.
     ``generator`` supplies the seed (``generator.initial_seed()``); without it the seed is ``seed``.
     ``mean``/``std`` are per-channel in 0..1, e.g. ``data.mean()``/``data.std()`` of the training split.
+    ``full_size`` is the crop height; progressive resizing (:meth:`set_image_size`) works.
     """
+
+    resizable = True
 
     def __init__(self, data: ImageTensors, batch_size: int, *, train: bool, device: str | torch.device = "cpu",
                  mean: Sequence[float], std: Sequence[float], pad: int = 4, flip: bool = True,
@@ -70,6 +74,7 @@ class DeviceBatches:
         self.crop = (height, width) if crop is None else ((crop, crop) if isinstance(crop, int) else tuple(crop))
         if self.crop[0] > height + 2 * self.pad or self.crop[1] > width + 2 * self.pad:
             raise UserError(f"crop {self.crop} larger than the (padded) images {height}x{width} + pad {self.pad}")
+        self.full_size = self.crop[0]
         std_t = torch.tensor(std, dtype=torch.float64)
         self._scale = (1.0 / (255.0 * std_t)).to(dtype).view(1, 3, 1, 1).to(self.device)
         self._shift = (torch.tensor(mean, dtype=torch.float64) / std_t).to(dtype).view(1, 3, 1, 1).to(self.device)
@@ -164,3 +169,39 @@ class DeviceBatches:
         x = torch.empty(batch.shape, dtype=self.dtype, device=batch.device, memory_format=fmt)
         x.copy_(batch)
         return x.mul_(self._scale).sub_(self._shift)
+
+
+class RankBatches(TrainBatches):
+    """This rank's share of a ``DeviceBatches``: the same epochs and steps, ``1 / world_size`` of each batch.
+
+    Wraps a :class:`DeviceBatches` built with the **global** batch size; ``len`` is the number of global
+    batches (steps), and batch ``b`` of the epoch is rank ``rank``'s slice of global batch ``b``, with the
+    same crop and flip it gets in a single-process run.
+    """
+
+    resizable = True
+
+    def __init__(self, batches: DeviceBatches, rank: int, world_size: int) -> None:
+        if batches.batch_size % world_size:
+            raise UserError(f"the global batch size {batches.batch_size} must be divisible by the number of "
+                            f"processes {world_size}")
+        if not batches.drop_last and len(batches.labels) % batches.batch_size:
+            raise UserError("rank-sharded batches need drop_last (equal batches on every rank)")
+        self.inner, self.rank, self.world_size = batches, rank, world_size
+        self.full_size = batches.full_size
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def set_image_size(self, size: int | None) -> None:
+        self.inner.set_image_size(size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of the current epoch from global step ``start`` on."""
+        return self.inner.iter_from(start, rank=self.rank, world_size=self.world_size)

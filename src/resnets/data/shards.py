@@ -47,6 +47,7 @@ from .cifar import DATASETS
 from .folder import find_classes, scan_split
 from .images import MAX_IMAGE_PIXELS, BadImageError, decode_rgb
 from .normalization import IMAGENET_MEAN, IMAGENET_STD
+from .sources import TrainBatches
 
 INDEX_NAME = "index.json"
 FORMAT = "resnets-shards-1"
@@ -604,22 +605,25 @@ def eval_transform(mean: Sequence[float], std: Sequence[float]) -> Callable[[tor
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
 
-class ShardBatches:
+class ShardBatches(TrainBatches):
     """Training batches streamed from shards: ``len`` global steps per epoch, ``set_epoch``, ``iter_from``.
 
     Each rank yields ``batch_size // world_size`` images per step (``batch_size`` is the global batch), as
     float tensors, normalised and augmented: CIFAR-style (pad, crop, flip) for small images, else
-    ``transform`` (e.g. ImageNet's random-resized crop). Tar members over ``max_member_bytes`` are not read.
+    ``transform`` (e.g. ImageNet's random-resized crop) making images of side ``image_size`` (``full_size``;
+    default: the shards' image height, :data:`SMALL_IMAGE_MAX_SIDE` if it varies). Tar members over
+    ``max_member_bytes`` are not read.
     """
 
     def __init__(self, shards: ShardSet, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
                  workers: int = 0, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  pad: int = 4, flip: bool = True, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 skip_bad_images: bool = False, max_member_bytes: int = MAX_MEMBER_BYTES,
-                 pin_memory: bool = False) -> None:
+                 image_size: int | None = None, skip_bad_images: bool = False,
+                 max_member_bytes: int = MAX_MEMBER_BYTES, pin_memory: bool = False) -> None:
         if batch_size % world_size:
             raise UserError(f"the global batch size {batch_size} must be divisible by the number of processes "
                             f"{world_size}")
+        self.full_size = image_size or (shards.image_size[0] if shards.image_size else SMALL_IMAGE_MAX_SIDE)
         self.shards, self.batch_size, self.seed = shards, batch_size, seed
         self.rank, self.world_size, self.workers = rank, world_size, max(0, workers)
         self.mean = list(mean or shards.mean or IMAGENET_MEAN)
@@ -639,12 +643,12 @@ class ShardBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)
 
-    def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's batches of the current epoch from step ``start_batch`` on."""
+    def iter_from(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's batches of the current epoch from step ``start`` on."""
         mine = rank_shards(self.shards.urls, self.seed, self.epoch, self.rank, self.world_size)
         workers = min(self.workers, len(mine))
         stream = _TrainStream(mine, per_rank=self.batch_size // self.world_size, steps=len(self),
-                              start=max(0, start_batch), streams=max(1, workers),
+                              start=max(0, start), streams=max(1, workers),
                               seed=derive_seed("shards", self.seed, self.epoch, self.rank), transform=self.transform,
                               skip_bad_images=self.skip_bad_images, max_member_bytes=self.max_member_bytes)
         if workers == 0:

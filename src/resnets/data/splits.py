@@ -1,4 +1,5 @@
-"""``open_data``: one call from a data spec (folder, CIFAR name or archive, "sample") to train/test splits."""
+"""``open_data``: one call from a data spec (folder, CIFAR name or archive, "sample") to train/test splits, and
+the seeded subsets that ``--train-images``, ``--test-images`` and ``--max-images`` keep."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from .tensors import ImageTensors, LoadReport
 
 #: Seed of the fixed permutation that ``val_split`` holds out from the training split.
 VAL_SPLIT_SEED = 0
+#: Seed of the fixed permutation whose first N items a limit on the number of images keeps.
+SUBSET_SEED = 1234
 
 
 @dataclass
@@ -119,6 +122,21 @@ def hold_out(splits: DataSplits, count: int) -> DataSplits:
     report["val"] = LoadReport(source=f"last {count} of a seeded permutation of the training split",
                                num_images=count, classes=list(splits.classes), class_counts=val.class_counts())
     return DataSplits(train, val, splits.classes, f"{splits.name} ({n - count}/{count} val split)", report)
+
+
+def subset_indices(n: int, count: int | None) -> list[int]:
+    """The indices of ``count`` of ``n`` items: the first ``count`` of a fixed seeded permutation; all ``n``, in
+    order, if ``count`` is None or at least ``n``."""
+    if count is None or count >= n:
+        return list(range(n))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(SUBSET_SEED))[:count].tolist()
+
+
+def limit_images(data: ImageTensors, count: int | None) -> ImageTensors:
+    """``count`` images of ``data`` (see :func:`subset_indices`); ``data`` itself if None or at least all."""
+    if count is None or count >= len(data):
+        return data
+    return data.subset(subset_indices(len(data), count))
 
 
 def eval_split_dir(root: str | os.PathLike[str]) -> Path:

@@ -173,7 +173,7 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
 def _open_splits(opts: DegradationOptions, settings: dict[str, Any]) -> tuple[Any, Any]:
     """The training and test images the runs use: the trainer's fixed seeded subsets of ``opts.data``."""
     from ..data import open_data
-    from ..evaluate import limit_images
+    from ..data.splits import limit_images
 
     splits = open_data(opts.data, cache_dir=opts.cache_dir, progress=opts.progress)
     return (limit_images(splits.train, settings["train_images"] or None),
@@ -286,7 +286,7 @@ def _responses(names: list[str], out: Path, test: Any, opts: DegradationOptions)
     """Figure 7 statistics of every trained model, on the first ``response_images`` of a seeded shuffle of
     the test images."""
     from ..data import DeviceBatches
-    from ..evaluate import limit_images
+    from ..data.splits import limit_images
     from ..models import create_model
     from ..train.checkpoint import load_checkpoint
     from .responses import response_stds

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -343,11 +343,6 @@ def combine_eval(env: DistEnv, result: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def rank_slice(n: int, rank: int, world_size: int) -> torch.Tensor:
-    """Indices of this rank's contiguous, near-equal part of ``range(n)`` (e.g. an evaluation set)."""
-    return torch.arange(n).tensor_split(world_size)[rank]
-
-
 class _AllReduceSum(torch.autograd.Function):
     """Sum over ranks, differentiable: the gradient of every rank's input is the sum of all ranks' gradients."""
 
@@ -426,44 +421,3 @@ def wrap_ddp(model: nn.Module, env: DistEnv) -> nn.Module:
 
     ids = [env.device.index] if env.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)  # buffers (BN running stats) follow rank 0
-
-
-class RankBatches:
-    """This rank's share of a ``DeviceBatches``: the same epochs and steps, ``1 / world_size`` of each batch.
-
-    Wraps a :class:`resnets.data.DeviceBatches` built with the **global** batch size; ``len`` is the number
-    of global batches (steps), and batch ``b`` of the epoch is rank ``rank``'s slice of global batch ``b``,
-    with the same crop and flip it gets in a single-process run.
-    """
-
-    def __init__(self, batches: Any, rank: int, world_size: int) -> None:
-        if batches.batch_size % world_size:
-            raise UserError(f"the global batch size {batches.batch_size} must be divisible by the number of "
-                            f"processes {world_size}")
-        if not batches.drop_last and len(batches.labels) % batches.batch_size:
-            raise UserError("rank-sharded batches need drop_last (equal batches on every rank)")
-        self.inner, self.rank, self.world_size = batches, rank, world_size
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    @property
-    def epoch(self) -> int:
-        return self.inner.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.inner.set_epoch(epoch)
-
-    @property
-    def crop(self) -> tuple[int, int]:
-        return self.inner.crop
-
-    def set_image_size(self, size: int | None) -> None:
-        self.inner.set_image_size(size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.iter_from(0)
-
-    def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches of the current epoch from global step ``start_batch`` on."""
-        return self.inner.iter_from(start_batch, rank=self.rank, world_size=self.world_size)
