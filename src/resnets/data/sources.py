@@ -74,7 +74,8 @@ class TrainData:
 
 @dataclass
 class TrainDataSpec:
-    """The settings that open training data, named and defaulting as in ``resnets.train.TrainConfig``."""
+    """The settings that open training data, named and defaulting as in ``resnets.train.TrainConfig`` (but
+    ``workers``: 0 here, loading in this process)."""
 
     data: str = "sample"
     cache_dir: str | None = None
