@@ -53,8 +53,9 @@ def main() -> None:
     from resnets.data.tensors import ImageTensors
     from resnets.train import resolve_config
     from resnets.train.ema import ModelEMA
-    from resnets.train.loop import MAX_SKIPPED_STEPS, _StepTotals
     from resnets.train.optim import build_optimizer
+    from resnets.train.parts import StepTotals
+    from resnets.train.trainer import MAX_SKIPPED_STEPS
 
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
@@ -66,7 +67,7 @@ def main() -> None:
     model = create_model(args.model).to(device, memory_format=torch.channels_last).train()
     optimizer = build_optimizer(model, cfg)
     ema = ModelEMA(model, cfg.ema_decay)
-    totals = _StepTotals(device, MAX_SKIPPED_STEPS)
+    totals = StepTotals(device, MAX_SKIPPED_STEPS)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
     x, y = next(iter(batches))

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from resnets.train import distributed as D
+from resnets.train.parts import StepTotals
 
 
 def main(out: Path) -> None:
@@ -33,13 +34,18 @@ def main(out: Path) -> None:
     weights = torch.arange(full.numel(), dtype=torch.float32).view_as(full).chunk(env.world_size)[env.rank]
     loss = (model(mine) * weights).sum() / full.shape[0] * env.world_size  # local mean -> DDP averages
     loss.backward()
-    stop_nan = D.sync_step(env, torch.tensor(float("nan") if env.rank == 1 else 1.0), torch.tensor(1.0), False)
-    stop_req = D.sync_step(env, torch.tensor(2.0 + env.rank), torch.tensor(3.0), env.rank == 0)
+    # the trainer's read of its step totals: a NaN on rank 1 trips every rank; a stop on rank 0 stops all
+    totals = StepTotals(env.device, guard_streak=1)
+    totals.add(torch.tensor(float("nan") if env.rank == 1 else 1.0), torch.tensor(1.0), 4, step=7)
+    *_, nan_bad, nan_stop = totals.read(env, False)
+    totals = StepTotals(env.device, guard_streak=1)
+    totals.add(torch.tensor(2.0 + env.rank), torch.tensor(3.0), 4, step=8)
+    loss_sum, hits, seen, _, stop = totals.read(env, env.rank == 0)
     result = {"rank": env.rank, "world": env.world_size, "grad_x": mine.grad.tolist(),
               "grad_w": bn[0].weight.grad.tolist(), "grad_b": bn[0].bias.grad.tolist(),
               "running_mean": bn[0].running_mean.tolist(), "running_var": bn[0].running_var.tolist(),
-              "nan_loss": repr(stop_nan[0]), "nan_stop": stop_nan[2], "loss": stop_req[0],
-              "correct": stop_req[1], "stop": stop_req[2],
+              "nan_step": nan_bad[0] if nan_bad else None, "nan_stop": nan_stop, "loss": loss_sum / seen,
+              "correct": hits, "stop": stop,
               "run_dir": D.broadcast_object(env, f"run-of-rank-{env.rank}")}
     D.on_main(env, (out / "main-only.txt").write_text, "written by rank 0\n")
     (out / f"rank{env.rank}.json").write_text(json.dumps(result))

@@ -18,7 +18,8 @@ import torch
 from ..errors import UserError
 from ..outputs import atomic_write
 
-CHECKPOINT_VERSION = 1
+# 2: the meters' sums as {"epoch": {...}, "window": {...}} (1: flat "epoch_loss", "win_loss"... keys)
+CHECKPOINT_VERSION = 2
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -35,8 +36,22 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
         raise UserError(f"{path} is not a readable checkpoint ({str(exc).splitlines()[0][:160]})") from None
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+    if not isinstance(state, dict) or "version" not in state:
         raise UserError(f"{path} is not a resnets training checkpoint")
+    if state["version"] == 1:
+        return _upgrade_v1(state)
+    if state["version"] != CHECKPOINT_VERSION:
+        raise UserError(f"{path} is a version {state['version']} checkpoint; this resnets reads versions 1 to "
+                        f"{CHECKPOINT_VERSION}: upgrade resnets to resume it")
+    return state
+
+
+def _upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 checkpoint in version 2's layout: the sums by window (``epoch_loss`` -> ``epoch.loss``)."""
+    sums = state.get("sums", {})
+    state["sums"] = {window: {name: sums.get(f"{prefix}{name}", 0) for name in ("loss", "correct", "seen", "time")}
+                     for window, prefix in (("epoch", "epoch_"), ("window", "win_"))}
+    state["version"] = CHECKPOINT_VERSION
     return state
 
 

@@ -304,19 +304,6 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
-def sync_step(env: DistEnv, loss_sum: torch.Tensor, correct: torch.Tensor, stop: bool) -> tuple[float, float, bool]:
-    """One all-reduce per step: the global mean loss, global correct count, and whether any rank must stop.
-
-    Every rank gets the same three values, so a non-finite loss (a NaN or inf anywhere makes the sum
-    non-finite) or a stop request (signal, callback) on any rank stops every rank at the same step.
-    """
-    if not env.enabled:
-        return float(loss_sum), float(correct), stop
-    packed = torch.stack([loss_sum.detach().float().reshape(()), correct.detach().float().reshape(()),
-                          torch.tensor(float(stop), device=loss_sum.device)])
-    dist.all_reduce(packed)
-    loss, hits, stops = packed.tolist()
-    return loss / env.world_size, hits, stops > 0
 
 
 def all_reduce_sum(env: DistEnv, tensor: torch.Tensor) -> torch.Tensor:
