@@ -139,21 +139,18 @@ def resolve_settings(opts: DegradationOptions) -> dict[str, Any]:
 
 
 def experiment_precision(opts: DegradationOptions) -> str:
-    """The number format of every net: ``opts.precision`` if given; on CPU, what the probe finds faster for
-    training the deepest ResNet of the experiment (one choice for all nets, so the comparison stays fair);
-    on CUDA ``auto`` (the trainer takes bf16 where native, else fp16)."""
-    from ..hardware import cpu_precision, probe_input_shape
+    """The number format of every net, chosen as the trainer chooses (``runtime.choose_precision``), once for
+    all nets so the comparison stays fair: ``opts.precision`` if given; on CPU ``auto`` is what the probe finds
+    faster for training the deepest ResNet of the experiment; on CUDA ``auto`` stays (bf16 where native)."""
     from ..models import create_model
-    from ..runtime import resolve_device
+    from ..runtime import choose_precision, resolve_device
 
-    if opts.precision != "auto":
-        if opts.precision not in ("bf16", "fp32", "fp16"):
-            raise UserError(f"unknown precision {opts.precision!r}; use auto, bf16, fp16 or fp32")
-        return opts.precision
-    if resolve_device(opts.device).type == "cuda":
+    device = resolve_device(opts.device)
+    if opts.precision == "auto" and device.type == "cuda":
         return "auto"
     name = f"resnet{max(opts.depths)}"
-    return cpu_precision(create_model(name), probe_input_shape(32), training=True, model_key=name)
+    model = create_model(name) if opts.precision == "auto" else None
+    return choose_precision(opts.precision, device, model, image_size=32, training=True, model_key=name)
 
 
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
