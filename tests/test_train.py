@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,15 +81,82 @@ def test_fast_recipe_and_overrides(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(recipe="cifar-papr"), "unknown recipe 'cifar-papr'; did you mean 'cifar-paper'"),
-    (dict(overrides={"learning_rate": 0.1}), "unknown config key 'learning_rate'"),
-    (dict(overrides={"model": "resnet21"}), "unknown model 'resnet21'"),
-    (dict(overrides={"precision": "fp8"}), "precision must be one of"),
-    (dict(overrides={"batch_size": 10, "accum_steps": 3}), "multiple of accum_steps"),
+    (dict(typed={"learning_rate": 0.1}), "unknown config key 'learning_rate'"),
+    (dict(typed={"model": "resnet21"}), "unknown model 'resnet21'"),
+    (dict(typed={"precision": "fp8"}), "precision must be one of"),
+    (dict(typed={"batch_size": 10, "accum_steps": 3}), "multiple of accum_steps"),
     (dict(config_file="/nonexistent/cfg.toml"), "does not exist"),
 ])
 def test_config_errors_are_user_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
         resolve_config(**kwargs)
+
+
+# ---- options: declared once, resolved one way for fresh and resumed runs ----------------------------------------
+
+def test_options_declare_flags_choices_and_what_may_change_on_resume() -> None:
+    from resnets.cli import build_parser
+    from resnets.train.config import RESUMABLE, options
+
+    assert RESUMABLE == {"stop_after_steps", "progress", "tensorboard", "plots", "workers", "log_every",
+                         "checkpoint_every", "eval_every", "epochs", "iterations", "device"}
+    assert options()["device"].choices == ("auto", "cpu", "cuda") and options()["mixup_alpha"].flag == "--mixup"
+    args = build_parser().parse_args(["train", "--mixup", "0.2", "--no-ema", "--tensorboard", "--image-size", "160",
+                                      "--device", "cpu", "--stop-after-steps", "3"])
+    assert (args.mixup_alpha, args.ema, args.tensorboard, args.image_size, args.device, args.stop_after_steps) == \
+        (0.2, False, True, 160, "cpu", 3)
+    assert args.lr is None and args.channels_last is None and args.download is None  # not typed: None
+    with pytest.raises(UserError, match="shortcut must be A \\(zero padding\\) or B"):
+        resolve_config({"shortcut": "C"})
+
+
+def test_torchrun_command_repeats_the_typed_flags() -> None:
+    from resnets.cli import build_parser
+    from resnets.cli.train import torchrun_command
+
+    argv = ["--model", "resnet32", "--mixup", "0.2", "--no-ema", "--tensorboard", "--no-progress", "--set", "pad=2",
+            "--stop-after-steps", "3", "--image-size", "40"]
+    parser = build_parser()
+    command = torchrun_command(parser.parse_args(["train", *argv, "--nproc", "2"]))
+    assert command[command.index("--nproc-per-node") + 1] == "2"
+    again = parser.parse_args(command[command.index("train"):])
+    assert vars(again) == {**vars(parser.parse_args(["train", *argv])), "nproc": None}
+
+
+def _saved_run(run_dir: Path, **changes: object) -> Path:
+    """A run folder whose last.pt holds only the config of ``tiny(run_dir, **changes)`` (enough to resolve)."""
+    from resnets.train.checkpoint import CHECKPOINT_VERSION
+
+    run_dir.mkdir()
+    save_checkpoint({"version": CHECKPOINT_VERSION, "config": tiny(run_dir, **changes).to_dict()}, run_dir / "last.pt")
+    return run_dir
+
+
+def test_resume_resolves_the_runs_config_then_file_then_typed(tmp_path: Path) -> None:
+    run = _saved_run(tmp_path / "run", stop_after_steps=3, progress=False, tensorboard=True)
+    cfg = resolve_config(resume=run)
+    assert cfg.to_dict() == {**tiny(run, tensorboard=True).to_dict(), "progress": True}  # not stopped again at 3
+    # a typed setting applies even at its default value (log_every 50); a typed length replaces the run's
+    (tmp_path / "c.toml").write_text("eval_every = 2\nlog_every = 7\n")
+    cfg = resolve_config({"log_every": 50, "iterations": 12, "out": str(run)}, config_file=tmp_path / "c.toml",
+                         recipe="cifar-fast", resume=run)
+    assert (cfg.log_every, cfg.eval_every, cfg.iterations, cfg.epochs, cfg.lr) == (50, 2, 12, None, tiny(run).lr)
+    with pytest.raises(UserError, match="no checkpoint at"):
+        resolve_config(resume=tmp_path)
+
+
+@pytest.mark.parametrize("typed, recipe, said", [
+    ({"model": "resnet56"}, None, "its model is 'resnet20', not 'resnet56': drop --model"),
+    ({"mixup_alpha": 0.2}, None, "its mixup_alpha is 0.0, not 0.2: drop --mixup"),
+    ({"milestones": [1]}, None, "its milestones is [], not [1]: drop --milestones"),
+    ({}, "cifar-paper", "its recipe is 'cifar-fast', not 'cifar-paper': drop --recipe"),
+    ({"out": "elsewhere"}, None, "its out is '{run}', not 'elsewhere': drop --out"),
+])
+def test_resume_refuses_what_a_run_cannot_change(tmp_path: Path, typed: dict, recipe: str | None, said: str) -> None:
+    run = _saved_run(tmp_path / "run")
+    with pytest.raises(UserError, match=f"^--resume continues {re.escape(str(run))} with its own settings; "
+                                        f"{re.escape(said.format(run=run))}, or start a new run with --out$"):
+        resolve_config(typed, recipe=recipe, resume=run)
 
 
 def test_no_weight_decay_on_norms_and_biases() -> None:
@@ -190,9 +258,12 @@ def test_stop_after_steps_then_resume_from_cli(tmp_path: Path, tiny_run) -> None
             "--epochs", "2", "--seed", "3", "--no-progress", "--log-every", "2", "--out", str(out)]
     assert main([*args, "--stop-after-steps", "3"]) == 0
     assert load_checkpoint(out / "last.pt")["step"] == 3
-    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    # --log-every 50 is the default value, typed: it applies (not mistaken for "not given")
+    assert main(["train", "--resume", str(out), "--no-progress", "--log-every", "50"]) == 0
     full = torch.load(tiny_run.run_dir / "last.pt", weights_only=True)
     _assert_same_tensors(full["model"], torch.load(out / "last.pt", weights_only=True)["model"])
+    assert json.loads((out / "config.json").read_text())["log_every"] == 50
+    assert not {4, 6} & {r["step"] for r in read_records(out) if r["kind"] == "step"}  # logged every 50
 
 
 # ---- checkpoints survive crashes --------------------------------------------------------------------------------

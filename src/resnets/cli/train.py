@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import typing
 from typing import Any
 
 from ..errors import UserError
-
-# flag dest -> TrainConfig field (flags left at None keep the recipe's value)
-_FIELDS = ("model", "variant", "shortcut", "data", "epochs", "iterations", "batch_size", "lr", "out", "device", "precision",
-           "compile", "skip_bad_images", "cache_dir", "val_split", "seed", "workers", "ema", "label_smoothing",
-           "mixup_alpha", "cutmix_alpha", "accum_steps", "checkpoint_every", "log_every", "tensorboard",
-           "stop_after_steps", "train_images", "test_images", "download", "weight_decay", "momentum",
-           "channels_last", "zero_init_residual", "sync_bn", "resize_from", "resize_until", "eval_every",
-           "deterministic")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,62 +17,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train a ResNet (default: resnet20 on the shipped sample, a couple of minutes)",
         description="Train a ResNet. A recipe sets every default; --config FILE (JSON/TOML) and flags override "
                     "it; the resolved settings are saved as config.json in the run folder.")
-    p.add_argument("--model", help="model name (default resnet20)")
-    p.add_argument("--variant", help="architecture variant (v1, v1.5, d, preact)")
-    p.add_argument("--shortcut", choices=("A", "B"), help="CIFAR nets: A, zero-padding identity shortcuts "
-                   "(default, the paper's); B, 1x1 projections where the shape changes")
-    p.add_argument("--data", help="sample (default), cifar10, cifar100, a CIFAR archive, or a folder with "
-                                  "train/ and val/ (or test/)")
     p.add_argument("--recipe", help="cifar-paper, imagenet-paper, cifar-fast, imagenet-fast "
                                     "(default: the fast one of the model's family)")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of settings")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="override any setting (repeatable), e.g. --set milestones=[100,150]")
-    p.add_argument("--epochs", type=float, help="training length in epochs (replaces the recipe's length)")
-    p.add_argument("--iterations", type=int, help="training length in optimiser steps")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate (fast recipes: at batch 128 / 256, scaled)")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--mixup", dest="mixup_alpha", type=float, metavar="ALPHA")
-    p.add_argument("--cutmix", dest="cutmix_alpha", type=float, metavar="ALPHA")
-    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="keep EMA weights")
-    p.add_argument("--resize-from", type=int, metavar="PIXELS",
-                   help="progressive resizing: train at this image size first, growing to full size (in-memory "
-                        "data such as CIFAR; see --resize-until)")
-    p.add_argument("--resize-until", type=float, metavar="FRACTION",
-                   help="with --resize-from: reach the full size after this fraction of the epochs (default 0.5)")
-    p.add_argument("--image-size", type=int, metavar="N",
-                   help="image folders: large (streamed) images train on random-resized crops of N and are "
-                        "evaluated on the centre N of shorter side N*8/7; small (in-memory) images, e.g. of mixed "
-                        "sizes, are scaled to shorter side N and centre-cropped to N x N")
-    p.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--accum-steps", type=int, help="split each batch into this many micro-batches")
-    p.add_argument("--out", help="run folder (default runs/<model>-<recipe>-<time>)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"))
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
-    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
-                   help="deterministic kernels (default: on for CPU, so resume is bit-exact; off for CUDA, "
-                        "where cudnn.benchmark picks the fastest kernels)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
-    p.add_argument("--skip-bad-images", action="store_true", default=None)
-    p.add_argument("--cache-dir")
-    p.add_argument("--download", action="store_true", default=None, help="download cifar10/cifar100 if missing")
-    p.add_argument("--val-split", type=int, metavar="N", help="hold out N training images for validation")
-    p.add_argument("--train-images", type=int, metavar="N", help="train on N images only (quick runs)")
-    p.add_argument("--test-images", type=int, metavar="N", help="evaluate on N images only")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--workers", type=int, help="loader processes for streamed (ImageNet-size) data")
-    p.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every N steps")
-    p.add_argument("--log-every", type=int, metavar="STEPS")
-    p.add_argument("--eval-every", type=int, metavar="EPOCHS", help="evaluate every N epochs (default 1) and "
-                                                                      "after the last")
-    p.add_argument("--tensorboard", action="store_true", default=None, help="also log to TensorBoard")
+    add_config_flags(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--stop-after-steps", type=int, metavar="N", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--nproc", type=int, metavar="N", help="train with N processes on this machine: relaunches "
                    "this command under torchrun --standalone --nproc-per-node N (gloo on CPU, NCCL on CUDA); "
@@ -86,9 +32,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-restarts", type=int, default=0, metavar="K",
                    help="with --nproc: restart all processes up to K times after a failure, resuming from the "
                         "last checkpoint (needs --out)")
-    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
-                   help="with several processes: batch-norm statistics of the global batch (SyncBatchNorm)")
     p.set_defaults(func=run, parser=p)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag for each TrainConfig field that declares one (``option(flag=...)``), storing into the field's name;
+    left out, it stays None (the recipe's, the file's or the resumed run's value stands)."""
+    from ..train.config import TrainConfig, field_types
+
+    hints = field_types()
+    for f in dataclasses.fields(TrainConfig):
+        opt = f.metadata["option"]
+        if opt.flag is None:
+            continue
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": opt.help}
+        if opt.cli == "on-off":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif opt.cli == "on":
+            kwargs["action"] = "store_true"
+        else:
+            value_type = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
+            kwargs.update(metavar=opt.metavar, choices=opt.choices,
+                          type=value_type if value_type in (int, float) else None)
+            if opt.cli == "hidden":
+                kwargs["help"] = argparse.SUPPRESS
+        parser.add_argument(opt.flag, **kwargs)
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -139,7 +107,8 @@ def torchrun_command(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import TrainConfig, resolve_config, train
+    from ..train import resolve_config, train
+    from ..train.config import options
 
     if args.nproc is not None:
         import os
@@ -156,29 +125,20 @@ def run(args: argparse.Namespace) -> int:
 
         return launch(torchrun_command(args))  # torchrun and its ranks stop if this process dies
 
-    overrides = {name: getattr(args, name) for name in _FIELDS}
+    # the settings the user gave: flags typed (the others are None), --image-size's three, --set, --no-progress
+    typed = {name: getattr(args, name) for name, opt in options().items()
+             if opt.flag and getattr(args, name) is not None}
     if args.image_size is not None:
         if args.image_size < 1:
             raise UserError(f"--image-size must be a positive number of pixels, got {args.image_size}")
-        overrides.update(image_size=args.image_size, fit_images=args.image_size,
-                         resize=round(args.image_size * 256 / 224))
-    overrides.update(parse_set(args.set))
-    if args.no_progress or not sys.stderr.isatty():
-        overrides["progress"] = False if args.no_progress else None
+        typed.update(fit_images=args.image_size, resize=round(args.image_size * 256 / 224))
+    typed.update(parse_set(args.set))
+    if args.no_progress:
+        typed["progress"] = False
+    config = resolve_config(typed, recipe=args.recipe, config_file=args.config, resume=args.resume)
     # --json: stdout holds the JSON alone; the run's lines go to stderr
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
-    if args.resume:
-        from ..train.config import load_config_file
-
-        if args.config:
-            overrides = {**load_config_file(args.config), **{k: v for k, v in overrides.items() if v is not None}}
-        if args.recipe:
-            overrides["recipe"] = args.recipe
-        given = {k for k, v in overrides.items() if v is not None and k in TrainConfig.__dataclass_fields__}
-        config = TrainConfig(**{k: overrides[k] for k in given})
-        result = train(config, resume=args.resume, log=log, given=given - {"progress"})
-    else:
-        result = train(resolve_config(overrides, recipe=args.recipe, config_file=args.config), log=log)
+    result = train(config, resume=args.resume, log=log)
     from ..train.distributed import launched_world
 
     if launched_world()[0] != 0:  # under torchrun only rank 0 reports

@@ -1,8 +1,11 @@
 """Training recipes and the resolved configuration a run is driven by.
 
+Each ``TrainConfig`` field is declared once, with ``option(...)``: its type, default, help, choices, command-line
+flag and whether a resumed run may change it; ``resnets train`` makes its flags from these declarations.
 A recipe is a named set of defaults (the paper's two, our two fast ones); a ``--config`` file (JSON or TOML)
-and then explicit flags override it. ``resolve_config`` turns that stack into one ``TrainConfig`` whose
-every field is final, and which the run saves as ``config.json``.
+and then the flags the user typed override it. ``resolve_config`` turns that stack into one ``TrainConfig``
+whose every field is final, and which the run saves as ``config.json``; resuming a run, its saved config
+takes the recipe's place.
 """
 
 from __future__ import annotations
@@ -13,12 +16,36 @@ import json
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import UserError
 from ..models.registry import MODELS, model_family
+
+# How an option is given on the command line: ``--flag VALUE``; ``--flag`` / ``--no-flag``; ``--flag`` alone
+# (sets True); ``--flag VALUE`` left out of ``--help``.
+CliKind = Literal["value", "on-off", "on", "hidden"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """A TrainConfig field's declaration beyond its type and default (``dataclasses.field`` metadata)."""
+
+    help: str | None
+    flag: str | None  # None: not a flag of ``resnets train`` (``--set KEY=VALUE`` and files still set it)
+    cli: CliKind
+    metavar: str | None
+    choices: tuple[Any, ...] | None  # None stays allowed where the default is None
+    resumable: bool  # ``--resume`` may change it; the run's saved value stands for every other field
+
+
+def option(default: Any = dataclasses.MISSING, help: str | None = None, *,
+           default_factory: Any = dataclasses.MISSING, flag: str | None = None, cli: CliKind = "value",
+           metavar: str | None = None, choices: tuple[Any, ...] | None = None, resumable: bool = False) -> Any:
+    """A TrainConfig field with its ``Option`` in ``metadata["option"]``."""
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={
+        "option": Option(help, flag, cli, metavar, choices, resumable)})
 
 
 @dataclass
@@ -26,69 +53,92 @@ class TrainConfig:
     """Every setting of a training run; see ``RECIPES`` for the recipes' values."""
 
     # what to train, on what
-    model: str = "resnet20"
-    variant: str | None = None
-    shortcut: str | None = None  # CIFAR nets: "A" (zero-padding identity, the default) or "B" (1x1 projection)
-    zero_init_residual: bool = False
-    data: str = "sample"
-    val_split: int = 0
-    cache_dir: str | None = None
-    skip_bad_images: bool = False
-    download: bool = False
-    train_images: int | None = None  # train on this many images only (a fixed seeded subset), for quick runs
-    test_images: int | None = None  # evaluate on this many only
-    recipe: str = "cifar-fast"
+    model: str = option("resnet20", "model name (default resnet20)", flag="--model")
+    variant: str | None = option(None, "architecture variant (v1, v1.5, d, preact)", flag="--variant")
+    shortcut: str | None = option(None, "CIFAR nets: A, zero-padding identity shortcuts (default, the paper's); "
+                                  "B, 1x1 projections where the shape changes", flag="--shortcut", choices=("A", "B"))
+    zero_init_residual: bool = option(False, flag="--zero-init-residual", cli="on-off")
+    data: str = option("sample", "sample (default), cifar10, cifar100, a CIFAR archive, or a folder with "
+                       "train/ and val/ (or test/)", flag="--data")
+    val_split: int = option(0, "hold out N training images for validation", flag="--val-split", metavar="N")
+    cache_dir: str | None = option(None, flag="--cache-dir")
+    skip_bad_images: bool = option(False, flag="--skip-bad-images", cli="on")
+    download: bool = option(False, "download cifar10/cifar100 if missing", flag="--download", cli="on")
+    # a fixed seeded subset of the training images
+    train_images: int | None = option(None, "train on N images only (quick runs)", flag="--train-images",
+                                      metavar="N")
+    test_images: int | None = option(None, "evaluate on N images only", flag="--test-images", metavar="N")
+    recipe: str = option("cifar-fast", "the recipe under the other settings (``resnets train --recipe``)")
     # optimisation
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    lr_scale_batch: int | None = None  # if set, the LR used is lr * batch_size / lr_scale_batch
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    decay_norm_and_bias: bool = True  # False: no weight decay on BN weights/biases and on biases
-    batch_size: int = 128
-    accum_steps: int = 1  # each batch is split into this many micro-batches (same result, less memory)
+    optimizer: str = option("sgd", choices=("sgd",))
+    lr: float = option(0.1, "peak learning rate (fast recipes: at batch 128 / 256, scaled)", flag="--lr")
+    lr_scale_batch: int | None = option(None, "if set, the LR used is lr * batch_size / lr_scale_batch")
+    momentum: float = option(0.9, flag="--momentum")
+    nesterov: bool = option(False)
+    weight_decay: float = option(1e-4, flag="--weight-decay")
+    decay_norm_and_bias: bool = option(True, "False: no weight decay on BN weights/biases and on biases")
+    batch_size: int = option(128, flag="--batch-size")
+    # same result, less memory
+    accum_steps: int = option(1, "split each batch into this many micro-batches", flag="--accum-steps")
     # schedule; lengths (epochs/iterations/milestones/warmup) count ``schedule_unit``s
-    schedule: str = "multistep"  # multistep | cosine | onecycle
-    schedule_unit: str = "iterations"  # iterations | epochs
-    epochs: float | None = None
-    iterations: int | None = None
-    milestones: list[float] = field(default_factory=list)
-    gamma: float = 0.1
-    warmup: float = 0.0  # onecycle: a fraction of the whole run
-    warmup_lr: float | None = None  # constant LR during warm-up (the paper's 0.01); None: linear ramp from 0
-    final_lr_fraction: float = 0.0  # cosine/onecycle end at lr * this
+    schedule: str = option("multistep", choices=("multistep", "cosine", "onecycle"))
+    schedule_unit: str = option("iterations", choices=("iterations", "epochs"))
+    epochs: float | None = option(None, "training length in epochs (replaces the recipe's length)",
+                                  flag="--epochs", resumable=True)
+    iterations: int | None = option(None, "training length in optimiser steps", flag="--iterations", resumable=True)
+    milestones: list[float] = option(default_factory=list)
+    gamma: float = option(0.1)
+    warmup: float = option(0.0, "onecycle: a fraction of the whole run")
+    warmup_lr: float | None = option(None, "constant LR during warm-up (the paper's 0.01); None: linear ramp from 0")
+    final_lr_fraction: float = option(0.0, "cosine/onecycle end at lr * this")
     # regularisation and augmentation
-    label_smoothing: float = 0.0
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    ema: bool = False
-    ema_decay: float = 0.999
-    pad: int = 4
-    flip: bool = True
-    resize_from: int | None = None  # progressive resizing (in-memory data): train at this size first, then grow
-    resize_until: float = 0.5  # ... reaching the full size after this fraction of the epochs
-    image_size: int = 224  # ImageNet-style data: train crop / eval centre crop
-    fit_images: int | None = None  # small images in memory: shorter side to N, centre crop N x N (--image-size)
-    resize: int = 256  # ImageNet-style data: eval resize before the centre crop
+    label_smoothing: float = option(0.0, flag="--label-smoothing")
+    mixup_alpha: float = option(0.0, flag="--mixup", metavar="ALPHA")
+    cutmix_alpha: float = option(0.0, flag="--cutmix", metavar="ALPHA")
+    ema: bool = option(False, "keep EMA weights", flag="--ema", cli="on-off")
+    ema_decay: float = option(0.999)
+    pad: int = option(4)
+    flip: bool = option(True)
+    resize_from: int | None = option(None, "progressive resizing: train at this image size first, growing to full "
+                                     "size (in-memory data such as CIFAR; see --resize-until)", flag="--resize-from",
+                                     metavar="PIXELS")
+    resize_until: float = option(0.5, "with --resize-from: reach the full size after this fraction of the epochs "
+                                 "(default 0.5)", flag="--resize-until", metavar="FRACTION")
+    # the flag also sets fit_images and resize (see cli/train.py)
+    image_size: int = option(224, "image folders: large (streamed) images train on random-resized crops of N and "
+                             "are evaluated on the centre N of shorter side N*8/7; small (in-memory) images, e.g. "
+                             "of mixed sizes, are scaled to shorter side N and centre-cropped to N x N",
+                             flag="--image-size", metavar="N")
+    fit_images: int | None = option(None, "small images in memory: shorter side to N, centre crop N x N "
+                                    "(--image-size)")
+    resize: int = option(256, "ImageNet-style data: eval resize before the centre crop")
     # engine
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
-    channels_last: bool = True
-    compile: bool = False
-    sync_bn: bool = False  # several processes: BN statistics of the global batch, not of each rank's slice
-    seed: int = 0
-    deterministic: bool | None = None  # None: on for CPU (bit-exact resume), off for CUDA (cudnn.benchmark)
-    workers: int = field(default_factory=lambda: default_workers())  # loader processes for streamed data
+    device: str = option("auto", flag="--device", choices=("auto", "cpu", "cuda"), resumable=True)
+    precision: str = option("auto", flag="--precision", choices=("auto", "bf16", "fp16", "fp32"))
+    channels_last: bool = option(True, flag="--channels-last", cli="on-off")
+    compile: bool = option(False, "torch.compile", flag="--compile", cli="on-off")
+    sync_bn: bool = option(False, "with several processes: batch-norm statistics of the global batch "
+                           "(SyncBatchNorm)", flag="--sync-bn", cli="on-off")
+    seed: int = option(0, flag="--seed")
+    deterministic: bool | None = option(None, "deterministic kernels (default: on for CPU, so resume is bit-exact; "
+                                        "off for CUDA, where cudnn.benchmark picks the fastest kernels)",
+                                        flag="--deterministic", cli="on-off")
+    workers: int = option(help="loader processes for streamed (ImageNet-size) data",
+                          default_factory=lambda: default_workers(), flag="--workers", resumable=True)
     # output
-    out: str | None = None
-    log_every: int = 50
-    checkpoint_every: int = 0  # also checkpoint every N steps (0: only at epoch ends)
-    eval_every: int = 1  # evaluate every N epochs (and after the last)
-    tensorboard: bool = False
-    progress: bool = True
-    plots: bool = True
-    stop_after_steps: int | None = None  # debug: checkpoint and stop once this global step is reached
+    out: str | None = option(None, "run folder (default runs/<model>-<recipe>-<time>)", flag="--out")
+    log_every: int = option(50, flag="--log-every", metavar="STEPS", resumable=True)
+    # 0: only at epoch ends
+    checkpoint_every: int = option(0, "also checkpoint every N steps", flag="--checkpoint-every", metavar="STEPS",
+                                   resumable=True)
+    eval_every: int = option(1, "evaluate every N epochs (default 1) and after the last", flag="--eval-every",
+                             metavar="EPOCHS", resumable=True)
+    tensorboard: bool = option(False, "also log to TensorBoard", flag="--tensorboard", cli="on", resumable=True)
+    progress: bool = option(True, "a progress bar on a terminal (resnets train --no-progress: none)",
+                            resumable=True)
+    plots: bool = option(True, "draw the PNG plots when the run ends", resumable=True)
+    stop_after_steps: int | None = option(None, "debug: checkpoint and stop once this global step is reached",
+                                          flag="--stop-after-steps", metavar="N", cli="hidden", resumable=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -97,6 +147,15 @@ class TrainConfig:
     def effective_lr(self) -> float:
         """The peak learning rate actually used (after batch-size scaling)."""
         return self.lr * self.batch_size / self.lr_scale_batch if self.lr_scale_batch else self.lr
+
+
+def options() -> dict[str, Option]:
+    """Each TrainConfig field's ``Option``, in declaration order."""
+    return {f.name: f.metadata["option"] for f in dataclasses.fields(TrainConfig)}
+
+
+# The settings ``--resume`` may change; every other one is the run's own.
+RESUMABLE = frozenset(name for name, opt in options().items() if opt.resumable)
 
 
 def default_workers() -> int:
@@ -147,15 +206,6 @@ PAPER_WARMUP = {"warmup": 400, "warmup_lr": 0.01}
 # With the shipped sample and no length given, train this many epochs (a couple of minutes on a laptop).
 SAMPLE_EPOCHS = 15
 
-_CHOICES = {
-    "optimizer": ("sgd",),
-    "schedule": ("multistep", "cosine", "onecycle"),
-    "schedule_unit": ("iterations", "epochs"),
-    "device": ("auto", "cpu", "cuda"),
-    "precision": ("auto", "bf16", "fp16", "fp32"),
-}
-
-
 def default_recipe(model: str) -> str:
     """``cifar-fast`` for CIFAR nets, ``imagenet-fast`` for ImageNet nets."""
     return "cifar-fast" if model_family(model) == "cifar" else "imagenet-fast"
@@ -181,20 +231,25 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(
-    overrides: dict[str, Any] | None = None,
+    typed: dict[str, Any] | None = None,
     *,
     recipe: str | None = None,
     config_file: str | Path | None = None,
+    resume: str | Path | None = None,
 ) -> TrainConfig:
-    """Recipe defaults, then ``config_file``, then ``overrides`` (None values ignored) -> a final TrainConfig.
+    """Recipe defaults, then ``config_file``, then ``typed`` (the settings the user gave; None values ignored)
+    -> a final TrainConfig.
 
-    The recipe comes from ``recipe``, else the overrides or file, else ``default_recipe(model)``.
-    Unknown keys, unknown recipes and invalid values raise ``UserError``.
+    The recipe comes from ``recipe``, else the typed settings or file, else ``default_recipe(model)``. With
+    ``resume`` (a run folder), the run's saved config (its ``last.pt``) takes the recipe's place: a setting
+    not in ``RESUMABLE`` may only repeat the run's value, and ``progress`` and ``stop_after_steps`` are this
+    invocation's, not the run's. Unknown keys, unknown recipes, invalid values and refused changes raise
+    ``UserError``.
     """
     layers: list[dict[str, Any]] = []
     if config_file is not None:
         layers.append(load_config_file(config_file))
-    layers.append({k: v for k, v in (overrides or {}).items() if v is not None})
+    layers.append({k: v for k, v in (typed or {}).items() if v is not None})
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     for layer in layers:
         unknown = [k for k in layer if k not in names]
@@ -207,10 +262,29 @@ def resolve_config(
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update(layer)
-    model = merged.get("model", TrainConfig.model)
-    if model not in MODELS:
-        model_family(model)  # raises the registry's UserError with suggestions
-    recipe = recipe or merged.get("recipe") or default_recipe(model)
+    if resume is not None:
+        values = _saved_config(Path(resume), merged if recipe is None else {**merged, "recipe": recipe})
+        recipe = values["recipe"]
+    else:
+        model = merged.get("model", TrainConfig.model)
+        if model not in MODELS:
+            model_family(model)  # raises the registry's UserError with suggestions
+        recipe = recipe or merged.get("recipe") or default_recipe(model)
+        values = _recipe_values(recipe, model, merged)
+    # A length given explicitly replaces the recipe's or the run's (and its unit): --epochs wins over iterations.
+    if "epochs" in merged and "iterations" not in merged:
+        values["iterations"] = None
+    if "iterations" in merged and "epochs" not in merged:
+        values["epochs"] = None
+    values.update(merged)
+    values["recipe"] = recipe
+    cfg = TrainConfig(**values)
+    _validate(cfg)
+    return cfg
+
+
+def _recipe_values(recipe: str, model: str, merged: dict[str, Any]) -> dict[str, Any]:
+    """The settings ``recipe`` gives a fresh run of ``model`` with the settings ``merged``."""
     if recipe not in RECIPES:
         close = difflib.get_close_matches(recipe, RECIPES, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
@@ -219,19 +293,29 @@ def resolve_config(
     if recipe == "cifar-paper" and MODELS[model]["family"] == "cifar" \
             and MODELS[model]["depth"] >= PAPER_WARMUP_MIN_DEPTH:
         values.update(PAPER_WARMUP)
-    # A length given explicitly replaces the recipe's (and its unit): --epochs wins over the recipe's iterations.
-    if "epochs" in merged and "iterations" not in merged:
-        values["iterations"] = None
-    if "iterations" in merged and "epochs" not in merged:
-        values["epochs"] = None
     if merged.get("data", TrainConfig.data) == "sample" and "epochs" not in merged and "iterations" not in merged \
             and recipe == "cifar-fast":
         values.update(epochs=SAMPLE_EPOCHS, iterations=None)
-    values.update(merged)
-    values["recipe"] = recipe
-    cfg = TrainConfig(**values)
-    _validate(cfg)
-    return cfg
+    return values
+
+
+def _saved_config(run_dir: Path, given: dict[str, Any]) -> dict[str, Any]:
+    """The settings of the run in ``run_dir`` (from its ``last.pt``), without this invocation's ``progress`` and
+    ``stop_after_steps``; UserError naming the first setting in ``given`` it cannot change but ``given`` does."""
+    from .checkpoint import load_checkpoint
+
+    saved = TrainConfig(**load_checkpoint(run_dir / "last.pt")["config"])
+    opts = options()
+    for key in sorted(given.keys() - RESUMABLE):
+        new, old = given[key], getattr(saved, key)
+        if key == "out" and Path(new).resolve() == run_dir.resolve():
+            continue
+        if new != old:
+            flag = opts[key].flag or "--" + key.replace("_", "-")
+            raise UserError(f"--resume continues {run_dir} with its own settings; its {key} is {old!r}, not "
+                            f"{new!r}: drop {flag}, or start a new run with --out")
+    return {**saved.to_dict(), "progress": TrainConfig.progress,
+            "stop_after_steps": TrainConfig.stop_after_steps}
 
 
 def field_types() -> dict[str, Any]:
@@ -307,9 +391,13 @@ def check_types(settings: dict[str, Any]) -> None:
 
 
 def _validate(cfg: TrainConfig) -> None:
-    for key, choices in _CHOICES.items():
-        if getattr(cfg, key) not in choices:
-            raise UserError(f"{key} must be one of {', '.join(choices)}, not {getattr(cfg, key)!r}")
+    """UserError naming the first setting of ``cfg`` out of its range or at odds with another."""
+    if cfg.shortcut is not None and cfg.shortcut not in options()["shortcut"].choices:  # a message of its own
+        raise UserError(f"shortcut must be A (zero padding) or B (projection), not {cfg.shortcut!r}")
+    for f in dataclasses.fields(cfg):
+        choices, value = f.metadata["option"].choices, getattr(cfg, f.name)
+        if choices and value not in choices and not (value is None and f.default is None):
+            raise UserError(f"{f.name} must be one of {', '.join(choices)}, not {value!r}")
     if (cfg.epochs is None) == (cfg.iterations is None):
         raise UserError("give exactly one training length: epochs or iterations")
     if cfg.epochs is not None and cfg.epochs <= 0 or cfg.iterations is not None and cfg.iterations <= 0:
@@ -334,9 +422,6 @@ def _validate(cfg: TrainConfig) -> None:
         raise UserError(f"eval_every must be at least 1 (epochs), not {cfg.eval_every}")
     if cfg.val_split < 0:
         raise UserError("val_split must be >= 0")
-    if cfg.shortcut is not None:
-        if cfg.shortcut not in ("A", "B"):
-            raise UserError(f"shortcut must be A (zero padding) or B (projection), not {cfg.shortcut!r}")
-        if model_family(cfg.model) != "cifar":
-            raise UserError(f"--shortcut is for CIFAR nets; {cfg.model} has projection shortcuts (variant d: "
-                            "average-pool then projection); drop --shortcut")
+    if cfg.shortcut is not None and model_family(cfg.model) != "cifar":
+        raise UserError(f"--shortcut is for CIFAR nets; {cfg.model} has projection shortcuts (variant d: "
+                        "average-pool then projection); drop --shortcut")
