@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
@@ -18,9 +17,10 @@ from torch import nn
 from ..errors import UserError
 from ..models.blocks import BasicBlock, Bottleneck
 from ..models.resnet import ResNetBase
-from ..runtime import choose_precision
+from ..runtime import autocast_context, autocast_dtype, choose_precision
 
 PRECISIONS = ("auto", "bf16", "fp32")
+_CPU = torch.device("cpu")
 
 
 def cpu_inference_precision(precision: str, model: nn.Module | None = None, *, input_size: int = 224,
@@ -133,15 +133,10 @@ class FastModel:
             self._logits = torch.compile(net)
             self._embed = torch.compile(self._embed)
 
-    def _autocast(self) -> AbstractContextManager[object]:
-        if self.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return nullcontext()
-
     def _run(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast_context(_CPU, autocast_dtype(self.precision)):
             return fn(x).float()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

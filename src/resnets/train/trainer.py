@@ -162,7 +162,8 @@ class Trainer:
         self.train_size: int | None = None  # progressive resizing: this epoch's image size
         self.final: dict[str, Any] = {}  # the last epoch record
         self.signals: _StopSignals | None = None
-        self.bar: Any = None
+        self.bar: Any = None  # the progress bar, while ``running``
+        self.plain = False  # while ``running`` off a terminal: a plain line per step record
         self.log(f"{'resuming' if ckpt else 'training'} {cfg.model} ({cfg.recipe}) on {self.data.description}; "
                  f"{self.total_steps} steps of {cfg.batch_size} ({self.num_epochs} epochs) on {env.device}"
                  f"{f' x {env.world_size} processes ({env.backend})' if env.enabled else ''}, "
