@@ -17,8 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train a ResNet (default: resnet20 on the shipped sample, a couple of minutes)",
         description="Train a ResNet. A recipe sets every default; --config FILE (JSON/TOML) and flags override "
                     "it; the resolved settings are saved as config.json in the run folder.")
-    p.add_argument("--recipe", help="cifar-paper, imagenet-paper, cifar-fast, imagenet-fast "
-                                    "(default: the fast one of the model's family)")
+    p.add_argument("--recipe", help="cifar-paper, imagenet-paper, cifar-fast, imagenet-fast, finetune "
+                                    "(default: finetune with --init, else the fast one of the model's family)")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of settings")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="override any setting (repeatable), e.g. --set milestones=[100,150]")
@@ -53,10 +53,16 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         else:
             value_type = next(t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None))
             kwargs.update(metavar=opt.metavar, choices=opt.choices,
-                          type=value_type if value_type in (int, float) else None)
+                          type=value_type if value_type in (int, float) else
+                          _comma_list if typing.get_origin(hints[f.name]) is list else None)
             if opt.cli == "hidden":
                 kwargs["help"] = argparse.SUPPRESS
         parser.add_argument(opt.flag, **kwargs)
+
+
+def _comma_list(text: str) -> list[str]:
+    """``conv1,conv2_x`` -> ``["conv1", "conv2_x"]``."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:

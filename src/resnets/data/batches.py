@@ -139,6 +139,15 @@ class DeviceBatches(TrainBatches):
                 batch = self._center_crop(batch)
             yield self._resize(self._normalise(batch)), self.labels[idx]
 
+    def unaugmented(self, batch_size: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every image once, in order, never augmented: centre-cropped to ``crop`` and resized as the batches
+        are (e.g. to compute a frozen backbone's features once)."""
+        for first in range(0, len(self.labels), batch_size):
+            batch = self.images[first:first + batch_size]
+            if self.crop != tuple(batch.shape[2:]):
+                batch = self._center_crop(batch)
+            yield self._resize(self._normalise(batch)), self.labels[first:first + batch_size]
+
     def _augment(self, batch: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         """Crop windows at ``offsets`` of the zero-padded batch, mirrored where ``flips``: one gather."""
         p = self.pad

@@ -158,22 +158,26 @@ def is_streaming_folder(spec: str | Path, *, sample: int = 16) -> bool:
 
 
 def open_train(spec: TrainDataSpec, device: torch.device, *, rank: int = 0, world_size: int = 1,
-               is_main: bool = True) -> TrainData:
+               is_main: bool = True, normalization: tuple[Sequence[float], Sequence[float]] | None = None
+               ) -> TrainData:
     """Open ``spec.data`` for training on ``device``: small images in memory, large-image folders and shards
     streamed. With several processes (``world_size`` > 1) this one (``rank``) gets its slice of every batch
-    and of the held-out set; ``is_main``: the process that shows progress."""
+    and of the held-out set; ``is_main``: the process that shows progress. ``normalization`` (mean, std):
+    normalise with these (trained weights' own) instead of the data's statistics or ImageNet's."""
     from .shards import is_shard_spec
+
+    norm = normalization
 
     if spec.download and spec.data not in ("cifar10", "cifar100"):
         raise UserError(f"--download fetches cifar10 or cifar100; {spec.data} is not one of them: drop --download")
     if is_shard_spec(spec.data):
-        return _open_shards(spec, device, rank, world_size)
+        return _open_shards(spec, device, rank, world_size, norm)
     if is_streaming_folder(spec.data):
         if world_size > 1:
             raise UserError(f"{spec.data}: several processes stream large images from WebDataset shards; write "
                             f"them with: resnets shard {spec.data} --out SHARDS, then train with --data SHARDS")
-        return _open_streamed_folder(spec, device)
-    return _open_in_memory(spec, device, rank, world_size, is_main)
+        return _open_streamed_folder(spec, device, norm)
+    return _open_in_memory(spec, device, rank, world_size, is_main, norm)
 
 
 def _held_out(spec: TrainDataSpec) -> str:
@@ -181,7 +185,7 @@ def _held_out(spec: TrainDataSpec) -> str:
 
 
 def _open_in_memory(spec: TrainDataSpec, device: torch.device, rank: int, world_size: int,
-                    is_main: bool) -> TrainData:
+                    is_main: bool, norm: tuple[Sequence[float], Sequence[float]] | None) -> TrainData:
     """Small images held on ``device``: ``DeviceBatches`` (this rank's ``RankBatches`` of them)."""
     from .batches import DeviceBatches, RankBatches
     from .splits import limit_images, open_data
@@ -190,7 +194,7 @@ def _open_in_memory(spec: TrainDataSpec, device: torch.device, rank: int, world_
                        download=spec.download, val_split=spec.val_split, image_size=spec.fit_images,
                        progress=spec.progress and is_main)
     train_set, test_set = limit_images(splits.train, spec.train_images), limit_images(splits.test, spec.test_images)
-    mean, std = list(train_set.mean()), list(train_set.std())
+    mean, std = (list(norm[0]), list(norm[1])) if norm else (list(train_set.mean()), list(train_set.std()))
     generator = torch.Generator().manual_seed(spec.seed)
     batches = DeviceBatches(train_set, spec.batch_size, train=True, device=device, mean=mean, std=std,
                             pad=spec.pad, flip=spec.flip, generator=generator, channels_last=spec.channels_last)
@@ -217,7 +221,8 @@ def _refuse_pad(spec: TrainDataSpec, what: str) -> None:
                         "random-resized crops: drop pad")
 
 
-def _open_streamed_folder(spec: TrainDataSpec, device: torch.device) -> TrainData:
+def _open_streamed_folder(spec: TrainDataSpec, device: torch.device,
+                          norm: tuple[Sequence[float], Sequence[float]] | None) -> TrainData:
     """A folder of large images, streamed: train/ (less a ``val_split`` held out) and val/ or test/; the
     ``train_images``/``test_images`` subsets and ``flip`` apply as for images held in memory."""
     from .folder import find_classes, scan_split
@@ -248,9 +253,10 @@ def _open_streamed_folder(spec: TrainDataSpec, device: torch.device) -> TrainDat
         val_idx = list(range(len(scan_split(val_dir, classes))))
     train_idx = [train_idx[i] for i in subset_indices(len(train_idx), spec.train_images)]
     val_idx = [val_idx[i] for i in subset_indices(len(val_idx), spec.test_images)]
+    mean, std = (list(norm[0]), list(norm[1])) if norm else (list(IMAGENET_MEAN), list(IMAGENET_STD))
     common: dict[str, Any] = dict(batch_size=spec.batch_size, workers=spec.workers, image_size=spec.image_size,
                                   resize=spec.resize, skip_bad_images=spec.skip_bad_images,
-                                  pin_memory=device.type == "cuda")
+                                  pin_memory=device.type == "cuda", mean=mean, std=std)
     loader_gen = torch.Generator()
     train = streaming_loader(root / "train", classes, train=True, generator=loader_gen, flip=spec.flip,
                              indices=train_idx, **common)
@@ -258,11 +264,12 @@ def _open_streamed_folder(spec: TrainDataSpec, device: torch.device) -> TrainDat
     what = _held_out(spec)
     desc = f"{root} (streamed): {len(train_idx)} train / {len(val_idx)} {what} images, {len(classes)} classes"
     return TrainData(StreamedBatches(train, loader_gen, spec.seed, spec.image_size), val, classes,
-                     list(IMAGENET_MEAN), list(IMAGENET_STD), None, desc, what,
+                     mean, std, None, desc, what,
                      found_bad=lambda: train.bad_images + val.bad_images)
 
 
-def _open_shards(spec: TrainDataSpec, device: torch.device, rank: int, world_size: int) -> TrainData:
+def _open_shards(spec: TrainDataSpec, device: torch.device, rank: int, world_size: int,
+                 norm: tuple[Sequence[float], Sequence[float]] | None) -> TrainData:
     """WebDataset shards, streamed: this rank's shards for training, its share of the test shards."""
     from . import shards as wd
     from .normalization import IMAGENET_MEAN, IMAGENET_STD
@@ -285,6 +292,8 @@ def _open_shards(spec: TrainDataSpec, device: torch.device, rank: int, world_siz
         _refuse_pad(spec, f"{spec.data} (large-image shards)")
     mean = list(train_set.mean) if small and train_set.mean else list(IMAGENET_MEAN)
     std = list(train_set.std) if small and train_set.std else list(IMAGENET_STD)
+    if norm:
+        mean, std = list(norm[0]), list(norm[1])
     train_tf = None if small else imagenet_transforms(True, spec.image_size, spec.resize, mean, std, spec.flip)
     eval_tf = wd.eval_transform(mean, std) if small else imagenet_transforms(False, spec.image_size, spec.resize,
                                                                              mean, std)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -71,15 +72,19 @@ def create_model(
     *,
     num_classes: int | None = None,
     variant: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> ResNetBase:
-    """Build a ResNet by name (see ``list_models()``), freshly initialised.
+    """Build a ResNet by name (see ``list_models()``), freshly initialised, or with ``weights``: started from
+    trained weights (see ``from_weights``), e.g. ``create_model("resnet18", weights=FILE, num_classes=5)``.
 
     ImageNet nets default to ``num_classes=1000`` and ``variant="v1.5"``; CIFAR nets to 10 classes,
     ``variant="v1"`` and ``shortcut="A"``. Options: ``zero_init_residual``, ``in_chans``, and for CIFAR nets
     ``shortcut``. The returned model's ``card`` names it and records the options given (``model.spec``,
     the arguments that rebuild it).
     """
+    if weights is not None:
+        return from_weights(name, weights, num_classes=num_classes, variant=variant, **options)
     entry = _entry(name)
     family = entry["family"]
     allowed = {"zero_init_residual", "in_chans"} | ({"shortcut"} if family == "cifar" else set())
@@ -101,4 +106,34 @@ def create_model(
     except ValueError as exc:
         raise UserError(f"{name}: {exc}") from None
     model.card = replace(model.card, name=name, options=dict(options))
+    return model
+
+
+def from_weights(name: str, weights: str | os.PathLike[str], *, num_classes: int | None = None,
+                 variant: str | None = None, **options: Any) -> ResNetBase:
+    """``name`` with trained ``weights``: a resnets .safetensors (its variant, class names and normalisation
+    come along) or a torchvision/timm ``.pth``/state dict, read safely. With ``num_classes`` other than the
+    weights', the head is a fresh one (fine-tuning); UserError for weights of another architecture."""
+    from ..weights import load_weights, read_metadata, read_state_dict
+
+    try:
+        meta: dict[str, Any] | None = read_metadata(weights)
+    except UserError:
+        meta = None  # a foreign or plain state dict
+    if meta is not None:
+        spec = meta["spec"]
+        if spec["name"] != name or (variant is not None and variant != spec.get("variant")):
+            raise UserError(f"{weights} holds a {spec['name']} ({spec.get('variant')}), not a {name}"
+                            f"{f' ({variant})' if variant else ''}: build a {spec['name']}, or load other weights")
+        variant = spec.get("variant")
+        options = {**{k: v for k, v in spec.items() if k not in ("name", "variant", "num_classes")}, **options}
+    state = read_state_dict(weights)
+    head = state.get("fc.weight", state.get("linear.weight"))
+    trained = int(head.shape[0]) if head is not None and head.ndim == 2 else None
+    model = create_model(name, num_classes=num_classes or trained, variant=variant, **options)
+    fresh_head = num_classes is not None and trained is not None and num_classes != trained
+    load_weights(model, state, reinit_head=fresh_head)
+    if meta is not None:
+        model.card.normalization = meta.get("normalization")
+        model.card.classes = None if fresh_head else meta.get("classes")
     return model

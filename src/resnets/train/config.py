@@ -69,6 +69,22 @@ class TrainConfig:
                                       metavar="N")
     test_images: int | None = option(None, "evaluate on N images only", flag="--test-images", metavar="N")
     recipe: str = option("cifar-fast", "the recipe under the other settings (``resnets train --recipe``)")
+    # fine-tuning: start from trained weights, keep stages fixed, give the backbone a smaller LR
+    init: str | None = option(None, "start from these weights: a resnets .safetensors (its architecture and "
+                              "normalisation) or a torchvision/timm .pth state dict (name it with --model); the "
+                              "head is replaced when the classes differ", flag="--init", metavar="FILE")
+    freeze: list[str] = option(default_factory=list, help="stages whose weights stay fixed and whose batch norms "
+                               "stay in eval mode, comma-separated: conv1, conv2_x ... conv5_x, or backbone",
+                               flag="--freeze", metavar="STAGES")
+    freeze_epochs: int = option(0, "train the new head alone for N epochs, then unfreeze (all but --freeze)",
+                                flag="--freeze-epochs", metavar="N")
+    backbone_lr_mult: float | None = option(None, "the backbone's learning rate is the head's times F",
+                                            flag="--backbone-lr-mult", metavar="F")
+    lr_stage_decay: float | None = option(None, "discriminative learning rates: each stage gets F times the LR of "
+                                          "the stage above it (the head: lr; the last stage: lr*F; ... conv1: "
+                                          "the lowest)", flag="--lr-stage-decay", metavar="F")
+    linear_probe: bool = option(False, "keep the backbone fixed, compute its features once and train only the "
+                                "head (a baseline in seconds)", flag="--linear-probe", cli="on")
     # optimisation
     optimizer: str = option("sgd", choices=("sgd",))
     lr: float = option(0.1, "peak learning rate (fast recipes: at batch 128 / 256, scaled)", flag="--lr")
@@ -191,6 +207,15 @@ RECIPES: dict[str, dict[str, Any]] = {
         warmup=0.15, final_lr_fraction=0.0, label_smoothing=0.1, ema=True, ema_decay=0.999, pad=4, flip=True,
         zero_init_residual=True,
     ),
+    # Ours, for adapting trained weights to a few hundred to a few thousand images: a short warm-up and cosine
+    # decay from a tenth of the from-scratch LR, no decay on norms/biases, light label smoothing, no EMA (too
+    # few steps for an average to settle).
+    "finetune": dict(
+        optimizer="sgd", lr=0.01, lr_scale_batch=None, momentum=0.9, nesterov=True, weight_decay=5e-4,
+        decay_norm_and_bias=False, batch_size=64, schedule="cosine", schedule_unit="epochs", epochs=30,
+        warmup=2, warmup_lr=None, final_lr_fraction=0.0, label_smoothing=0.1, ema=False, pad=4, flip=True,
+        zero_init_residual=False,
+    ),
     "imagenet-fast": dict(
         optimizer="sgd", lr=0.1, lr_scale_batch=256, momentum=0.9, nesterov=True, weight_decay=5e-5,
         decay_norm_and_bias=False, batch_size=1024, schedule="cosine", schedule_unit="epochs", epochs=40,
@@ -206,8 +231,11 @@ PAPER_WARMUP = {"warmup": 400, "warmup_lr": 0.01}
 # With the shipped sample and no length given, train this many epochs (a couple of minutes on a laptop).
 SAMPLE_EPOCHS = 15
 
-def default_recipe(model: str) -> str:
-    """``cifar-fast`` for CIFAR nets, ``imagenet-fast`` for ImageNet nets."""
+def default_recipe(model: str, init: str | None = None) -> str:
+    """``finetune`` when starting from weights (``init``); else ``cifar-fast`` for CIFAR nets, ``imagenet-fast``
+    for ImageNet nets."""
+    if init is not None:
+        return "finetune"
     return "cifar-fast" if model_family(model) == "cifar" else "imagenet-fast"
 
 
@@ -266,10 +294,12 @@ def resolve_config(
         values = _saved_config(Path(resume), merged if recipe is None else {**merged, "recipe": recipe})
         recipe = values["recipe"]
     else:
+        if merged.get("init") is not None:
+            merged = _with_init_architecture(merged)
         model = merged.get("model", TrainConfig.model)
         if model not in MODELS:
             model_family(model)  # raises the registry's UserError with suggestions
-        recipe = recipe or merged.get("recipe") or default_recipe(model)
+        recipe = recipe or merged.get("recipe") or default_recipe(model, merged.get("init"))
         values = _recipe_values(recipe, model, merged)
     # A length given explicitly replaces the recipe's or the run's (and its unit): --epochs wins over iterations.
     if "epochs" in merged and "iterations" not in merged:
@@ -297,6 +327,33 @@ def _recipe_values(recipe: str, model: str, merged: dict[str, Any]) -> dict[str,
             and recipe == "cifar-fast":
         values.update(epochs=SAMPLE_EPOCHS, iterations=None)
     return values
+
+
+def _with_init_architecture(merged: dict[str, Any]) -> dict[str, Any]:
+    """``merged`` with the architecture of the ``init`` weights: a resnets file's own (model, variant, shortcut);
+    a plain state dict needs ``model`` given. UserError for a missing file, a ``.pth`` without ``model`` or a
+    ``model``/``variant`` other than the file's."""
+    from ..weights import read_metadata
+
+    path = Path(merged["init"]).expanduser()
+    if not path.is_file():
+        raise UserError(f"--init {path}: no such file; give a resnets .safetensors or a torchvision/timm .pth")
+    try:
+        spec = read_metadata(path)["spec"]
+    except UserError:  # not a resnets file: a torchvision/timm/plain state dict, read when the run starts
+        if "model" not in merged:
+            raise UserError(f"--init {path} is not a resnets weights file; name its architecture with --model NAME "
+                            "(e.g. --model resnet18 for torchvision's weights)") from None
+        return merged
+    for key, flag in (("model", "--model"), ("variant", "--variant"), ("shortcut", "--shortcut")):
+        if key in merged and spec.get(key if key != "model" else "name") != merged[key]:
+            held = spec.get(key if key != "model" else "name")
+            raise UserError(f"--init {path} holds a {spec['name']} ({key} {held!r}), not {merged[key]!r}: "
+                            f"drop {flag}, or start from weights of that architecture")
+    found = {"model": spec["name"], "variant": spec.get("variant")}
+    if spec.get("shortcut"):
+        found["shortcut"] = spec["shortcut"]
+    return {**found, **merged}
 
 
 def _saved_config(run_dir: Path, given: dict[str, Any]) -> dict[str, Any]:
@@ -425,3 +482,34 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.shortcut is not None and model_family(cfg.model) != "cifar":
         raise UserError(f"--shortcut is for CIFAR nets; {cfg.model} has projection shortcuts (variant d: "
                         "average-pool then projection); drop --shortcut")
+    _validate_finetuning(cfg)
+
+
+def _validate_finetuning(cfg: TrainConfig) -> None:
+    """UserError for fine-tuning settings that name no stage of ``cfg.model`` or cannot work together."""
+    from .finetune import stage_names
+
+    stages = stage_names(model_family(cfg.model))
+    for name in cfg.freeze:
+        if name not in (*stages, "backbone"):
+            close = difflib.get_close_matches(name, (*stages, "backbone"), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise UserError(f"unknown stage '{name}' for --freeze; {hint}{cfg.model}'s stages are "
+                            f"{', '.join(stages)}, or backbone (all of them)")
+    if not cfg.linear_probe and ("backbone" in cfg.freeze or set(stages) <= set(cfg.freeze)):
+        raise UserError("--freeze leaves only the head to train: that is a linear probe; use --linear-probe "
+                        "(the backbone's features computed once, far faster), or freeze fewer stages")
+    if cfg.linear_probe and cfg.init is None:
+        raise UserError("--linear-probe trains a head on the features of trained weights: give them with --init FILE")
+    if cfg.linear_probe and (cfg.freeze_epochs or cfg.backbone_lr_mult is not None or cfg.lr_stage_decay is not None):
+        raise UserError("--linear-probe trains the head alone: drop --freeze-epochs, --backbone-lr-mult and "
+                        "--lr-stage-decay")
+    if cfg.freeze_epochs < 0:
+        raise UserError(f"freeze_epochs must be >= 0, not {cfg.freeze_epochs}")
+    if cfg.backbone_lr_mult is not None and cfg.lr_stage_decay is not None:
+        raise UserError("give one of --backbone-lr-mult (one factor for the whole backbone) and --lr-stage-decay "
+                        "(a factor per stage), not both")
+    for key in ("backbone_lr_mult", "lr_stage_decay"):
+        value = getattr(cfg, key)
+        if value is not None and not 0 < value <= 1:
+            raise UserError(f"{key} must be in (0, 1], not {value}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,23 +13,27 @@ from torch import nn
 from .config import TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict[str, Any]]:
-    """Two groups: weights that decay, and (unless ``decay_norm_and_bias``) norm weights and biases that don't.
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool,
+                 lr_factors: Mapping[nn.Parameter, float] | None = None) -> list[dict[str, Any]]:
+    """Parameter groups by weight decay and learning-rate factor (``lr_factor``, 1 unless ``lr_factors`` gives
+    one): weights that decay, and (unless ``decay_norm_and_bias``) norm weights and biases that don't.
 
     A parameter of one dimension (BN scale and shift, every bias) is a "norm or bias" parameter.
     """
-    if decay_norm_and_bias:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decays = decay_norm_and_bias or p.ndim > 1
+            groups.setdefault((decays, (lr_factors or {}).get(p, 1.0)), []).append(p)
+    order = sorted(groups, key=lambda key: (not key[0], -key[1]))  # decaying first, then by factor
+    return [{"params": groups[key], "weight_decay": weight_decay if key[0] else 0.0, "lr_factor": key[1]}
+            for key in order]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum over ``param_groups``, at the config's effective LR."""
-    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias)
+def build_optimizer(model: nn.Module, cfg: TrainConfig, lr_factors: Mapping[nn.Parameter, float] | None = None
+                    ) -> torch.optim.Optimizer:
+    """SGD with momentum over ``param_groups``, at the config's effective LR (times each group's factor)."""
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, lr_factors)
     return torch.optim.SGD(groups, lr=cfg.effective_lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
@@ -81,5 +86,6 @@ class LRSchedule:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's LR to ``lr`` times its ``lr_factor``."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_factor", 1.0)

@@ -16,31 +16,38 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..data.sources import TrainData
-from ..models import create_model
+from ..infer.loading import LoadedModel
+from ..models import ResNetBase, create_model
 from ..runtime import autocast_dtype, choose_precision
 from . import distributed as D
 from .checkpoint import rng_state, set_rng_state
 from .config import TrainConfig
 from .ema import ModelEMA
+from .finetune import lr_factors, stage_modules
 from .optim import LRSchedule, build_optimizer, set_lr
 
 
 class Network:
-    """The model being trained, the weights it ships (EMA if on) and how it runs (device, format, forward)."""
+    """The model being trained, the weights it ships (EMA if on) and how it runs (device, format, forward,
+    frozen stages)."""
 
-    def __init__(self, cfg: TrainConfig, num_classes: int, env: D.DistEnv, image_side: int) -> None:
-        self.device = env.device
+    def __init__(self, cfg: TrainConfig, classes: list[str], env: D.DistEnv, image_side: int,
+                 init: LoadedModel | None = None, log: Callable[[str], None] = print) -> None:
+        self.device, self.env, self.compile = env.device, env, cfg.compile
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        options = {"shortcut": cfg.shortcut} if cfg.shortcut else {}  # recorded in the weights' spec
-        model = create_model(cfg.model, num_classes=num_classes, variant=cfg.variant,
-                             zero_init_residual=cfg.zero_init_residual, **options)
+        if init is None:
+            options = {"shortcut": cfg.shortcut} if cfg.shortcut else {}  # recorded in the weights' spec
+            model = create_model(cfg.model, num_classes=len(classes), variant=cfg.variant,
+                                 zero_init_residual=cfg.zero_init_residual, **options)
+        else:
+            model = _fit_head(init, classes, log)
         self.model = model.to(self.device, memory_format=self.memory_format)
         if cfg.sync_bn and env.enabled:  # BN statistics of the global batch, not of each rank's slice
             self.model = D.convert_sync_batchnorm(self.model, self.device)
@@ -50,14 +57,48 @@ class Network:
         self.precision: str = D.broadcast_object(env, chosen)
         self.amp_dtype = autocast_dtype(self.precision)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None  # CUDA only
-        forward = D.wrap_ddp(self.model, env)  # the model itself for one process
-        self.forward: nn.Module = torch.compile(forward) if cfg.compile else forward  # type: ignore[assignment]
+        self.head_only = cfg.linear_probe  # the batches are the backbone's features: train and evaluate fc
+        self.frozen: frozenset[str] = frozenset()
+        self.forward = self._forward()
         self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema else None
+
+    def _forward(self) -> nn.Module:
+        """What a training step calls: the model (or its head, probing), under DDP with several processes
+        (wrapping the parameters that train now), compiled if asked."""
+        net = self.model.fc if self.head_only else self.model
+        forward = D.wrap_ddp(net, self.env)  # the model itself for one process
+        return torch.compile(forward) if self.compile else forward  # type: ignore[return-value]
 
     @property
     def shipped(self) -> nn.Module:
         """The weights a run ships: the EMA copy if kept, else the model."""
         return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """What evaluation runs on its batches: the shipped model, or its head when probing (features in)."""
+        return self.shipped.fc if self.head_only else self.shipped
+
+    def set_frozen(self, stages: frozenset[str]) -> None:
+        """Keep the weights of ``stages`` (``conv1``, ``conv2_x``...) fixed and train every other one."""
+        if stages == self.frozen:
+            return
+        for name, modules in stage_modules(self.model).items():
+            for module in modules:
+                module.requires_grad_(name not in stages)
+        self.frozen = stages
+        if self.env.enabled and not self.head_only:
+            self.forward = self._forward()  # DDP reduces the gradients of the parameters that train now
+
+    def train_mode(self) -> None:
+        """Training mode, but the batch norms of frozen stages in eval mode (their statistics kept)."""
+        self.model.train()
+        modules = stage_modules(self.model)
+        for name in self.frozen:
+            for module in modules[name]:
+                for m in module.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
 
     def after_update(self) -> None:
         """Follow an optimiser step (the EMA average)."""
@@ -76,11 +117,26 @@ class Network:
             self.ema.load_state_dict(state["ema"])
 
 
+def _fit_head(init: LoadedModel, classes: list[str], log: Callable[[str], None]) -> ResNetBase:
+    """``init``'s model for ``classes``: its head kept when it classifies the same classes (or as many, if the
+    weights name none), else replaced by a fresh one (and said)."""
+    model, known = init.model, init.model.card.classes
+    if model.num_classes == len(classes) and (known is None or list(known) == list(classes)):
+        log(f"starting from {init.source} ({init.name}); its {model.num_classes}-class head is kept")
+        return model
+    old = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "") if known else "unnamed"
+    log(f"starting from {init.source} ({init.name}); its {model.num_classes}-class head ({old}) is replaced by a "
+        f"new {len(classes)}-class one ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
+    model.reset_classifier(len(classes))
+    return model
+
+
 class Optimization:
     """The optimiser and the LR schedule over the run's ``total_steps``."""
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, total_steps: int, steps_per_epoch: int) -> None:
-        self.optimizer = build_optimizer(model, cfg)
+        factors = lr_factors(model, cfg.backbone_lr_mult, cfg.lr_stage_decay)  # type: ignore[arg-type]
+        self.optimizer = build_optimizer(model, cfg, factors)
         self.schedule = LRSchedule.from_config(cfg, total_steps, steps_per_epoch)
         self.lr = 0.0
 
@@ -99,21 +155,22 @@ class Optimization:
 
 class DataPosition:
     """Where the run stands in its data (0-based epoch in progress, batches of it done) and the random
-    states that decide what comes next: the global ones, the data order's and the mixup/cutmix generator."""
+    states that decide what comes next: the global ones, the data order's (``generator``) and the mixup/cutmix
+    generator."""
 
-    def __init__(self, data: TrainData, seed: int) -> None:
-        self.data = data
+    def __init__(self, generator: torch.Generator | None, seed: int) -> None:
+        self.generator = generator
         self.epoch = 0
         self.batch = 0
         self.aug_gen = torch.Generator().manual_seed(seed + 1)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch": self.batch, "rng": rng_state(self.data.generator),
+        return {"epoch": self.epoch, "batch": self.batch, "rng": rng_state(self.generator),
                 "aug_rng": self.aug_gen.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.batch = state["epoch"], state["batch"]
-        set_rng_state(state["rng"], self.data.generator)
+        set_rng_state(state["rng"], self.generator)
         self.aug_gen.set_state(state["aug_rng"])
 
 

@@ -26,16 +26,19 @@ from ..data.mixing import mix_batch
 from ..data.sources import TrainData, TrainDataSpec, open_train
 from ..errors import UserError
 from ..evaluate import evaluate_model
+from ..infer.loading import load_for_inference
 from ..models.registry import model_family
 from ..outputs import atomic_write, check_out_dir
 from ..runtime import autocast_context, choose_precision, resolve_device, seed_everything, use_deterministic
 from . import distributed as D
 from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from .config import RESUMABLE, TrainConfig
+from .finetune import frozen_stages
 from .metrics import MetricsLogger
 from .optim import LRSchedule
 from .parts import DataPosition, Meters, Network, Optimization, RunClock, Window, total_steps_of
 from .plots import lr_curve
+from .probe import probe_data
 
 MAX_SKIPPED_STEPS = 5  # fp16: stop after this many consecutive non-finite steps
 DIST_READ_EVERY = 10  # several processes: agree on stop requests at least this often (steps)
@@ -121,9 +124,12 @@ class Trainer:
         choose_precision(cfg.precision, env.device)  # fp16 on CPU fails here, before any work
         seed_everything(cfg.seed, use_deterministic(cfg.deterministic, env.device))
 
-        # the parts
+        # the parts; a fresh run from trained weights (``init``) takes their normalisation, a resumed one its own
+        init = load_for_inference(cfg.init, cfg.model, variant=cfg.variant) if cfg.init and ckpt is None else None
+        norm = (init.mean, init.std) if init is not None else \
+            (ckpt["normalization"]["mean"], ckpt["normalization"]["std"]) if cfg.init and ckpt is not None else None
         self.data: TrainData = open_train(TrainDataSpec.of(cfg), env.device, rank=env.rank,
-                                          world_size=env.world_size, is_main=env.is_main)
+                                          world_size=env.world_size, is_main=env.is_main, normalization=norm)
         self.steps_per_epoch = len(self.data.train)
         if self.steps_per_epoch == 0:
             raise UserError(f"the training set is smaller than one batch ({cfg.batch_size})")
@@ -132,9 +138,10 @@ class Trainer:
                             "small-image folders), not with streamed data; drop it")
         self.total_steps = total_steps_of(cfg, self.steps_per_epoch)
         self.num_epochs = -(-self.total_steps // self.steps_per_epoch)
-        self.network = Network(cfg, len(self.data.classes), env, self.data.train.full_size)
+        self.network = Network(cfg, self.data.classes, env, self.data.train.full_size, init=init, log=self.log)
+        self.family = model_family(cfg.model)
         self.optim = Optimization(cfg, self.network.model, self.total_steps, self.steps_per_epoch)
-        self.position = DataPosition(self.data, cfg.seed)
+        self.position = DataPosition(self.data.generator, cfg.seed)
         guard = MAX_SKIPPED_STEPS if self.network.scaler is not None else 1
         self.meters = Meters(env.device, guard_streak=guard)
         self.clock = RunClock()
@@ -143,6 +150,8 @@ class Trainer:
             _say_length_change(saved, cfg, ckpt["step"], self.total_steps, self.steps_per_epoch, self.log)
             for part in self.parts:
                 part.load_state_dict(ckpt)
+        if cfg.linear_probe:  # the frozen backbone's features, once (after a restore: of the same weights)
+            self.data = probe_data(self.data, self.network.model, cfg.batch_size, cfg.seed)
 
         # the run folder: only now that the run can start
         if env.is_main:
@@ -205,7 +214,12 @@ class Trainer:
             self.train_size = progressive_image_size(epoch, self.num_epochs, train.full_size, cfg.resize_from,
                                                      cfg.resize_until)
             train.set_image_size(self.train_size)
-        self.network.model.train()
+        frozen = frozen_stages(cfg.freeze, cfg.freeze_epochs, cfg.linear_probe, epoch, self.family)
+        if self.network.frozen and frozen < self.network.frozen:
+            self.log(f"epoch {epoch + 1}: unfreezing {', '.join(sorted(self.network.frozen - frozen))}"
+                     f"{' (' + ', '.join(sorted(frozen)) + ' stay frozen)' if frozen else ''}")
+        self.network.set_frozen(frozen)
+        self.network.train_mode()
         self.bar.set_description(f"epoch {epoch + 1}/{self.num_epochs}")
         self.clock.restart()
         if self.position.batch < self.steps_per_epoch:
@@ -313,9 +327,9 @@ class Trainer:
         summary = ""
         if evaluate_now:
             net = self.network
-            val = D.combine_eval(env, evaluate_model(net.shipped, self.data.val, num_classes=len(self.data.classes),
+            val = D.combine_eval(env, evaluate_model(net.evaluated, self.data.val, num_classes=len(self.data.classes),
                                                      device=net.device, autocast_dtype=net.amp_dtype,
-                                                     channels_last=cfg.channels_last))
+                                                     channels_last=cfg.channels_last and not net.head_only))
             record.update(val_loss=val["loss"], val_acc=val["top1"], val_top5=val["top5"])
             summary = (f" | {'val' if cfg.val_split else 'test'} loss {val['loss']:.4f} acc {val['top1']:.2f}% "
                        f"top-5 {val['top5']:.2f}%")
