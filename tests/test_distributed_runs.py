@@ -68,6 +68,27 @@ def test_two_processes_match_one_process(tmp_path: Path) -> None:
         torch.testing.assert_close(got[key], value, rtol=1e-4, atol=2e-5, msg=key)
 
 
+def test_two_processes_fine_tune_like_one_across_the_unfreeze(tmp_path: Path) -> None:
+    """--init with the head first (freeze_epochs) and stage LRs: 2 ranks (SyncBN) == 1 process, across the epoch
+    where the backbone unfreezes (the DDP wrapper then reduces the gradients of the stages that train now)."""
+    from resnets import create_model
+    from resnets.weights import save_weights
+
+    save_weights(create_model("resnet20", num_classes=4), tmp_path / "w.safetensors",
+                 classes=["a", "b", "c", "d"], normalization={"mean": [0.5] * 3, "std": [0.25] * 3})
+    tune = dict(init=str(tmp_path / "w.safetensors"), freeze_epochs=1, lr_stage_decay=0.5, iterations=10)
+    train(resolve_config(_overrides(**tune, out=str(tmp_path / "one"))), log=lambda _: None)  # 8 steps an epoch
+    proc = _resnets(*TINY[2:], "--init", str(tmp_path / "w.safetensors"), "--freeze-epochs", "1",
+                    "--lr-stage-decay", "0.5", "--iterations", "10", "--nproc", "2", "--sync-bn",
+                    "--out", str(tmp_path / "two"))
+    assert proc.returncode == 0, errors(proc.stderr)
+    assert "epoch 2: unfreezing" in proc.stdout
+    one, two = torch.load(tmp_path / "one" / "last.pt", weights_only=True), \
+        torch.load(tmp_path / "two" / "last.pt", weights_only=True)
+    for key, value in one["model"].items():
+        torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=2e-5, msg=key)
+
+
 def _worker_pid(tag: str, rank: int, timeout: float = 60) -> int:
     """The pid of the torchrun worker of ``rank`` whose environment carries ``RESNETS_TEST_TAG=tag``."""
     deadline = time.monotonic() + timeout
