@@ -4,6 +4,7 @@ probe; everything resumes bit-identically; bad input is one line."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -51,8 +52,8 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)
 
 
-def test_init_takes_the_weights_architecture_recipe_and_normalisation(source: Path, target: Path,
-                                                                       tmp_path: Path) -> None:
+def test_init_takes_the_weights_architecture_recipe_and_normalisation(
+        source: Path, target: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = ft(target, source, tmp_path / "a")
     assert (cfg.model, cfg.variant, cfg.recipe) == ("resnet20", "v1", "finetune")
     assert (cfg.schedule, cfg.decay_norm_and_bias, cfg.ema) == ("cosine", False, False)
@@ -66,6 +67,14 @@ def test_init_takes_the_weights_architecture_recipe_and_normalisation(source: Pa
     assert shipped["normalization"] == read_metadata(source)["normalization"]  # the weights', not the data's
     model, start = load_model(result.final_weights), load_model(source)
     assert model.fc.out_features == 3 and not torch.equal(model.layer3[0].conv1.weight, start.layer3[0].conv1.weight)
+    # the fine-tuned weights are ordinary weights: eval and predict name the new classes
+    image = next((target / "test" / "dog").iterdir())
+    assert main(["predict", "--weights", str(result.final_weights), str(image), "--format", "json",
+                 "--no-progress"]) == 0
+    assert {label["label"] for label in json.loads(capsys.readouterr().out)[0]["top"]} == set(TARGET_CLASSES)
+    assert main(["eval", "--weights", str(result.final_weights), "--data", str(target), "--out",
+                 str(tmp_path / "eval"), "--no-progress"]) == 0
+    assert json.loads(next((tmp_path / "eval").glob("eval-*.json")).read_text())["images"] == 300
 
 
 def test_freeze_keeps_stages_and_their_batch_norm_statistics(source: Path, target: Path, tmp_path: Path) -> None:
