@@ -118,10 +118,11 @@ class Network:
 
 
 def _fit_head(init: LoadedModel, classes: list[str], log: Callable[[str], None]) -> ResNetBase:
-    """``init``'s model for ``classes``: its head kept when it classifies the same classes (or as many, if the
-    weights name none), else replaced by a fresh one (and said)."""
+    """``init``'s model for ``classes``: its head kept when it classifies the same classes by name, else
+    replaced by a fresh one (and said); weights that name no classes (a plain state dict) always get a new head,
+    so a head trained on another task is never taken for this one's."""
     model, known = init.model, init.model.card.classes
-    if model.num_classes == len(classes) and (known is None or list(known) == list(classes)):
+    if model.num_classes == len(classes) and known is not None and list(known) == list(classes):
         log(f"starting from {init.source} ({init.name}); its {model.num_classes}-class head is kept")
         return model
     old = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "") if known else "unnamed"
