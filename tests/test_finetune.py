@@ -17,6 +17,7 @@ from resnets.cli import main
 from resnets.data import extract_sample
 from resnets.train import resolve_config, train
 from resnets.weights import load_model, read_metadata
+from test_train import _assert_same_tensors
 
 BASE = dict(batch_size=64, progress=False, log_every=2, seed=3, test_images=96)
 TARGET_CLASSES = ["cat", "dog", "frog"]
@@ -112,21 +113,9 @@ def test_head_first_then_unfreeze_with_stage_decay_resumes_bit_identically(sourc
         train(ft(target, source, tmp_path / "ignored", **changes), resume=out, log=lambda _: None)
         resumed = _state(out / "last.pt")
         for key in ("model", "optimizer"):
-            _same(ckpt[key], resumed[key], key)
+            _assert_same_tensors(ckpt[key], resumed[key], key)
 
 
-def _same(a: object, b: object, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where  # type: ignore[arg-type]
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where  # type: ignore[arg-type]
-        for k in a:
-            _same(a[k], b[k], f"{where}.{k}")  # type: ignore[index]
-    elif isinstance(a, list):
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):  # type: ignore[call-overload]
-            _same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def test_backbone_lr_mult_sets_one_factor_below_the_head(source: Path, target: Path, tmp_path: Path) -> None:
@@ -161,7 +150,7 @@ def test_linear_probe_computes_features_once_and_trains_only_the_head(source: Pa
               log=lambda _: None)
     train(ft(target, source, tmp_path / "ignored", epochs=3, linear_probe=True), resume=tmp_path / "pc",
           log=lambda _: None)
-    _same(_state(result.run_dir / "last.pt")["model"], _state(tmp_path / "pc" / "last.pt")["model"], "model")
+    _assert_same_tensors(_state(result.run_dir / "last.pt")["model"], _state(tmp_path / "pc" / "last.pt")["model"], "model")
 
 
 def test_a_torchvision_format_state_dict_starts_a_run(target: Path, tmp_path: Path) -> None:

@@ -230,6 +230,8 @@ def _assert_same_tensors(a: object, b: object, where: str = "") -> None:
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
 
 
 def test_interrupted_run_resumes_bit_identically(tmp_path: Path, tiny_run) -> None:

@@ -263,7 +263,7 @@ class Meters:
 
 
 class RunClock:
-    """Optimiser steps done and seconds spent training (evaluation included), across resumes."""
+    """Optimiser steps done and seconds spent in training steps (evaluation and checkpoints not counted), across resumes."""
 
     def __init__(self) -> None:
         self.step = 0
