@@ -1,4 +1,4 @@
-"""``resnets export``: ONNX (dynamic batch, optionally int8) or TorchScript, checked before it is kept."""
+"""``resnets export``: ONNX (dynamic batch, optionally int8), TorchScript, Triton or Keras, checked before it is kept."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from .predict import add_weights_args, loaded_weights
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..infer.quantize import CALIBRATION_IMAGES, CHECK_IMAGES, MAX_REL_ERROR, MIN_AGREEMENT
 
-    p = subparsers.add_parser("export", help="export to ONNX (optionally int8) or TorchScript, checked")
+    p = subparsers.add_parser("export", help="export to ONNX (optionally int8), TorchScript, Triton or Keras, "
+                              "checked")
     add_weights_args(p)
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="output format")
+    p.add_argument("--format", choices=("onnx", "torchscript", "triton", "keras"), default="onnx",
+                   help="output format: onnx, torchscript, triton (a Triton Inference Server model repository "
+                        "folder) or keras (a .keras file)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="output file, replaced if it exists (default: beside the weights, .onnx / .int8.onnx / "
                         ".torchscript.pt, never replaced without --force)")
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
               f"top-1 agreement {f.top1_agreement:.2%}, logits relative error {f.rel_error:.3g}, "
               f"max abs difference {f.max_abs_diff:.3g} (logits up to {f.max_abs_ref:.3g})")
         return 0
-    checker = "onnxruntime" if result.format == "onnx" else "torch.jit"
+    checker = {"onnx": "onnxruntime", "torchscript": "torch.jit", "triton": "onnxruntime", "keras": "Keras"}[result.format]
     print(f"wrote {result.path}; {checker} vs PyTorch at batch sizes "
           f"{', '.join(map(str, result.batches))}: max abs difference {result.max_abs_diff:.3g} "
           f"(logits up to {result.max_abs_ref:.3g})")

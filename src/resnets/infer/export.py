@@ -1,4 +1,4 @@
-"""Export a model to ONNX (dynamic batch) or TorchScript, checked against PyTorch before it is kept.
+"""Export a model to ONNX (dynamic batch), TorchScript, a Triton model repository or Keras, checked before it is kept.
 
 The file is written to a temporary path, checked (ONNX through onnxruntime, TorchScript by running it) on
 random inputs at two batch sizes, and only renamed into place when the check passes. ``int8=True`` (ONNX
@@ -34,7 +34,7 @@ from .quantize import (
     run_session,
 )
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "triton", "keras")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}  # never a checkpoint's .pt
 CHECK_BATCHES = (1, 3)
 # Pass if max |ours - torch| <= ATOL + RTOL * max |torch| over both batches.
@@ -78,6 +78,8 @@ def export(
     """Export ``weights`` to ``format`` (``"onnx"`` or ``"torchscript"``) at ``out`` (default: beside the
     weights: ``.onnx``, ``.int8.onnx``, ``.torchscript.pt``); raises ExportCheckError, leaving no file, when the
     check fails. A default-named file that exists is replaced only with ``force``; an explicit ``out`` is replaced.
+    ``"triton"`` (a model repository folder, :mod:`resnets.infer.triton`) and ``"keras"`` (a ``.keras`` file,
+    :mod:`resnets.keras`) are written and checked by their own modules.
 
     ``int8``: quantise the ONNX model, calibrated on ``calibration_images`` real images from ``calibration``
     (default: the shipped sample), and require top-1 agreement >= ``min_agreement`` and relative logits error
@@ -87,6 +89,14 @@ def export(
         raise UserError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if int8 and format != "onnx":
         raise UserError("int8 export is ONNX only (--format onnx)")
+    if format == "triton":
+        from .triton import export_triton
+
+        return export_triton(weights, out=out, model_name=model_name, opset=opset, force=force)
+    if format == "keras":
+        from ..keras import export_keras
+
+        return export_keras(weights, out=out, model_name=model_name, force=force)
     if format == "onnx":
         require_onnx()
     loaded = load_for_inference(weights, model_name)
