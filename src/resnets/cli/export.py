@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "folder) or keras (a .keras file)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="output file, replaced if it exists (default: beside the weights, .onnx / .int8.onnx / "
-                        ".torchscript.pt, never replaced without --force)")
+                        ".torchscript.pt, never replaced without --force); triton: the repository folder "
+                        "(default <weights stem>-triton/; replaced only if resnets wrote it)")
     p.add_argument("--force", action="store_true", help="replace the default-named output file if it exists")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     q = p.add_argument_group("int8 (onnxruntime static quantisation, checked on real images)")
