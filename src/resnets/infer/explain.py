@@ -68,19 +68,24 @@ def explain(
         require("matplotlib", "explain")
     loaded = load_for_inference(weights, model_name)
     idx = None if class_name is None else class_index(loaded.classes, class_name)
-    raw = read_rgb(image)
-    x = loaded.preprocess(raw).unsqueeze(0)
-    model = loaded.model.eval()
-    cam, logits, layer = grad_cam(model, x, idx)
-    probs = torch.softmax(logits, 1)[0]
-    idx = int(probs.argmax()) if idx is None else idx
-    mean = torch.tensor(loaded.mean).view(3, 1, 1)
-    std = torch.tensor(loaded.std).view(3, 1, 1)
-    view = ((x[0] * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    result = Explanation(str(image), idx, loaded.classes[idx], float(probs[idx]), cam.numpy(), view, layer)
+    result = explain_image(loaded, read_rgb(image), idx, path=str(image))
     if out is not None:
         result.out = str(save_overlay(result, out))
     return result
+
+
+def explain_image(loaded: LoadedModel, raw: torch.Tensor, class_index: int | None = None, *,
+                  path: str = "<image>") -> Explanation:
+    """Grad-CAM of a decoded uint8 3 x H x W image for class ``class_index`` (the predicted one by default)."""
+    x = loaded.preprocess(raw).unsqueeze(0)
+    model = loaded.model.eval()
+    cam, logits, layer = grad_cam(model, x, class_index)
+    probs = torch.softmax(logits, 1)[0]
+    idx = int(probs.argmax()) if class_index is None else class_index
+    mean = torch.tensor(loaded.mean).view(3, 1, 1)
+    std = torch.tensor(loaded.std).view(3, 1, 1)
+    view = ((x[0] * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return Explanation(path, idx, loaded.classes[idx], float(probs[idx]), cam.numpy(), view, layer)
 
 
 def class_index(classes: list[str], name: str) -> int:
@@ -101,12 +106,26 @@ def class_index(classes: list[str], name: str) -> int:
 
 def save_overlay(exp: Explanation, out: str | os.PathLike[str]) -> Path:
     """Write the image, the heat map over it and its colour bar as a PNG, atomically."""
+    from ..outputs import atomic_write
+
+    return atomic_write(out, lambda tmp: _overlay_figure(exp).savefig(tmp, format="png"))
+
+
+def overlay_png(exp: Explanation) -> bytes:
+    """The PNG ``save_overlay`` writes, as bytes."""
+    import io
+
+    buffer = io.BytesIO()
+    _overlay_figure(exp).savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _overlay_figure(exp: Explanation):  # noqa: ANN202 - matplotlib is optional
+    """The image, the heat map over it and its colour bar, as a matplotlib Figure."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
-
-    from ..outputs import atomic_write
 
     fig = Figure(figsize=(4.2, 4.6), dpi=100)
     ax = fig.add_subplot()
@@ -116,4 +135,4 @@ def save_overlay(exp: Explanation, out: str | os.PathLike[str]) -> Path:
     ax.set_title(f"{exp.class_name} ({exp.probability:.1%}), Grad-CAM on {exp.layer}", fontsize=9)
     ax.set_axis_off()
     fig.tight_layout()
-    return atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
+    return fig

@@ -1,0 +1,75 @@
+"""Prometheus metrics of the server: requests by route and status, latency, batch sizes, queue depth.
+
+Each app gets its own registry. Under ``--workers N`` the CLI sets ``PROMETHEUS_MULTIPROC_DIR`` so that
+``/metrics``, whichever worker answers, reports all of them (prometheus-client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401 - re-exported
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """The server's metrics in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        r = self.registry
+        self.requests = Counter("resnets_requests", "HTTP requests by route, method and status",
+                                ("route", "method", "status"), registry=r)
+        self.latency = Histogram("resnets_request_seconds", "HTTP request latency by route", ("route",),
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("resnets_batch_size", "images per forward pass of the batcher",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("resnets_queue_depth", "requests waiting for the model", registry=r,
+                                 multiprocess_mode="livesum")
+        self.images = Counter("resnets_images", "images inferred, by route", ("route",), registry=r)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition (of every worker in multiprocess mode)."""
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)
+            return generate_latest(merged)
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """ASGI middleware counting each HTTP request by its route template and status, and timing it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or (
+                "/static" if scope.get("path", "").startswith("/static/") else "unmatched")
+            self.metrics.requests.labels(template, scope.get("method", ""), str(status)).inc()
+            self.metrics.latency.labels(template).observe(time.perf_counter() - start)
