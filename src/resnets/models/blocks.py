@@ -11,8 +11,35 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    """3x3 convolution with padding 1 and no bias (a batch norm follows)."""
+def tf_same_pad(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
+    """Pad ``x`` (N, C, H, W) as TensorFlow/Keras ``padding="same"`` does: the total that gives
+    ceil(size / stride) outputs, split with the odd pixel at the bottom/right."""
+    pads: list[int] = []
+    for size in (x.shape[-1], x.shape[-2]):  # F.pad takes the last dimension first
+        total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads, value=value) if any(pads) else x
+
+
+class TFSameConv2d(nn.Conv2d):
+    """A square ``nn.Conv2d`` (no built-in padding) that pads as Keras' strided ``padding="same"``; same parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(tf_same_pad(x, self.kernel_size[0], self.stride[0]))
+
+
+class TFSameMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` (no built-in padding) padding as Keras' strided ``padding="same"``, with -inf."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(tf_same_pad(x, int(self.kernel_size), int(self.stride), float("-inf")))  # type: ignore[arg-type]
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1, tf_padding: bool = False) -> nn.Conv2d:
+    """3x3 convolution with padding 1 and no bias (a batch norm follows); ``tf_padding`` and ``stride > 1``:
+    padded as Keras' ``"same"`` (:class:`TFSameConv2d`)."""
+    if tf_padding and stride > 1:
+        return TFSameConv2d(in_channels, out_channels, 3, stride=stride, bias=False)
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
 
 
@@ -76,11 +103,12 @@ class BasicBlock(nn.Module):
         shortcut: str = "B",
         residual: bool = True,
         stride_in_1x1: bool = False,
+        tf_padding: bool = False,
     ) -> None:
         super().__init__()
         del stride_in_1x1  # only bottlenecks have a 1x1 to put the stride on
         out_channels = width * self.expansion
-        self.conv1 = conv3x3(in_channels, width, stride)
+        self.conv1 = conv3x3(in_channels, width, stride, tf_padding)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = conv3x3(width, out_channels)
         self.bn2 = nn.BatchNorm2d(out_channels)
@@ -113,12 +141,13 @@ class Bottleneck(nn.Module):
         shortcut: str = "B",
         residual: bool = True,
         stride_in_1x1: bool = False,
+        tf_padding: bool = False,
     ) -> None:
         super().__init__()
         out_channels = width * self.expansion
         self.conv1 = conv1x1(in_channels, width, stride if stride_in_1x1 else 1)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, 1 if stride_in_1x1 else stride)
+        self.conv2 = conv3x3(width, width, 1 if stride_in_1x1 else stride, tf_padding)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, out_channels)
         self.bn3 = nn.BatchNorm2d(out_channels)
@@ -158,12 +187,13 @@ class PreActBasicBlock(nn.Module):
         residual: bool = True,
         stride_in_1x1: bool = False,
         activate_input: bool = True,
+        tf_padding: bool = False,
     ) -> None:
         super().__init__()
         del stride_in_1x1
         out_channels = width * self.expansion
         self.bn1 = nn.BatchNorm2d(in_channels) if activate_input else None
-        self.conv1 = conv3x3(in_channels, width, stride)
+        self.conv1 = conv3x3(in_channels, width, stride, tf_padding)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv2 = conv3x3(width, out_channels)
         self.relu = nn.ReLU(inplace=False)
@@ -202,13 +232,14 @@ class PreActBottleneck(nn.Module):
         residual: bool = True,
         stride_in_1x1: bool = False,
         activate_input: bool = True,
+        tf_padding: bool = False,
     ) -> None:
         super().__init__()
         out_channels = width * self.expansion
         self.bn1 = nn.BatchNorm2d(in_channels) if activate_input else None
         self.conv1 = conv1x1(in_channels, width, stride if stride_in_1x1 else 1)
         self.bn2 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, 1 if stride_in_1x1 else stride)
+        self.conv2 = conv3x3(width, width, 1 if stride_in_1x1 else stride, tf_padding)
         self.bn3 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, out_channels)
         self.relu = nn.ReLU(inplace=False)

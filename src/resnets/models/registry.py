@@ -80,26 +80,33 @@ def create_model(
 
     ImageNet nets default to ``num_classes=1000`` and ``variant="v1.5"``; CIFAR nets to 10 classes,
     ``variant="v1"`` and ``shortcut="A"``. Options: ``zero_init_residual``, ``in_chans``, and for CIFAR nets
-    ``shortcut``. The returned model's ``card`` names it and records the options given (``model.spec``,
-    the arguments that rebuild it).
+    ``shortcut``. Structural options (nets imported from Keras, ``resnets.load_keras``): ``blocks``, other
+    blocks per stage for an ImageNet net (e.g. ``create_model("resnet50", blocks=(3, 4, 5, 3))``: same block
+    kind and widths), and ``tf_padding=True``, strided convolutions and pools padded as Keras ``"same"``.
+    The returned model's ``card`` names it and records the options given (``model.spec``, the arguments that
+    rebuild it).
     """
     if weights is not None:
         return from_weights(name, weights, num_classes=num_classes, variant=variant, **options)
     entry = _entry(name)
     family = entry["family"]
     allowed = {"zero_init_residual", "in_chans"} | ({"shortcut"} if family == "cifar" else set())
-    unknown = set(options) - allowed
+    structural = ["blocks", "tf_padding"] if family == "imagenet" else ["tf_padding"]
+    unknown = set(options) - allowed - set(structural)
     if unknown:
         raise UserError(f"unknown option(s) {', '.join(sorted(unknown))} for {name}; "
-                        f"allowed: {', '.join(sorted(allowed))}")
+                        f"allowed: {', '.join(sorted(allowed))} (structure: {', '.join(structural)})")
     variant = variant or default_variant(name)
+    if "blocks" in options:
+        options["blocks"] = _blocks(name, options["blocks"])
     try:
         if family == "imagenet":
             if variant not in VARIANTS:
                 raise UserError(f"unknown variant '{variant}' for {name}; choose one of {', '.join(VARIANTS)}")
             kind, layers = IMAGENET_DEPTHS[entry["depth"]]
-            model: ResNetBase = ResNet(kind, layers, num_classes or 1000, variant=variant,
-                                       residual=entry["residual"], **options)
+            net_options = {k: v for k, v in options.items() if k != "blocks"}
+            model: ResNetBase = ResNet(kind, options.get("blocks", layers), num_classes or 1000, variant=variant,
+                                       residual=entry["residual"], **net_options)
         else:
             model = CifarResNet(CIFAR_DEPTHS[entry["depth"]], num_classes or 10, variant=variant,
                                 residual=entry["residual"], **options)
@@ -107,6 +114,22 @@ def create_model(
         raise UserError(f"{name}: {exc}") from None
     model.card = replace(model.card, name=name, options=dict(options))
     return model
+
+
+def _blocks(name: str, blocks: Any) -> list[int]:
+    """``blocks`` as a list of four positive ints (JSON keeps it a list, so the card round-trips)."""
+    try:
+        counts = [int(b) for b in blocks]
+    except (TypeError, ValueError):
+        counts = []
+    if len(counts) != 4 or min(counts) < 1 or any(isinstance(b, bool) or b != int(b) for b in blocks):
+        raise UserError(f"blocks={blocks!r} for {name}: give four positive block counts, e.g. blocks=(3, 4, 6, 3)")
+    return counts
+
+
+def weighted_layers(kind: str, blocks: Any) -> int:
+    """Convolution and fc layers of an ImageNet net with ``blocks`` per stage (the depth the name counts)."""
+    return 2 + (3 if kind == "bottleneck" else 2) * sum(blocks)
 
 
 def from_weights(name: str, weights: str | os.PathLike[str], *, num_classes: int | None = None,

@@ -13,7 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, conv3x3
+from .blocks import (
+    BasicBlock,
+    Bottleneck,
+    PreActBasicBlock,
+    PreActBottleneck,
+    TFSameConv2d,
+    TFSameMaxPool2d,
+    conv3x3,
+)
 from .card import ModelCard
 
 VARIANTS = ("v1.5", "v1", "d", "preact")
@@ -188,7 +196,9 @@ class ResNet(ResNetBase):
     ``variant``: ``"v1.5"`` stride on the bottleneck's 3x3; ``"v1"`` stride on its first 1x1 (the paper);
     ``"d"`` deep 3x3 stem and average-pool shortcuts (Bag of Tricks); ``"preact"`` pre-activation blocks
     (fb.resnet.torch's preresnet.lua: conv-BN-ReLU-maxpool stem shared by ``layer1.0``, final BN-ReLU).
-    ``residual=False`` removes every shortcut (the paper's plain networks).
+    ``residual=False`` removes every shortcut (the paper's plain networks). ``tf_padding=True``: every strided
+    convolution and pool wider than 1x1 pads as Keras/TensorFlow ``padding="same"`` (the odd pixel at the
+    bottom/right; :func:`~resnets.models.blocks.tf_same_pad`), for nets imported from Keras.
     """
 
     def __init__(
@@ -202,6 +212,7 @@ class ResNet(ResNetBase):
         zero_init_residual: bool = False,
         residual: bool = True,
         widths: Sequence[int] = (64, 128, 256, 512),
+        tf_padding: bool = False,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -209,7 +220,7 @@ class ResNet(ResNetBase):
         stem_width = widths[0]
         if variant == "d":
             self.conv1: nn.Module = nn.Sequential(
-                conv3x3(in_chans, 32, stride=2),
+                conv3x3(in_chans, 32, stride=2, tf_padding=tf_padding),
                 nn.BatchNorm2d(32),
                 nn.ReLU(inplace=True),
                 conv3x3(32, 32),
@@ -217,15 +228,18 @@ class ResNet(ResNetBase):
                 nn.ReLU(inplace=True),
                 conv3x3(32, stem_width),
             )
+        elif tf_padding:
+            self.conv1 = TFSameConv2d(in_chans, stem_width, 7, stride=2, bias=False)
         else:
             self.conv1 = nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.maxpool = TFSameMaxPool2d(3, stride=2) if tf_padding else nn.MaxPool2d(3, stride=2, padding=1)
         self.stem_names = ["conv1", "bn1", "relu", "maxpool"]
         self._build(block_class(block_kind, variant), widths, layers, num_classes, stem_width=stem_width,
                     stem_reduction=4, variant=variant, zero_init_residual=zero_init_residual,
-                    shortcut="D" if variant == "d" else "B", residual=residual, stride_in_1x1=variant == "v1")
+                    shortcut="D" if variant == "d" else "B", residual=residual, stride_in_1x1=variant == "v1",
+                    tf_padding=tf_padding)
 
 
 class CifarResNet(ResNetBase):
@@ -233,6 +247,7 @@ class CifarResNet(ResNetBase):
 
     ``shortcut="A"`` (the paper's zero-padding identity, parameter-free) or ``"B"`` (1x1 projection).
     Depth is 6n + 2. ``variant="preact"``: the stem's BN-ReLU is the first unit's, then a final BN-ReLU.
+    ``tf_padding``: strided 3x3 convolutions pad as Keras ``padding="same"`` (see ``ResNet``).
     """
 
     def __init__(
@@ -246,6 +261,7 @@ class CifarResNet(ResNetBase):
         zero_init_residual: bool = False,
         residual: bool = True,
         widths: Sequence[int] = (16, 32, 64),
+        tf_padding: bool = False,
     ) -> None:
         super().__init__()
         if variant not in ("v1", "v1.5", "preact"):
@@ -258,4 +274,5 @@ class CifarResNet(ResNetBase):
         self.stem_names = ["conv1", "bn1", "relu"]
         self._build(block_class("basic", variant), widths, [blocks_per_stage] * len(widths), num_classes,
                     stem_width=widths[0], stem_reduction=1, variant=variant,
-                    zero_init_residual=zero_init_residual, shortcut=shortcut, residual=residual)
+                    zero_init_residual=zero_init_residual, shortcut=shortcut, residual=residual,
+                    tf_padding=tf_padding)

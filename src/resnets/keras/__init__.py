@@ -1,0 +1,181 @@
+"""Keras models in and out: ``load_keras`` reads a Keras ResNet (``.keras`` or legacy ``.h5``) as a resnets
+model computing the same function; ``export_keras`` writes a resnets ResNet as a ``.keras`` file, checked.
+
+The graph is read by structure (layer types and connections), never by layer names, so
+``keras.applications.ResNet50`` and a hand-built tutorial ResNet import alike; see docs/keras.md.
+Keras is optional (``pip install 'resnets[keras]'``); it runs on its PyTorch backend unless
+``KERAS_BACKEND`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UserError
+from .convert import NAMED_NORMALIZATIONS, NORMALIZATION_HELP, parse_normalization
+from .graph import NotAResNet, Structure
+
+if TYPE_CHECKING:
+    from ..infer.export import ExportResult
+    from ..infer.loading import LoadedModel
+    from ..models import ResNetBase
+
+__all__ = ["KerasImport", "NotAResNet", "NAMED_NORMALIZATIONS", "NORMALIZATION_HELP", "export_keras",
+           "import_keras", "load_keras", "read_keras", "require_keras"]
+
+
+def require_keras() -> Any:
+    """The ``keras`` module (PyTorch backend unless ``KERAS_BACKEND`` is set); a one-line UserError if missing."""
+    if "keras" not in sys.modules:
+        if importlib.util.find_spec("keras") is None:
+            raise UserError("Keras models need keras and h5py: pip install 'resnets[keras]'")
+        os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    return keras
+
+
+@dataclass
+class KerasImport:
+    """A Keras model read as a resnets model: the model (card set), its structure, and what the import did."""
+
+    model: ResNetBase
+    structure: Structure
+    source: str
+    notes: list[str] = field(default_factory=list)  # one line each: what was folded, recorded or assumed
+    metadata: dict[str, Any] = field(default_factory=dict)  # written under "keras" in the weights' metadata
+
+    def describe(self) -> str:
+        s = self.structure
+        card = self.model.card
+        what = (f"{'-'.join(map(str, s.blocks))} {s.kind} blocks -> {card.name} (variant {card.variant}"
+                f"{', ' + ', '.join(f'{k}={v}' for k, v in card.options.items()) if card.options else ''}), "
+                f"{card.num_classes} classes")
+        return f"{self.source}: {'keras.applications layout' if s.applications_layout else 'ResNet'}, {what}"
+
+
+def read_model(path: str | os.PathLike[str]) -> Any:
+    """Load a ``.keras`` archive or legacy ``.h5`` with Keras' safe loader (no lambdas run, not compiled)."""
+    keras = require_keras()
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"Keras model file not found: {p}")
+    if zipfile.is_zipfile(p):
+        if p.suffix != ".keras":
+            raise UserError(f"{p} is a zip archive; a Keras model archive ends in .keras")
+    else:
+        with open(p, "rb") as fh:
+            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+                raise UserError(f"{p} is not a Keras model file (a .keras archive or an .h5 file)")
+        if p.suffix not in (".h5", ".hdf5"):
+            raise UserError(f"{p} is an HDF5 file; name it .h5 for Keras to read it as a model")
+    try:
+        return keras.saving.load_model(str(p), compile=False, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types; the user needs the one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"Keras could not load {p}: {first}") from None
+
+
+def read_keras(source: str | os.PathLike[str] | Any, *, normalization: str | None = None) -> KerasImport:
+    """Read a Keras ResNet (a file or a ``keras.Model``) into a :class:`KerasImport`.
+
+    ``normalization``: the input preprocessing it was trained with (see ``NORMALIZATION_HELP``); None means
+    ``caffe`` for a keras.applications layout (ZeroPadding2D stem, batch-norm eps 1.001e-5), and is an error
+    for other models, whose preprocessing cannot be read from the graph.
+    """
+    from ..models import create_model
+    from ..weights import load_weights
+    from .convert import model_name, state_dict
+    from .graph import Graph, Reader
+
+    if isinstance(source, str | os.PathLike):
+        keras_model = read_model(source)
+        where = str(source)
+    else:
+        require_keras()
+        keras_model, where = source, f"Keras model {getattr(source, 'name', '')}".strip()
+    if not hasattr(keras_model, "operations") and not hasattr(keras_model, "layers"):
+        raise UserError(f"{where} is not a Keras model")
+    if type(keras_model).__name__ == "Sequential":
+        raise NotAResNet(f"{where} is a Sequential model: a chain has no shortcuts, so it is not a ResNet")
+    structure = Reader(Graph(keras_model)).read()
+    notes: list[str] = []
+    if normalization is None:
+        if not structure.applications_layout:
+            raise UserError("say what input preprocessing this model was trained with: normalization= "
+                            f"(--normalization) {NORMALIZATION_HELP}")
+        normalization = "caffe"
+        notes.append("keras.applications layout: its preprocessing assumed, 'caffe' (BGR, ImageNet means on "
+                     "0..255); give --normalization if it was trained otherwise")
+    mean, std, bgr, norm_name = parse_normalization(normalization)
+    if bgr:
+        notes.append("caffe folded exactly: conv1's input channels reversed (the net takes RGB), mean = "
+                     f"{', '.join(f'{m:.6g}' for m in mean)}, std = 1/255 on the 0..1 scale")
+    name, options, note = model_name(structure)
+    if note:
+        notes.insert(0, note)
+    variant = "v1" if structure.stride_in_1x1 or structure.kind == "basic" else "v1.5"
+    if structure.family == "cifar":
+        variant = "v1"
+    model = create_model(name, num_classes=int(structure.dense.config["units"]), variant=variant, **options)
+    load_weights(model, state_dict(structure, bgr=bgr))
+    model.eval()
+    model.card.normalization = {"mean": list(mean), "std": list(std)}
+    eps = sorted({float(bn.config.get("epsilon", 1e-3)) for bn in structure.bns()})
+    biases = sum(1 for u in _units(structure) if u.conv.config.get("use_bias", True))
+    if biases:
+        notes.append(f"{biases} conv biases folded into the following batch norms' running means")
+    notes.append(f"batch-norm epsilon {', '.join(f'{e:g}' for e in eps)} folded into the running variances "
+                 "(PyTorch's is 1e-5)")
+    if structure.tf_padding:
+        notes.append("strided 'same' layers pad as Keras does (the odd pixel at bottom/right): built with "
+                     "tf_padding=True")
+    if structure.softmax:
+        notes.append("the Keras model ends in a softmax: resnets returns the logits before it, and predict's "
+                     "softmax gives the same probabilities")
+    meta = {"source": Path(where).name, "head_softmax": structure.softmax, "normalization": norm_name,
+            "bgr_folded": bgr, "applications_layout": structure.applications_layout}
+    return KerasImport(model, structure, where, notes, meta)
+
+
+def _units(structure: Structure) -> list[Any]:
+    units = [structure.stem]
+    for stage in structure.stages:
+        for block in stage:
+            units += block.units + ([block.shortcut] if block.shortcut is not None else [])
+    return units
+
+
+def load_keras(source: str | os.PathLike[str] | Any, *, normalization: str | None = None) -> ResNetBase:
+    """A Keras ResNet (``.keras``/``.h5`` file or ``keras.Model``) as a resnets model in eval mode, computing
+    the same function (logits: a Keras softmax head is left to the caller); its card carries the input
+    normalisation (``normalization``, see :func:`read_keras`)."""
+    return read_keras(source, normalization=normalization).model
+
+
+def import_keras(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                 normalization: str | None = None, classes: list[str] | None = None,
+                 force: bool = False) -> KerasImport:
+    """Read a Keras ResNet and write it as resnets safetensors at ``out`` (replaced only with ``force``)."""
+    from ..outputs import check_out_file
+    from ..weights import save_weights
+
+    out_path = check_out_file(out, replace=force, suffix=".safetensors")
+    result = read_keras(source, normalization=normalization)
+    save_weights(result.model, out_path, classes=classes, extra={"keras": result.metadata})
+    return result
+
+
+def export_keras(weights: str | os.PathLike[str] | LoadedModel, *, out: str | os.PathLike[str] | None = None,
+                 model_name: str | None = None, force: bool = False) -> ExportResult:
+    """Write a resnets ResNet as a ``.keras`` file; checked against PyTorch before it is kept (see
+    :mod:`resnets.keras.write`)."""
+    from .write import export_keras as _export
+
+    return _export(weights, out=out, model_name=model_name, force=force)

@@ -1,0 +1,429 @@
+"""Read a Keras model's graph as a ResNet: stem, stages of blocks, head, found by layer types and connections.
+
+Nothing here looks at layer names (``conv2_block1_1_conv`` and ``conv2d_17`` read alike); names appear only
+in the messages, which name the first layer that does not fit and what was expected there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UserError
+
+STANDARD_WIDTHS = {"imagenet": (64, 128, 256, 512), "cifar": (16, 32, 64)}
+ACTIVATION_TYPES = ("Activation", "ReLU")
+
+
+class NotAResNet(UserError):
+    """The graph is not one the resnets ResNets compute: the message names the first layer that does not fit."""
+
+
+@dataclass
+class Op:
+    """One layer (or operation) of the graph: its type, config, and the layers it reads and feeds."""
+
+    name: str
+    kind: str  # the class name, e.g. "Conv2D"
+    config: dict[str, Any]
+    layer: Any
+    parents: list[str] = field(default_factory=list)
+    children: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+
+@dataclass
+class Unit:
+    """A convolution, the batch norm after it, and whether a ReLU follows. ``pad``: how the conv pads."""
+
+    conv: Op
+    bn: Op
+    relu: bool
+    kernel: int
+    stride: int
+    filters: int
+    pad: str  # "torch" (symmetric, as PyTorch's padding=(k-1)/2), or "tf" (Keras strided "same")
+
+
+@dataclass
+class Block:
+    """A residual block: the main branch's units and the projection shortcut (None: identity)."""
+
+    kind: str  # "basic" or "bottleneck"
+    units: list[Unit]
+    shortcut: Unit | None
+    stride: int
+    width: int
+    stride_in_1x1: bool
+
+
+@dataclass
+class Structure:
+    """A Keras ResNet as resnets sees it."""
+
+    family: str  # "imagenet" (7x7 stem and max pool) or "cifar" (3x3 stem)
+    in_chans: int
+    stem: Unit
+    pool_pad: str | None  # the stem's max pool: "torch", "tf", or None (CIFAR: no pool)
+    stages: list[list[Block]]
+    dense: Op
+    softmax: bool  # the head ends in a softmax (resnets returns the logits before it)
+    input_shape: tuple[Any, ...]
+    applications_layout: bool  # ZeroPadding2D + 'valid' stem and batch-norm eps 1.001e-5, as keras.applications
+
+    @property
+    def kind(self) -> str:
+        return self.stages[0][0].kind
+
+    @property
+    def blocks(self) -> list[int]:
+        return [len(s) for s in self.stages]
+
+    @property
+    def tf_padding(self) -> bool:
+        return "tf" in self.pads()
+
+    @property
+    def stride_in_1x1(self) -> bool:
+        return any(b.stride_in_1x1 for s in self.stages for b in s)
+
+    def pads(self) -> set[str]:
+        """How the strided layers wider than 1x1 pad."""
+        units = [self.stem] + [u for s in self.stages for b in s for u in b.units]
+        found = {u.pad for u in units if u.stride > 1 and u.kernel > 1}
+        return found | ({self.pool_pad} if self.pool_pad else set())
+
+    def bns(self) -> list[Op]:
+        units = [self.stem] + [u for s in self.stages for b in s for u in b.units]
+        units += [b.shortcut for s in self.stages for b in s if b.shortcut is not None]
+        return [u.bn for u in units]
+
+
+class Graph:
+    """The model's layers by name with parents and children, and a cursor helper for the walk."""
+
+    def __init__(self, model: Any) -> None:
+        self.ops: dict[str, Op] = {}
+        operations = list(getattr(model, "operations", None) or model.layers)
+        for layer in operations:
+            nodes = getattr(layer, "_inbound_nodes", [])
+            if len(nodes) > 1:
+                raise NotAResNet(f"{layer.name} ({type(layer).__name__}) is called {len(nodes)} times; "
+                                 "expected each layer once (shared layers are not a ResNet)")
+            try:
+                config = layer.get_config()
+            except Exception:  # noqa: BLE001 - an op without a config: its type names it
+                config = {}
+            op = Op(layer.name, type(layer).__name__, config, layer)
+            if nodes:
+                op.parents = [p.operation.name for p in nodes[0].parent_nodes]
+            self.ops[op.name] = op
+        for op in self.ops.values():
+            for parent in op.parents:
+                self.ops[parent].children.append(op.name)
+        outputs = [t._keras_history[0].name for t in model.outputs]
+        if len(outputs) != 1:
+            raise NotAResNet(f"the model has {len(outputs)} outputs; expected one (the classifier)")
+        self.output = outputs[0]
+        inputs = [op for op in self.ops.values() if op.kind == "InputLayer"]
+        if len(inputs) != 1:
+            raise NotAResNet(f"the model has {len(inputs)} inputs; expected one image input")
+        self.input = inputs[0]
+
+    def child(self, op: Op, expected: str) -> Op:
+        """``op``'s only consumer; NotAResNet if it feeds none or several."""
+        if len(op.children) != 1:
+            where = "nothing" if not op.children else ", ".join(map(str, (self.ops[c] for c in op.children)))
+            raise NotAResNet(f"{op} feeds {where}; expected it to feed only {expected}")
+        return self.ops[op.children[0]]
+
+
+def expect(op: Op, kinds: str | tuple[str, ...], what: str) -> Op:
+    if op.kind not in ((kinds,) if isinstance(kinds, str) else kinds):
+        raise NotAResNet(f"{op}: expected {what}")
+    return op
+
+
+def is_relu(op: Op) -> bool:
+    c = op.config
+    if op.kind == "Activation":
+        return c.get("activation") == "relu"
+    if op.kind == "ReLU":
+        return (c.get("max_value") is None and not c.get("negative_slope") and not c.get("threshold"))
+    return False
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    a, b = value
+    return int(a), int(b)
+
+
+def _symmetric_pad(op: Op) -> int:
+    """The amount a ZeroPadding2D pads on every side; NotAResNet if it is not the same on all four."""
+    pad = op.config.get("padding", 1)
+    if isinstance(pad, int):
+        return pad
+    (top, bottom), (left, right) = (_pair(p) for p in pad)
+    if len({top, bottom, left, right}) != 1:
+        raise NotAResNet(f"{op}: expected the same padding on every side, found {pad}")
+    return top
+
+
+def padding_of(op: Op, explicit: int | None, kernel: int, stride: int) -> str:
+    """``"torch"`` when the layer pads as PyTorch's symmetric ``(k-1)/2``, ``"tf"`` for Keras' strided 'same'."""
+    mode = op.config.get("padding", "valid")
+    if explicit is not None and mode != "valid":
+        raise NotAResNet(f"{op}: expected padding='valid' after a ZeroPadding2D, found '{mode}'")
+    if explicit is not None or mode == "valid":
+        pad = explicit or 0
+        if pad != (kernel - 1) // 2:
+            raise NotAResNet(f"{op}: a {kernel}x{kernel} layer padded {pad} on each side; expected "
+                             f"{(kernel - 1) // 2} (ZeroPadding2D({(kernel - 1) // 2}) + 'valid', or 'same')")
+        return "torch"
+    if mode == "same":
+        return "tf" if stride > 1 and kernel > 1 else "torch"
+    raise NotAResNet(f"{op}: unsupported padding '{mode}'")
+
+
+class Reader:
+    """Walks a :class:`Graph` from the input to the output, building a :class:`Structure`."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.g = graph
+        self.seen: set[str] = {graph.input.name}
+
+    def take(self, op: Op) -> Op:
+        self.seen.add(op.name)
+        return op
+
+    def padded(self, op: Op) -> tuple[Op, int | None]:
+        """Skip a ZeroPadding2D: the layer after it and its padding (None when there was none)."""
+        if op.kind == "ZeroPadding2D":
+            self.take(op)
+            return self.g.child(op, "a convolution or pooling layer"), _symmetric_pad(op)
+        return op, None
+
+    def unit(self, op: Op, *, relu: bool | None) -> tuple[Unit, Op]:
+        """Conv2D -> BatchNormalization (-> ReLU): the unit and its last layer. ``relu``: required (True),
+        forbidden (False), or either (None)."""
+        conv, explicit = self.padded(op)
+        expect(conv, "Conv2D", "a Conv2D (a ResNet convolution)")
+        c = conv.config
+        kernel, stride = _pair(c["kernel_size"]), _pair(c["strides"])
+        if kernel[0] != kernel[1] or stride[0] != stride[1]:
+            raise NotAResNet(f"{conv}: expected a square kernel and stride, found {kernel} stride {stride}")
+        if _pair(c.get("dilation_rate", 1)) != (1, 1) or int(c.get("groups", 1)) != 1:
+            raise NotAResNet(f"{conv}: expected no dilation and no groups")
+        if c.get("activation") not in (None, "linear"):
+            raise NotAResNet(f"{conv}: expected no activation inside the convolution (a batch norm follows), "
+                             f"found '{c.get('activation')}'")
+        if c.get("data_format", "channels_last") != "channels_last":
+            raise NotAResNet(f"{conv}: expected data_format='channels_last'")
+        pad = padding_of(conv, explicit, kernel[0], stride[0])
+        self.take(conv)
+        bn = self.take(expect(self.g.child(conv, "a BatchNormalization"), "BatchNormalization",
+                              "a BatchNormalization after the convolution"))
+        axis = bn.config.get("axis", -1)
+        axis = axis[0] if isinstance(axis, list | tuple) and len(axis) == 1 else axis
+        if axis not in (-1, 3):
+            raise NotAResNet(f"{bn}: expected the channel axis (-1), found axis={axis}")
+        last, has_relu = bn, False
+        if len(bn.children) == 1 and is_relu(nxt := self.g.ops[bn.children[0]]):
+            last, has_relu = self.take(nxt), True
+        if relu is True and not has_relu:
+            raise NotAResNet(f"{self.g.child(bn, 'a ReLU')}: expected a ReLU after {bn.name}")
+        if relu is False and has_relu:
+            raise NotAResNet(f"{last}: expected no ReLU before the Add (blocks add, then apply ReLU)")
+        return Unit(conv, bn, has_relu, kernel[0], stride[0], int(c["filters"]), pad), last
+
+    def read(self) -> Structure:
+        g = self.g
+        shape = tuple(g.input.config.get("batch_shape") or g.input.config.get("batch_input_shape") or ())
+        if len(shape) != 4:
+            raise NotAResNet(f"{g.input}: expected an image input (batch, height, width, channels), found {shape}")
+        in_chans = shape[-1]
+        if in_chans is None:
+            raise NotAResNet(f"{g.input}: expected a known number of channels (channels_last)")
+        first = g.child(g.input, "the stem convolution")
+        self._refuse_preact(first)
+        stem, last = self.unit(first, relu=True)
+        if stem.kernel == 7 and stem.stride == 2:
+            family = "imagenet"
+            pool, explicit = self.padded(g.child(last, "the stem's max pool"))
+            expect(pool, "MaxPooling2D", "the stem's 3x3 max pool, stride 2")
+            size, stride = _pair(pool.config["pool_size"]), _pair(pool.config["strides"] or pool.config["pool_size"])
+            if size != (3, 3) or stride != (2, 2):
+                raise NotAResNet(f"{pool}: expected a 3x3 max pool with stride 2, found {size} stride {stride}")
+            pool_pad: str | None = padding_of(pool, explicit, 3, 2)
+            last = self.take(pool)
+        elif stem.kernel == 3 and stem.stride == 1:
+            family, pool_pad = "cifar", None
+        else:
+            raise NotAResNet(f"{stem.conv}: expected the stem convolution, 7x7 stride 2 (ImageNet ResNets) or "
+                             f"3x3 stride 1 (CIFAR ResNets), found {stem.kernel}x{stem.kernel} stride {stem.stride}")
+        blocks: list[Block] = []
+        channels = stem.filters
+        while True:
+            nxt = [g.ops[c] for c in last.children]
+            if len(nxt) == 1 and nxt[0].kind in ("GlobalAveragePooling2D", "Flatten", "AveragePooling2D", "Dense"):
+                break
+            block, last = self.block(last, channels)
+            channels = block.units[-1].filters
+            blocks.append(block)
+        if not blocks:
+            raise NotAResNet(f"{g.child(last, 'a block')}: expected residual blocks after the stem")
+        stages = self.stages(blocks, family, stem)
+        dense, softmax = self.head(last)
+        unused = [op for op in g.ops.values() if op.name not in self.seen]
+        if unused:
+            raise NotAResNet(f"{unused[0]}: a layer outside the ResNet's path; expected none")
+        structure = Structure(family, int(in_chans), stem, pool_pad, stages, dense, softmax, shape, False)
+        eps = {float(bn.config.get("epsilon", 1e-3)) for bn in structure.bns()}
+        structure.applications_layout = first.kind == "ZeroPadding2D" and eps == {1.001e-5}
+        if structure.pads() == {"torch", "tf"}:
+            raise NotAResNet("the strided layers mix symmetric padding and Keras' 'same'; expected one kind "
+                             "throughout (all ZeroPadding2D + 'valid', or all 'same')")
+        return structure
+
+    def block(self, start: Op, channels: int) -> tuple[Block, Op]:
+        """The block reading ``start``'s output: two paths into an Add, then a ReLU."""
+        g = self.g
+        kids = [g.ops[c] for c in start.children]
+        if len(kids) != 2:
+            first = kids[0] if kids else start
+            raise NotAResNet(f"{first}: expected a residual block: {start.name}'s output feeding both the block's "
+                             f"first convolution and its shortcut (an Add, or a 1x1 projection), found "
+                             f"{len(kids)} consumer(s)")
+        paths = []
+        for kid in kids:
+            units: list[Unit] = []
+            op = kid
+            while op.kind != "Add":
+                unit, last = self.unit(op, relu=None)
+                units.append(unit)
+                if not unit.relu:
+                    op = g.child(last, "the block's Add")
+                    expect(op, "Add", f"the block's Add (the shortcut joins after {last.name})")
+                    break
+                op = g.child(last, "the next convolution")
+            paths.append((units, op))
+        (units_a, add_a), (units_b, add_b) = paths
+        if add_a.name != add_b.name or len(add_a.parents) != 2:
+            raise NotAResNet(f"{add_b}: expected the block's two paths from {start.name} to meet in one Add")
+        main, short = (units_a, units_b) if len(units_a) >= len(units_b) else (units_b, units_a)
+        if len(short) > 1:
+            raise NotAResNet(f"{short[1].conv}: expected the shortcut to be the identity or one 1x1 projection")
+        shortcut = short[0] if short else None
+        if shortcut is not None and (shortcut.kernel != 1 or shortcut.relu):
+            raise NotAResNet(f"{shortcut.conv}: expected a 1x1 projection (conv + batch norm) on the shortcut")
+        for u in main[:-1]:
+            if not u.relu:
+                raise NotAResNet(f"{u.bn}: expected a ReLU after it")
+        kernels = [u.kernel for u in main]
+        head = main[0].conv
+        if kernels == [1, 3, 1]:
+            kind, width = "bottleneck", main[0].filters
+            want = [width, width, 4 * width]
+        elif kernels == [3, 3]:
+            kind, width = "basic", main[0].filters
+            want = [width, width]
+        else:
+            raise NotAResNet(f"{head}: expected a basic block (3x3, 3x3) or a bottleneck (1x1, 3x3, 1x1), found "
+                             f"{' , '.join(f'{k}x{k}' for k in kernels)} convolutions")
+        for u, w in zip(main, want, strict=True):
+            if u.filters != w:
+                raise NotAResNet(f"{u.conv}: expected {w} filters in a {kind} of width {width}, found {u.filters}")
+        strides = [u.stride for u in main]
+        stride = max(strides)
+        if sorted(strides)[:-1] != [1] * (len(strides) - 1) or main[-1].stride != 1:
+            raise NotAResNet(f"{head}: expected one strided convolution (the first 1x1 or the 3x3), found strides "
+                             f"{strides}")
+        stride_in_1x1 = kind == "bottleneck" and strides[0] > 1
+        out = main[-1].filters
+        if shortcut is None and (stride != 1 or channels != out):
+            raise NotAResNet(f"{add_a}: an identity shortcut where the block changes shape ({channels} -> {out} "
+                             f"channels, stride {stride}); expected a 1x1 projection")
+        if shortcut is not None:
+            if stride == 1 and channels == out:
+                raise NotAResNet(f"{shortcut.conv}: a projection shortcut where the shape does not change; "
+                                 "expected the identity (as the paper's option B)")
+            if shortcut.stride != stride or shortcut.filters != out:
+                raise NotAResNet(f"{shortcut.conv}: expected a 1x1 projection to {out} channels with stride "
+                                 f"{stride}, found {shortcut.filters} with stride {shortcut.stride}")
+        self.take(add_a)
+        relu = g.child(add_a, "a ReLU")
+        if not is_relu(relu):
+            raise NotAResNet(f"{relu}: expected a ReLU after the Add")
+        self.take(relu)
+        return Block(kind, main, shortcut, stride, width, stride_in_1x1), relu
+
+    def stages(self, blocks: list[Block], family: str, stem: Unit) -> list[list[Block]]:
+        stages: list[list[Block]] = []
+        for b in blocks:
+            if not stages or b.stride > 1:
+                stages.append([])
+            stages[-1].append(b)
+        widths = STANDARD_WIDTHS[family]
+        if family == "imagenet" and stem.filters != 64 or family == "cifar" and stem.filters != 16:
+            raise NotAResNet(f"{stem.conv}: expected {widths[0]} filters in the stem, found {stem.filters}")
+        if blocks[0].stride != 1:
+            raise NotAResNet(f"{blocks[0].units[0].conv}: expected the first stage not to stride (the stem did)")
+        if len(stages) != len(widths):
+            last = stages[min(len(stages), len(widths)) - 1][0]
+            raise NotAResNet(f"{last.units[0].conv}: expected {len(widths)} stages (widths "
+                             f"{', '.join(map(str, widths))}), found {len(stages)}")
+        kinds = {b.kind for b in blocks}
+        for stage, width in zip(stages, widths, strict=True):
+            for b in stage:
+                if b.kind != blocks[0].kind:
+                    raise NotAResNet(f"{b.units[0].conv}: a {b.kind} among {blocks[0].kind} blocks; expected one "
+                                     f"block kind throughout ({', '.join(sorted(kinds))} found)")
+                if b.width != width:
+                    raise NotAResNet(f"{b.units[0].conv}: expected width {width} in this stage, found {b.width}")
+        return stages
+
+    def head(self, last: Op) -> tuple[Op, bool]:
+        """Global average pool -> (Flatten, Dropout) -> Dense (softmax or linear) -> (softmax)."""
+        g = self.g
+        pool = self.take(expect(g.child(last, "the global average pool"), "GlobalAveragePooling2D",
+                                "a GlobalAveragePooling2D"))
+        op = g.child(pool, "the classifier")
+        while op.kind in ("Flatten", "Dropout"):
+            self.take(op)
+            op = g.child(op, "the classifier")
+        dense = self.take(expect(op, "Dense", "a Dense classifier after the pooling"))
+        act = dense.config.get("activation")
+        if act not in ("linear", None, "softmax"):
+            raise NotAResNet(f"{dense}: expected a softmax or linear classifier, found activation '{act}'")
+        softmax = act == "softmax"
+        end = dense
+        if dense.children:
+            after = g.child(dense, "a softmax")
+            is_softmax = (after.kind == "Softmax" and after.config.get("axis", -1) in (-1, 1, [-1])) or (
+                after.kind == "Activation" and after.config.get("activation") == "softmax")
+            if softmax or not is_softmax:
+                raise NotAResNet(f"{after}: expected the model to end with the classifier (or one softmax)")
+            softmax, end = True, self.take(after)
+        if end.name != g.output:
+            raise NotAResNet(f"{end}: expected the model's output here")
+        return dense, softmax
+
+    def _refuse_preact(self, first: Op) -> None:
+        """V2 (pre-activation) nets, e.g. keras.applications.ResNet50V2: refused, with that reason."""
+        ops = self.g.ops
+        out = ops[self.g.output]
+        chain = [out]
+        while chain[-1].parents and len(chain) < 6:
+            chain.append(ops[chain[-1].parents[0]])
+        kinds = [op.kind for op in chain]
+        if "GlobalAveragePooling2D" in kinds:
+            i = kinds.index("GlobalAveragePooling2D")
+            if kinds[i + 1:i + 3] in (["Activation", "BatchNormalization"], ["ReLU", "BatchNormalization"]):
+                raise NotAResNet(f"{chain[i + 2]}: a batch norm and ReLU after the last block: this is a "
+                                 "pre-activation (V2) ResNet such as keras.applications.ResNet50V2, which resnets "
+                                 "does not import (V2 strides in the last block of each stage, which no resnets "
+                                 "variant does); use the V1 model (ResNet50)")
