@@ -134,3 +134,21 @@ def test_set_image_size_downscales_the_augmented_batch():
     tall = DeviceBatches(_data(n=4, h=8, w=4), 4, train=True, mean=MEAN, std=STD, pad=1, seed=1)
     tall.set_image_size(4)  # non-square images keep their aspect ratio
     assert next(iter(tall))[0].shape == (4, 3, 4, 2)
+
+
+def test_out_size_upscales_each_augmented_batch_on_the_device():
+    data = _data(n=8, h=8, w=8)
+    native = DeviceBatches(data, 4, train=True, mean=MEAN, std=STD, pad=2, seed=1)
+    big = DeviceBatches(data, 4, train=True, mean=MEAN, std=STD, pad=2, seed=1, out_size=16)
+    assert big.full_size == 16 and big.images.shape[-1] == 8  # held at 8 pixels, fed at 16
+    for (xn, yn), (xb, yb) in zip(native, big, strict=True):
+        assert xb.shape == (4, 3, 16, 16) and torch.equal(yn, yb)  # the same crops and flips, then upscaled
+        torch.testing.assert_close(xb, F.interpolate(xn, size=(16, 16), mode="bilinear", align_corners=False))
+    big.set_image_size(12)  # progressive resizing counts from the output size
+    assert next(iter(big))[0].shape == (4, 3, 12, 12)
+    big.set_image_size(None)
+    assert next(iter(big))[0].shape == (4, 3, 16, 16)
+    test = DeviceBatches(data, 8, train=False, mean=MEAN, std=STD, out_size=16)
+    x, _ = next(test.unaugmented(8))
+    torch.testing.assert_close(x, F.interpolate(_normalise(data.images), size=(16, 16), mode="bilinear",
+                                                align_corners=False))

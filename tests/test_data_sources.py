@@ -135,3 +135,19 @@ def test_one_seeded_subset_serves_every_limit() -> None:
     assert picked == torch.randperm(50, generator=torch.Generator().manual_seed(1234))[:7].tolist()
     data = ImageTensors(torch.zeros(50, 3, 2, 2, dtype=torch.uint8), torch.arange(50) % 10, list("abcdefghij"))
     assert limit_images(data, 7).labels.tolist() == [i % 10 for i in picked] and limit_images(data, None) is data
+
+
+def test_small_square_images_are_kept_small_and_upscaled_on_the_device(tmp_path: Path) -> None:
+    """``--image-size 16`` on 8-pixel images: held at 8 pixels (a quarter of the memory), batches of 16."""
+    data = str(image_folder(tmp_path / "small", ("train", "test"), side=8))
+    spec = TrainDataSpec(data=data, batch_size=4, fit_images=16, cache_dir=str(tmp_path / "cache"), progress=False)
+    opened = open_train(spec, torch.device("cpu"))
+    assert isinstance(opened.train, DeviceBatches) and opened.train.images.shape[-2:] == (8, 8)
+    assert opened.train.full_size == 16 and next(opened.train.iter_from(0))[0].shape == (4, 3, 16, 16)
+    assert next(iter(opened.val))[0].shape[-2:] == (16, 16)
+    ev = open_eval(data, torch.device("cpu"), mean=opened.mean, std=opened.std, batch_size=8, image_size=16,
+                   cache_dir=str(tmp_path / "cache"), progress=False)
+    assert next(iter(ev.batches))[0].shape[-2:] == (16, 16)
+    shrunk = open_train(TrainDataSpec(data=data, batch_size=4, fit_images=6, cache_dir=str(tmp_path / "cache"),
+                                      progress=False), torch.device("cpu"))
+    assert shrunk.train.images.shape[-2:] == (6, 6)  # a smaller size is still fitted once, at load

@@ -15,6 +15,8 @@ import torch
 from resnets import UserError, create_model
 from resnets.cli import main
 from resnets.data import extract_sample
+from resnets.data.images import read_rgb
+from resnets.infer import load_for_inference
 from resnets.train import resolve_config, train
 from resnets.weights import load_model, read_metadata
 from test_train import _assert_same_tensors
@@ -165,6 +167,13 @@ def test_a_torchvision_format_state_dict_starts_a_run(target: Path, tmp_path: Pa
     assert meta["normalization"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     after = load_model(result.final_weights).layer4[1].conv2.weight
     assert (after - plain.layer4[1].conv2.weight).abs().max() < 1e-2  # two small steps from the .pth's weights
+    # predict, embed, explain and serve feed it as it was trained: 32-pixel images upscaled to 64, not 224
+    loaded = load_for_inference(result.final_weights)
+    assert (loaded.input_size, loaded.resize) == (64, 64)
+    image = read_rgb(next((target / "train" / "cat").iterdir()))
+    mean, std = torch.tensor(loaded.mean).view(3, 1, 1), torch.tensor(loaded.std).view(3, 1, 1)
+    upscaled = torch.nn.functional.interpolate(((image / 255 - mean) / std)[None], size=(64, 64), mode="bilinear")
+    torch.testing.assert_close(loaded.preprocess(image), upscaled[0], atol=1e-4, rtol=0)  # the device batches' way
 
 
 def test_create_model_with_weights(source: Path, tmp_path: Path) -> None:

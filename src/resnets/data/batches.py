@@ -8,6 +8,10 @@ exactly the same batches, from any batch index (:meth:`DeviceBatches.iter_from`)
 Progressive resizing: :meth:`DeviceBatches.set_image_size` makes the augmented batches smaller (an antialiased
 bilinear downscale of the whole crop, so the network sees the whole object at a lower resolution);
 :func:`progressive_image_size` is the schedule that grows the size back to full over the first part of a run.
+
+Upscaling on the device: ``out_size=N`` resizes every batch, after its augmentation at the images' own size, to
+N pixels (bilinear, in floating point), so 32-pixel images are held once at 32 pixels and fed to a network at
+64-128 (fine-tuning a network trained at 224 on small images).
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ class DeviceBatches(TrainBatches):
     images in order, centre-cropped to ``crop`` if given, never augmented; ``drop_last`` defaults to False.
     ``generator`` supplies the seed (``generator.initial_seed()``); without it the seed is ``seed``.
     ``mean``/``std`` are per-channel in 0..1, e.g. ``data.mean()``/``data.std()`` of the training split.
-    ``full_size`` is the crop height; progressive resizing (:meth:`set_image_size`) works.
+    ``out_size``: resize every batch to this height (width in proportion) after cropping, e.g. to upscale
+    small images on the device. ``full_size`` is ``out_size`` or the crop height; progressive resizing
+    (:meth:`set_image_size`) works.
     """
 
     resizable = True
@@ -52,7 +58,7 @@ class DeviceBatches(TrainBatches):
                  mean: Sequence[float], std: Sequence[float], pad: int = 4, flip: bool = True,
                  crop: int | tuple[int, int] | None = None, drop_last: bool | None = None,
                  generator: torch.Generator | None = None, seed: int = 0, channels_last: bool = True,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, out_size: int | None = None) -> None:
         if batch_size <= 0:
             raise UserError(f"batch_size must be positive, got {batch_size}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -74,12 +80,15 @@ class DeviceBatches(TrainBatches):
         self.crop = (height, width) if crop is None else ((crop, crop) if isinstance(crop, int) else tuple(crop))
         if self.crop[0] > height + 2 * self.pad or self.crop[1] > width + 2 * self.pad:
             raise UserError(f"crop {self.crop} larger than the (padded) images {height}x{width} + pad {self.pad}")
-        self.full_size = self.crop[0]
+        if out_size is not None and out_size < 1:
+            raise UserError(f"image size must be positive, got {out_size}")
+        self.full_size = out_size or self.crop[0]
         std_t = torch.tensor(std, dtype=torch.float64)
         self._scale = (1.0 / (255.0 * std_t)).to(dtype).view(1, 3, 1, 1).to(self.device)
         self._shift = (torch.tensor(mean, dtype=torch.float64) / std_t).to(dtype).view(1, 3, 1, 1).to(self.device)
         self.epoch = 0
-        self.image_size: tuple[int, int] | None = None  # None: the crop size; else downscale batches to this
+        self.image_size: tuple[int, int] | None = None  # None: the crop size; else resize batches to this
+        self.set_image_size(None)
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -90,12 +99,13 @@ class DeviceBatches(TrainBatches):
         self.epoch = int(epoch)
 
     def set_image_size(self, size: int | None) -> None:
-        """Downscale every batch to height ``size`` from now on, the width in proportion (``None`` or the crop
-        height: no resizing)."""
+        """Resize every batch to height ``size`` from now on, the width in proportion (``None``: ``full_size``;
+        the crop height: no resizing)."""
         if size is not None and size < 1:
             raise UserError(f"image size must be positive, got {size}")
+        size = self.full_size if size is None else size
         ch, cw = self.crop
-        self.image_size = None if size is None or size == ch else (size, max(1, round(size * cw / ch)))
+        self.image_size = None if size == ch else (size, max(1, round(size * cw / ch)))
 
     def _plan(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """This epoch's order, crop offsets (N x 2) and flip mask (N), drawn on the CPU from the epoch seed."""
@@ -170,8 +180,8 @@ class DeviceBatches(TrainBatches):
         if self.image_size is None:
             return x
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        small = F.interpolate(x, size=self.image_size, mode="bilinear", antialias=True, align_corners=False)
-        return small.contiguous(memory_format=fmt)
+        resized = F.interpolate(x, size=self.image_size, mode="bilinear", antialias=True, align_corners=False)
+        return resized.contiguous(memory_format=fmt)
 
     def _normalise(self, batch: torch.Tensor) -> torch.Tensor:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format

@@ -119,7 +119,8 @@ def load_image_folder(split_dir: str | os.PathLike[str], classes: list[str] | No
     :class:`BadImageError` unless ``skip_bad_images``, which leaves them out and lists them in
     ``report.bad_images``. Images of different sizes need ``size`` (int or (height, width)), with which every
     image is resized to it (antialiased bilinear), or ``image_size=N``, with which each is scaled so that its
-    shorter side is N (aspect kept) and centre-cropped to N x N. Decoding shows its progress on stderr
+    shorter side is N (aspect kept) and centre-cropped to N x N; but images all of one square size below N are
+    kept as they are, for the batches to upscale on the device (``DeviceBatches(out_size=N)``). Decoding shows its progress on stderr
     (see :mod:`resnets.progress`) unless ``progress=False``.
 
     ``limit=N`` decodes (and caches) only N of the files, the first of a permutation seeded with
@@ -153,7 +154,7 @@ def load_image_folder(split_dir: str | os.PathLike[str], classes: list[str] | No
 
     parts = {"kind": "image-folder", "files": [r[:3] for r in rows], "size": hw, "classes": classes}
     if image_size is not None:
-        parts["fit"] = image_size
+        parts["fit"] = {"side": image_size, "small_squares_kept": True}
     key = cache_key(parts)
     cache_path = resolve_cache_dir(cache_dir) / "folders" / f"{key}.safetensors"
     report.cache_path = str(cache_path)
@@ -182,8 +183,10 @@ def load_image_folder(split_dir: str | os.PathLike[str], classes: list[str] | No
         labels.append(row[3])
     if not images:
         raise UserError(f"no readable images in {root} ({len(report.bad_images)} bad)")
-    if image_size is not None:
+    if image_size is not None and not _one_small_square(images, image_size):
         images, report.resized = _fit_square(images, image_size)
+    elif image_size is not None:
+        report.resized = 0
     else:
         images, report.resized = _same_size(images, hw, root)
     data = ImageTensors(torch.stack(images), torch.tensor(labels, dtype=torch.int64), list(classes))
@@ -216,6 +219,12 @@ def _same_size(images: list[torch.Tensor], hw: tuple[int, int] | None,
             resized += 1
         out.append(img)
     return out, resized
+
+
+def _one_small_square(images: list[torch.Tensor], side: int) -> bool:
+    """Whether every image is one square size below ``side`` (upscaled later, on the device, not here)."""
+    first = tuple(images[0].shape[1:])
+    return first[0] == first[1] < side and all(tuple(img.shape[1:]) == first for img in images)
 
 
 def _fit_square(images: list[torch.Tensor], side: int) -> tuple[list[torch.Tensor], int]:

@@ -197,13 +197,14 @@ def _open_in_memory(spec: TrainDataSpec, device: torch.device, rank: int, world_
     mean, std = (list(norm[0]), list(norm[1])) if norm else (list(train_set.mean()), list(train_set.std()))
     generator = torch.Generator().manual_seed(spec.seed)
     batches = DeviceBatches(train_set, spec.batch_size, train=True, device=device, mean=mean, std=std,
-                            pad=spec.pad, flip=spec.flip, generator=generator, channels_last=spec.channels_last)
+                            pad=spec.pad, flip=spec.flip, generator=generator, channels_last=spec.channels_last,
+                            out_size=spec.fit_images)  # small images: upscaled here, on the device
     train: TrainBatches = batches
     if world_size > 1:  # each rank: its slice of every global batch, and of the test set
         train = RankBatches(batches, rank, world_size)
         test_set = test_set.subset(torch.arange(len(test_set)).tensor_split(world_size)[rank])
     val = DeviceBatches(test_set, max(spec.batch_size, 256), train=False, device=device, mean=mean, std=std,
-                        channels_last=spec.channels_last)
+                        channels_last=spec.channels_last, out_size=spec.fit_images)
     what = _held_out(spec)
     desc = f"{splits.name}: {len(train_set)} train / {len(test_set)} {what} images, {len(splits.classes)} classes"
     missing = [c for r in splits.report.values() if r.source != splits.report["train"].source
@@ -342,7 +343,7 @@ def open_eval(data: str, device: torch.device, *, mean: Sequence[float], std: Se
     test, report = open_eval_split(data, classes, cache_dir=cache_dir, skip_bad_images=skip_bad_images,
                                    image_size=image_size, progress=progress, max_images=max_images)
     batches = DeviceBatches(limit_images(test, max_images), batch_size, train=False, device=device, mean=mean,
-                            std=std, channels_last=channels_last)
+                            std=std, channels_last=channels_last, out_size=image_size)
     return EvalData(batches, list(test.classes), None, list(report.bad_images), list(report.missing_classes))
 
 

@@ -42,21 +42,30 @@ class LoadedModel:
     family: str  # "imagenet" or "cifar"
     source: str  # the weights file, absolute
     name: str  # the model name, e.g. "resnet50"
+    input_size: int = 0  # side of the square network input; 0: the family's (224 ImageNet, 32 CIFAR)
+    resize: int = 0  # the shorter side before the centre crop; 0: the family's (256 ImageNet, 32 CIFAR)
 
-    @property
-    def input_size(self) -> int:
-        """Side of the square network input: 224 for ImageNet nets, 32 for CIFAR nets."""
-        return 224 if self.family == "imagenet" else 32
+    def __post_init__(self) -> None:
+        default_size, default_resize = FAMILY_SIZES[self.family]
+        self.input_size = self.input_size or default_size
+        self.resize = self.resize or (default_resize if self.input_size == default_size else self.input_size)
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """A uint8 3xHxW RGB image to the normalised float 3xSxS network input."""
-        return preprocess(image, self.family, self.mean, self.std)
+        return preprocess(image, self.family, self.mean, self.std, crop=self.input_size, resize=self.resize)
 
 
-def preprocess(image: torch.Tensor, family: str, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Resize and crop as the family was trained (ImageNet: shorter side 256, centre 224; CIFAR: 32, centre 32),
-    with torchvision's Resize + CenterCrop arithmetic, then scale to 0..1 and normalise."""
-    resize, crop = (256, 224) if family == "imagenet" else (32, 32)
+FAMILY_SIZES = {"imagenet": (224, 256), "cifar": (32, 32)}  # (input side, shorter side before the crop)
+
+
+def preprocess(image: torch.Tensor, family: str, mean: Sequence[float], std: Sequence[float], *,
+               crop: int | None = None, resize: int | None = None) -> torch.Tensor:
+    """Resize and crop as the family was trained (ImageNet: shorter side 256, centre 224; CIFAR: 32, centre 32;
+    or shorter side ``resize``, centre ``crop``), with torchvision's Resize + CenterCrop arithmetic, then scale
+    to 0..1 and normalise."""
+    default_crop, default_resize = FAMILY_SIZES[family]
+    crop = crop or default_crop
+    resize = resize or (default_resize if crop == default_crop else crop)
     x = image.unsqueeze(0).float()
     h, w = x.shape[-2:]
     long_side = int(resize * max(h, w) / min(h, w))  # torchvision's Resize(int): the long side truncated
@@ -104,7 +113,9 @@ def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name
 
     path = resolve_weights_path(weights, model_name)
     is_resnets = _has_resnets_metadata(path, read_metadata)
+    input_size = resize = 0  # the family's, unless the weights were trained at another size
     if is_resnets:
+        input_size, resize = _trained_sizes(read_metadata(path).get("trained") or {})
         model = load_model(path)
         card = model.card
         if model_name and model_name != card.name:
@@ -138,7 +149,20 @@ def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
         mean, std = CIFAR_MEAN, CIFAR_STD
-    return LoadedModel(model, classes, mean, std, family, str(path.resolve()), name)  # type: ignore[arg-type]
+    return LoadedModel(model, classes, mean, std, family, str(path.resolve()), name,  # type: ignore[arg-type]
+                       input_size, resize)
+
+
+def _trained_sizes(trained: dict[str, object]) -> tuple[int, int]:
+    """(input side, shorter side before the crop) that ``resnets train`` trained at: ``--image-size N`` on
+    small images is N and N (upscaled as the batches were); on large ImageNet-style images N and N*8/7;
+    (0, 0): the family's default."""
+    fit, size = trained.get("fit_images"), trained.get("image_size")
+    if isinstance(fit, int) and fit > 0:
+        return fit, fit
+    if isinstance(size, int) and size > 0:
+        return size, round(size * 256 / 224)
+    return 0, 0
 
 
 def _has_resnets_metadata(path: Path, read_metadata: object) -> bool:

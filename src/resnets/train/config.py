@@ -122,11 +122,12 @@ class TrainConfig:
                                  "(default 0.5)", flag="--resize-until", metavar="FRACTION")
     # the flag also sets fit_images and resize (see cli/train.py)
     image_size: int = option(224, "image folders: large (streamed) images train on random-resized crops of N and "
-                             "are evaluated on the centre N of shorter side N*8/7; small (in-memory) images, e.g. "
-                             "of mixed sizes, are scaled to shorter side N and centre-cropped to N x N",
+                             "are evaluated on the centre N of shorter side N*8/7; small (in-memory) images of "
+                             "mixed sizes are scaled to shorter side N and centre-cropped to N x N, and images all "
+                             "of one smaller square size (e.g. CIFAR's 32) are upscaled to N on the device",
                              flag="--image-size", metavar="N")
-    fit_images: int | None = option(None, "small images in memory: shorter side to N, centre crop N x N "
-                                    "(--image-size)")
+    fit_images: int | None = option(None, "small images in memory: shorter side to N, centre crop N x N, or, "
+                                    "all of one smaller square size, upscaled to N on the device (--image-size)")
     resize: int = option(256, "ImageNet-style data: eval resize before the centre crop")
     # engine
     device: str = option("auto", flag="--device", choices=("auto", "cpu", "cuda"), resumable=True)
