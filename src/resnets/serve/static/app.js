@@ -256,14 +256,12 @@
     return `${(p * 100).toFixed(1)}%`;
   }
 
-  /** The list of {label, probability} in an answer, whatever the exact field names. */
+  /** The first image's [{label, probability}] in a /v1/predict answer:
+   * {"predictions": [{"filename", "top": [{"label", "index", "probability"}]}]}. */
   function predictions(body) {
-    const list = Array.isArray(body) ? body : body.topk || body.top || body.predictions || body.top5 || [];
-    const rows = Array.isArray(list) && list.length && Array.isArray(list[0].topk) ? list[0].topk : list;
-    return rows.map((r) => ({
-      label: String(r.label ?? r.class_name ?? r.class ?? r.name ?? r.index),
-      probability: Number(r.probability ?? r.prob ?? r.score ?? 0),
-    }));
+    const first = body && Array.isArray(body.predictions) ? body.predictions[0] : null;
+    const rows = first && Array.isArray(first.top) ? first.top : [];
+    return rows.map((r) => ({ label: String(r.label ?? r.index), probability: Number(r.probability) }));
   }
 
   function renderTop5(rows) {
@@ -315,6 +313,16 @@
     els.gradcam.hidden = true;
   }
 
+  /** A header value the server percent-encodes when it is not printable ASCII. */
+  function headerText(value) {
+    if (value === null) return null;
+    try {
+      return decodeURIComponent(value);
+    } catch {
+      return value;
+    }
+  }
+
   async function loadGradcam() {
     const file = state.file;
     const generation = state.generation;
@@ -331,7 +339,7 @@
       const response = await api("/v1/explain", { method: "POST", body: fileForm(file), signal: abort.signal });
       const blob = await response.blob();
       if (generation !== state.generation) return;
-      const label = response.headers.get("X-Class-Label");
+      const label = headerText(response.headers.get("X-Class-Label"));
       const index = response.headers.get("X-Class-Index");
       const url = URL.createObjectURL(blob);
       await new Promise((resolve, reject) => {
