@@ -256,9 +256,18 @@ def test_bad_files_show_readable_errors(server: str, page: Page, images: list[Pa
     page.set_input_files("#file", str(text))
     expect(error).to_contain_text("not an image")
 
-    # A good image clears the error.
-    upload(page, images[0])
+    # A good image, dropped on the drop zone, clears the error.
+    page.locator("#dropzone").evaluate(
+        """(zone, bytes) => {
+            const data = new DataTransfer();
+            data.items.add(new File([new Uint8Array(bytes)], "dropped.jpg", {type: "image/jpeg"}));
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                zone.dispatchEvent(new DragEvent(type, {dataTransfer: data, bubbles: true, cancelable: true}));
+            }
+        }""", list(images[0].read_bytes()))
+    assert_same_top5(page_top5(page), api_top5(server, images[0]))
     expect(error).to_be_hidden()
+    expect(page.locator("#caption")).to_have_text("dropped.jpg")
 
     # The server going away: a network error, said plainly.
     page.route("**/v1/predict*", lambda route: route.abort("connectionrefused"))
@@ -285,13 +294,22 @@ def test_api_key_prompt_on_401(server: str, page: Page, images: list[Path]) -> N
     key_input = page.locator("#api-key")
     expect(key_input).to_be_visible()
     expect(key_input).to_be_focused()
+    expect(page.locator("#model-card")).to_contain_text("needs an API key")
+    page.set_input_files("#file", str(images[0]))  # refused too, and retried once the key is given
+    expect(page.locator("#top5-empty")).to_have_text("Waiting for the API key.")
+    key_input.fill("wrong")
+    key_input.press("Enter")
+    expect(page.locator("#auth-help")).to_contain_text("not accepted")
+    expect(key_input).to_be_focused()
     key_input.fill(key)
     key_input.press("Enter")
     expect(page.locator("#model-card")).to_contain_text("resnet20")
+    assert_same_top5(page_top5(page), api_top5(server, images[0]))
+    expect(page.locator("#preview")).to_be_visible()
     assert page.evaluate("() => sessionStorage.getItem('resnets.apiKey')") == key
-    upload(page, images[0])
     assert seen[-1] == f"Bearer {key}"
     expect(page.locator("#auth")).to_be_hidden()
+    expect(page.locator("#error")).to_be_hidden()
 
 
 def test_phone_width_and_keyboard(server: str, browser: Browser, images: list[Path]) -> None:

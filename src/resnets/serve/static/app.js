@@ -28,6 +28,7 @@
   const state = {
     file: null, // the File being shown
     previewUrl: null,
+    previewBroken: false, // the browser cannot show the chosen file (the server may still read it)
     gradcamUrl: null, // object URL of the fetched Grad-CAM PNG for state.file
     gradcamInfo: "",
     predictAbort: null,
@@ -67,6 +68,7 @@
   }
 
   async function api(path, options = {}) {
+    const sentKey = sessionStorage.getItem(KEY_STORE);
     let response;
     try {
       response = await fetch(path, {
@@ -78,9 +80,8 @@
       throw new ShownError("Could not reach the server. Check that it is running and try again.");
     }
     if (response.status === 401) {
-      const hadKey = Boolean(sessionStorage.getItem(KEY_STORE));
-      if (hadKey) sessionStorage.removeItem(KEY_STORE);
-      showKeyForm(hadKey ? "That API key was not accepted. Enter another one." : null);
+      if (sentKey && sessionStorage.getItem(KEY_STORE) === sentKey) sessionStorage.removeItem(KEY_STORE);
+      showKeyForm(sentKey ? "That API key was not accepted. Enter another one." : null);
       throw new NeedsKey(await errorText(response));
     }
     if (!response.ok) throw new ShownError(await errorText(response));
@@ -297,10 +298,12 @@
 
   // ---------- Grad-CAM ----------
 
+  /** Show the Grad-CAM image (when ``on`` and fetched) or the plain one; no figure when neither can be shown. */
   function showGradcam(on) {
-    const ready = on && state.gradcamUrl;
+    const ready = Boolean(on && state.gradcamUrl);
     els.gradcam.hidden = !ready;
-    els.preview.hidden = Boolean(ready);
+    els.preview.hidden = ready || state.previewBroken;
+    els.figure.hidden = !ready && (state.previewBroken || !state.file);
     els.caption.textContent = ready ? state.gradcamInfo : state.file ? state.file.name : "";
   }
 
@@ -376,9 +379,9 @@
 
   // ---------- choosing a file ----------
 
+  /** Whether ``file`` may be an image: its type says so, or the browser does not know (the server decides). */
   function looksLikeImage(file) {
-    if (file.type) return file.type.startsWith("image/");
-    return /\.(jpe?g|png|gif|bmp|webp|tiff?|avif|heic|ppm|pgm)$/i.test(file.name || "");
+    return !file.type || file.type.startsWith("image/");
   }
 
   function showPreview(file) {
@@ -390,14 +393,17 @@
     };
     // The browser may not decode what the server can (or the file may be broken): the server's answer decides.
     els.preview.onerror = () => {
-      els.figure.hidden = true;
+      state.previewBroken = true;
+      showGradcam(els.toggle.checked);
     };
+    state.previewBroken = false;
     els.preview.src = state.previewUrl;
     els.preview.alt = `The chosen image, ${file.name || "unnamed"}`;
     els.figure.hidden = false;
     showGradcam(false);
   }
 
+  /** Predict ``file``: "ok", "key" (waiting for an API key), "fail" (error shown) or "stale" (superseded). */
   async function predict(file, generation) {
     if (state.predictAbort) state.predictAbort.abort();
     const abort = new AbortController();
@@ -407,17 +413,17 @@
     try {
       const response = await api(`/v1/predict?topk=${TOPK}`, { method: "POST", body: fileForm(file), signal: abort.signal });
       const body = await response.json();
-      if (generation !== state.generation) return false;
+      if (generation !== state.generation) return "stale";
       renderTop5(predictions(body));
       setStatus("");
-      return true;
+      return "ok";
     } catch (err) {
-      if (generation !== state.generation) return false;
-      if (!(err && err.name === "AbortError")) clearTop5("No prediction for this file.");
+      if (generation !== state.generation || (err && err.name === "AbortError")) return "stale";
+      clearTop5(err instanceof NeedsKey ? "Waiting for the API key." : "No prediction for this file.");
       report(err);
-      return false;
+      return err instanceof NeedsKey ? "key" : "fail";
     } finally {
-      els.top5.setAttribute("aria-busy", "false");
+      if (generation === state.generation) els.top5.setAttribute("aria-busy", "false");
     }
   }
 
@@ -429,9 +435,10 @@
     dropGradcam();
     if (!keepPreview) showPreview(file);
     els.toggle.disabled = true;
-    const ok = await predict(file, generation);
-    if (generation !== state.generation) return;
-    if (!ok) {
+    const outcome = await predict(file, generation);
+    if (outcome === "stale" || outcome === "key") return;
+    if (outcome === "fail") {
+      state.file = null; // the server could not read it: do not keep showing it as if it could
       els.figure.hidden = true;
       els.toggle.checked = false;
       return;
