@@ -434,6 +434,7 @@
     clearError();
     dropGradcam();
     if (!keepPreview) showPreview(file);
+    clearTop5("Predicting…");
     els.toggle.disabled = true;
     const outcome = await predict(file, generation);
     if (outcome === "stale" || outcome === "key") return;
