@@ -32,6 +32,8 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("resnets_queue_depth", "requests waiting for the model", registry=r,
                                  multiprocess_mode="livesum")
+        self.in_flight = Gauge("resnets_requests_in_flight", "HTTP requests being answered", registry=r,
+                               multiprocess_mode="livesum")
         self.images = Counter("resnets_images", "images inferred, by route", ("route",), registry=r)
 
     def render(self) -> bytes:
@@ -65,9 +67,11 @@ class MetricsMiddleware:
                 status = int(message["status"])
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, counting_send)
         finally:
+            self.metrics.in_flight.dec()
             route = scope.get("route")
             template = getattr(route, "path", None) or (
                 "/static" if scope.get("path", "").startswith("/static/") else "unmatched")

@@ -74,8 +74,9 @@ def serve(settings: ServeSettings) -> int:
     with tempfile.TemporaryDirectory(prefix="resnets-metrics-") as metrics_dir:
         os.environ[SETTINGS_ENV] = settings.to_json()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        # a worker importing torch on a busy machine can miss uvicorn's default 5 s health check and be
+        # killed and restarted over and over; give it time
         config = uvicorn.Config("resnets.serve.app:app_from_env", factory=True, workers=settings.workers,
-                                **options)
-        server = GracefulServer(config)
-        Multiprocess(config, target=server.run, sockets=[sock]).run()
+                                timeout_worker_healthcheck=120, **options)
+        Multiprocess(config, sockets=[sock]).run()  # SIGTERM: each worker shuts down gracefully
     return 0
