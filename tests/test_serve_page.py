@@ -95,12 +95,14 @@ def browser() -> Iterator[Browser]:
     if exe is None:
         pytest.fail("chromium is not installed, and the serve page test needs a real browser: "
                     "apt-get install -y chromium (.ci/run does this)")
+    expect.set_options(timeout=TIMEOUT_MS)  # the 5 s default is tight on two busy cores
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
         try:
             yield b
         finally:
             b.close()
+            expect.set_options(timeout=5_000)
 
 
 def new_page(context: BrowserContext) -> Page:
@@ -118,10 +120,14 @@ def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     pg = new_page(context)
     errors: list[str] = []
+    urls: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.on("request", lambda request: urls.append(request.url))
     yield pg
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+    outside = [u for u in urls if not u.startswith(("http://127.0.0.1:", "blob:", "data:"))]
+    assert not outside, f"the page must work offline, but it asked for {outside}"
 
 
 def shot(pg: Page, name: str) -> Path:
