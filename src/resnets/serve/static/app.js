@@ -123,10 +123,11 @@
 
   // ---------- API key ----------
 
+  /** Ask for the API key (once per refusal: a second 401 while the form is open leaves what is typed). */
   function showKeyForm(note) {
+    $("auth-help").textContent = note || "This server needs an API key. It is kept for this browser tab only.";
+    if (!els.auth.hidden) return;
     els.auth.hidden = false;
-    const help = $("auth-help");
-    help.textContent = note || "This server needs an API key. It is kept for this browser tab only.";
     els.apiKey.value = "";
     els.apiKey.focus();
   }
