@@ -59,6 +59,7 @@ class Level:
     p95_ms: float
     p99_ms: float
     mean_batch: float | None  # images per forward pass, from /metrics
+    client_cpu: float  # the load generator's CPU time / wall time (near 1: the client may be the bottleneck)
     first_error: str = ""
 
 
@@ -264,11 +265,13 @@ def serve_levels(result: ModelResult, server: Server, images: list[tuple[str, by
     asyncio.run(load(server.url, images, min(4, max(levels)), 2 * min(4, max(levels)), cap_s))  # warm-up
     for c in levels:
         s0, n0 = batch_stats(server.url)
+        cpu0 = time.process_time()
         lat, sent, errors, wall, first_error = asyncio.run(load(server.url, images, c, max(requests, c), cap_s))
+        cpu = (time.process_time() - cpu0) / wall
         s1, n1 = batch_stats(server.url)
         result.levels.append(Level(c, sent, len(lat), errors, wall, len(lat) / wall, percentile_ms(lat, 50),
                                    percentile_ms(lat, 95), percentile_ms(lat, 99),
-                                   (s1 - s0) / (n1 - n0) if n1 > n0 else None, first_error))
+                                   (s1 - s0) / (n1 - n0) if n1 > n0 else None, cpu, first_error))
         print(f"  {result.model} concurrency {c}: {len(lat)}/{sent} ok, {len(lat) / wall:.1f} req/s, "
               f"p50 {percentile_ms(lat, 50):.1f} ms", flush=True)
 
@@ -330,13 +333,15 @@ def markdown(results: list[ModelResult], meta: dict[str, object]) -> str:
     """The results as markdown tables."""
     lines = [f"CPU: {meta['cpu']}; {meta['threads']} torch threads (server and offline), "
              f"{meta['cores']} logical cores; torch {meta['torch']}; {meta['date']}", "",
-             "| model | concurrency | requests ok/sent | errors | req/s | p50 ms | p95 ms | p99 ms | mean batch |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | concurrency | requests ok/sent | errors | req/s | p50 ms | p95 ms | p99 ms | mean batch "
+             "| client CPU |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         for lv in r.levels:
             mb = f"{lv.mean_batch:.1f}" if lv.mean_batch is not None else "-"
             lines.append(f"| {r.model} | {lv.concurrency} | {lv.ok}/{lv.requests} | {lv.errors} | "
-                         f"{lv.requests_per_s:.1f} | {lv.p50_ms:.1f} | {lv.p95_ms:.1f} | {lv.p99_ms:.1f} | {mb} |")
+                         f"{lv.requests_per_s:.1f} | {lv.p50_ms:.1f} | {lv.p95_ms:.1f} | {lv.p99_ms:.1f} | {mb} "
+                         f"| {lv.client_cpu:.0%} |")
     top = LEVELS[-1]
     lines += ["", f"| model | precision | offline img/s (batch {results[0].offline_batch if results else '-'}) | "
               f"offline batch-1 p50 ms | serve/offline throughput at c={top} (goal >= {THROUGHPUT_GOAL}) | "
@@ -347,7 +352,9 @@ def markdown(results: list[ModelResult], meta: dict[str, object]) -> str:
         l_ok = "met" if (r.latency_ratio or float("inf")) <= LATENCY_GOAL else "missed"
         lines.append(f"| {r.model} | {r.precision} | {r.offline_images_per_s:.1f} | {r.single_p50_ms:.1f} | "
                      f"{r.throughput_ratio:.2f} ({t_ok}) | {r.latency_ratio:.2f} ({l_ok}) |")
-    return "\n".join(lines) + "\n"
+    errors = [f"{r.model} at concurrency {lv.concurrency}: {lv.errors} errors, the first: {lv.first_error}"
+              for r in results for lv in r.levels if lv.errors]
+    return "\n".join(lines + ([""] + errors if errors else [])) + "\n"
 
 
 def plot(results: list[ModelResult], path: str, meta: dict[str, object]) -> None:
