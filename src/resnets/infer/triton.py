@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import UserError
 from ..outputs import _check_writable
@@ -184,7 +184,7 @@ def model_config_pb2() -> ModuleType | None:
     return module
 
 
-def parse_config(text: str) -> object | None:
+def parse_config(text: str) -> Any:
     """``text`` parsed into Triton's ``ModelConfig`` message; None without tritonclient; ExportCheckError if it
     does not parse."""
     pb2 = model_config_pb2()
