@@ -55,38 +55,61 @@ def v2_router(api: list[Any]) -> APIRouter:
         return {"name": "resnets", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     @router.get("/models/{name}", dependencies=api)
-    @router.get("/models/{name}/versions/{version}", dependencies=api)
-    async def model_metadata(request: Request, name: str, version: str = VERSION) -> dict[str, Any]:
+    async def model_metadata(request: Request, name: str) -> dict[str, Any]:
         """The model's inputs and outputs."""
-        engine = _engine(request, name, version)
-        size, classes = engine.loaded.input_size, len(engine.loaded.classes)
-        return {"name": engine.loaded.name, "versions": [VERSION], "platform": "pytorch",
-                "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, 3, size, size]}],
-                "outputs": [{"name": out, "datatype": "FP32", "shape": [-1, classes]} for out in OUTPUTS]}
+        return _metadata(_engine(request, name, VERSION))
+
+    @router.get("/models/{name}/versions/{version}", dependencies=api)
+    async def version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
+        """The model's inputs and outputs (its only version is 1)."""
+        return _metadata(_engine(request, name, version))
 
     @router.get("/models/{name}/ready", dependencies=api)
-    @router.get("/models/{name}/versions/{version}/ready", dependencies=api)
-    async def model_ready(request: Request, name: str, version: str = VERSION) -> Response:
+    async def model_ready(request: Request, name: str) -> Response:
         """200 when the model is ready, 503 before."""
-        _engine(request, name, version)
-        ok = bool(request.app.state.ready)
-        return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
+        return _ready(request, name, VERSION)
+
+    @router.get("/models/{name}/versions/{version}/ready", dependencies=api)
+    async def version_ready(request: Request, name: str, version: str) -> Response:
+        """200 when the model (version 1) is ready, 503 before."""
+        return _ready(request, name, version)
 
     @router.post("/models/{name}/infer", dependencies=api, openapi_extra=INFER_BODY)
-    @router.post("/models/{name}/versions/{version}/infer", dependencies=api, openapi_extra=INFER_BODY)
-    async def infer(request: Request, name: str, version: str = VERSION) -> Response:
+    async def infer(request: Request, name: str) -> Response:
         """Logits (and probabilities, when asked) for a batch of images as an FP32 normalised tensor or a
         UINT8 0..255 RGB tensor, N x 3 x S x S."""
-        engine = _engine(request, name, version)
-        state = request.app.state
-        body = await read_body(request, state.settings.max_body_bytes)
-        head, binary = _split(body, request.headers.get(HEADER_LENGTH))
-        x = _input_tensor(head, binary, engine.loaded.input_size, engine.loaded.mean, engine.loaded.std)
-        wanted = _outputs(head)
-        logits = await state.batcher.submit("logits", x)
-        return _response(engine.loaded.name, head, logits, wanted)
+        return await _infer(request, name, VERSION)
+
+    @router.post("/models/{name}/versions/{version}/infer", dependencies=api, openapi_extra=INFER_BODY)
+    async def version_infer(request: Request, name: str, version: str) -> Response:
+        """``infer`` on version 1, the only one."""
+        return await _infer(request, name, version)
 
     return router
+
+
+def _metadata(engine: Any) -> dict[str, Any]:
+    size, classes = engine.loaded.input_size, len(engine.loaded.classes)
+    return {"name": engine.loaded.name, "versions": [VERSION], "platform": "pytorch",
+            "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, 3, size, size]}],
+            "outputs": [{"name": out, "datatype": "FP32", "shape": [-1, classes]} for out in OUTPUTS]}
+
+
+def _ready(request: Request, name: str, version: str) -> Response:
+    _engine(request, name, version)
+    ok = bool(request.app.state.ready)
+    return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
+
+
+async def _infer(request: Request, name: str, version: str) -> Response:
+    engine = _engine(request, name, version)
+    state = request.app.state
+    body = await read_body(request, state.settings.max_body_bytes)
+    head, binary = _split(body, request.headers.get(HEADER_LENGTH))
+    x = _input_tensor(head, binary, engine.loaded.input_size, engine.loaded.mean, engine.loaded.std)
+    wanted = _outputs(head)
+    logits = await state.batcher.submit("logits", x)
+    return _response(engine.loaded.name, head, logits, wanted)
 
 
 def _engine(request: Request, name: str, version: str) -> Any:
