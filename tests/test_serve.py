@@ -615,3 +615,20 @@ def test_workers(weights: Path, images: list[Path]) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_onnx_backend(weights: Path, images: list[Path]) -> None:
+    """--backend onnx: onnxruntime on an export made at startup answers as the torch path does."""
+    live = LiveServer(settings_for(weights, backend="onnx", max_wait_ms=0))
+    try:
+        with live.client() as c:
+            info = c.get("/v1/model").json()
+            assert (info["backend"], info["precision"]) == ("onnx", "fp32")
+            body = c.post("/v1/predict", params={"topk": 3}, files=form(*images[:4])).json()
+            assert c.post("/v1/embed", files=form(images[0])).json()["dim"] == 64
+    finally:
+        live.stop()
+    expected = predict(weights, [str(p) for p in images[:4]], topk=3, precision="fp32", progress=False)
+    for got, want in zip(body["predictions"], expected.predictions, strict=True):
+        assert [t["index"] for t in got["top"]] == [i for _, i, _ in want.labels]
+        assert np.allclose([t["probability"] for t in got["top"]], [v for _, _, v in want.labels], atol=1e-4)

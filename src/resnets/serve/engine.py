@@ -39,13 +39,17 @@ class Engine:
 
     def _onnx_session(self) -> object:
         """An onnxruntime session on the model exported (and checked) into a temporary folder."""
-        from ..infer.export import export, require_onnx
+        from ..infer.export import ExportCheckError, export, require_onnx
         from ..infer.quantize import onnx_session
 
         require_onnx()
         self._tmp = tempfile.TemporaryDirectory(prefix="resnets-serve-")
         name = "model.int8.onnx" if self.backend == "int8" else "model.onnx"
-        result = export(self.loaded, "onnx", out=Path(self._tmp.name) / name, int8=self.backend == "int8")
+        try:
+            result = export(self.loaded, "onnx", out=Path(self._tmp.name) / name, int8=self.backend == "int8")
+        except ExportCheckError as exc:  # the export's own check refused it: a one-line error, not a traceback
+            self.close()
+            raise UserError(f"--backend {self.backend}: {exc}") from None
         return onnx_session(result.path)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
