@@ -15,7 +15,7 @@ from ..errors import ERROR_FILE_ENV, UserError
 
 # Sub-command modules, in the order ``resnets --help`` lists them.
 COMMAND_MODULES = ("demo", "summary", "train", "eval", "shard", "predict", "embed", "search", "explain", "export",
-                   "serve", "bench", "experiment")
+                   "import_keras", "serve", "bench", "experiment")
 
 
 def build_parser() -> argparse.ArgumentParser:

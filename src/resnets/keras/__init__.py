@@ -94,6 +94,8 @@ def read_keras(source: str | os.PathLike[str] | Any, *, normalization: str | Non
     from .convert import model_name, state_dict
     from .graph import Graph, Reader
 
+    if normalization is not None:
+        parse_normalization(normalization)  # a typo fails before the model is read
     if isinstance(source, str | os.PathLike):
         keras_model = read_model(source)
         where = str(source)
@@ -173,9 +175,9 @@ def import_keras(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
 
 
 def export_keras(weights: str | os.PathLike[str] | LoadedModel, *, out: str | os.PathLike[str] | None = None,
-                 model_name: str | None = None, force: bool = False) -> ExportResult:
+                 model_name: str | None = None, force: bool = False, check_size: int | None = None) -> ExportResult:
     """Write a resnets ResNet as a ``.keras`` file; checked against PyTorch before it is kept (see
-    :mod:`resnets.keras.write`)."""
+    :mod:`resnets.keras.write`; ``check_size``: the check inputs' side, default the family's input size)."""
     from .write import export_keras as _export
 
-    return _export(weights, out=out, model_name=model_name, force=force)
+    return _export(weights, out=out, model_name=model_name, force=force, check_size=check_size)

@@ -333,7 +333,7 @@ class Reader:
             want = [width, width]
         else:
             raise NotAResNet(f"{head}: expected a basic block (3x3, 3x3) or a bottleneck (1x1, 3x3, 1x1), found "
-                             f"{' , '.join(f'{k}x{k}' for k in kernels)} convolutions")
+                             f"{', '.join(f'{k}x{k}' for k in kernels)} convolutions")
         for u, w in zip(main, want, strict=True):
             if u.filters != w:
                 raise NotAResNet(f"{u.conv}: expected {w} filters in a {kind} of width {width}, found {u.filters}")

@@ -1,0 +1,340 @@
+"""Keras <-> resnets: import applications and hand-built ResNets exactly, refuse what is not a ResNet, export back.
+
+Every comparison is against Keras itself (its PyTorch backend), on the same images, with non-trivial batch-norm
+statistics and conv biases, at small sizes (64x64 and odd sizes) to stay quick.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+if "keras" not in sys.modules:
+    os.environ["KERAS_BACKEND"] = "torch"  # read once, when keras is first imported
+keras = pytest.importorskip("keras")
+pytest.importorskip("h5py")
+layers = keras.layers
+
+import resnets  # noqa: E402
+from resnets.cli import main  # noqa: E402
+from resnets.errors import UserError  # noqa: E402
+from resnets.keras import NotAResNet, export_keras, read_keras, require_keras  # noqa: E402
+from resnets.keras.convert import CAFFE_MEAN_BGR  # noqa: E402
+from resnets.keras.write import keras_logits  # noqa: E402
+
+TOL = 1e-4  # max |ours - keras| / max |keras|
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras' torch backend and NumPy 2
+
+
+def rel_error(ours: np.ndarray, theirs: np.ndarray) -> float:
+    return float(np.abs(np.asarray(ours, np.float64) - theirs).max() / np.abs(theirs).max())
+
+
+def randomize(model: Any, seed: int) -> None:
+    """Non-trivial batch-norm statistics and affine parameters, and conv biases, everywhere."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 0.3, n).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n).astype("float32"))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n).astype("float32"))
+            layer.beta.assign(rng.normal(0, 0.3, n).astype("float32"))
+        elif isinstance(layer, layers.Conv2D) and layer.use_bias:
+            layer.bias.assign(rng.normal(0, 0.3, layer.filters).astype("float32"))
+
+
+def nchw(x: np.ndarray, card: Any) -> torch.Tensor:
+    """0..255 NHWC RGB images as the resnets model takes them: 0..1, normalised with the card's values, NCHW."""
+    t = torch.from_numpy(x).permute(0, 3, 1, 2) / 255.0
+    mean = torch.tensor(card.normalization["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(card.normalization["std"]).view(1, 3, 1, 1)
+    return (t - mean) / std
+
+
+def keras_reference(model: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keras' own ``predict`` (softmax probabilities) and its logits (pooled features times the dense kernel)."""
+    probs = model.predict(x, verbose=0)
+    dense = model.layers[-1]
+    features = keras.Model(model.inputs, dense.input).predict(x, verbose=0)
+    kernel, bias = dense.get_weights()
+    return probs, features.astype(np.float64) @ kernel + bias
+
+
+def resnets_outputs(net: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    with torch.inference_mode():
+        logits = net(x).double()
+    return torch.softmax(logits, 1).numpy(), logits.numpy()
+
+
+# --- keras.applications ResNet50 and ResNet101 ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def applications(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """ResNet50 and ResNet101 at 64x64 with random statistics, saved as .keras and .h5, with Keras' outputs on
+    caffe-preprocessed images."""
+    folder = tmp_path_factory.mktemp("apps")
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (3, 64, 64, 3)).astype("float32")
+    out: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(("ResNet50", "ResNet101")):
+        model = getattr(keras.applications, name)(weights=None, input_shape=(64, 64, 3))
+        randomize(model, i)
+        paths = {}
+        for suffix in (".keras", ".h5"):
+            paths[suffix] = folder / f"{name}{suffix}"
+            model.save(str(paths[suffix]))
+        probs, logits = keras_reference(model, keras.applications.resnet.preprocess_input(images.copy()))
+        out[name] = {"paths": paths, "probs": probs, "logits": logits, "images": images}
+        del model
+    return out
+
+
+@pytest.mark.parametrize("name, suffix", [("ResNet50", ".keras"), ("ResNet101", ".keras"), ("ResNet101", ".h5")])
+def test_applications_import_exactly(applications: dict[str, dict[str, Any]], name: str, suffix: str) -> None:
+    """(ResNet50 .h5: through the command, below.)"""
+    check_applications(resnets.load_keras(applications[name]["paths"][suffix]), applications[name], name + suffix)
+
+
+def check_applications(model: torch.nn.Module, ref: dict[str, Any], name: str) -> None:
+    card = model.card
+    depth = name[6:].split(".")[0]
+    assert (card.name, card.variant, card.num_classes, card.options) == (f"resnet{depth}", "v1", 1000, {})
+    mean = [m / 255 for m in reversed(CAFFE_MEAN_BGR)]
+    assert np.allclose(card.normalization["mean"], mean) and np.allclose(card.normalization["std"], 1 / 255)
+    probs, logits = resnets_outputs(model, nchw(ref["images"], card))
+    print(f"{name}: logits rel error {rel_error(logits, ref['logits']):.3g}, "
+          f"probabilities {rel_error(probs, ref['probs']):.3g}")
+    assert rel_error(logits, ref["logits"]) <= TOL
+    assert rel_error(probs, ref["probs"]) <= TOL
+    assert (probs.argmax(1) == ref["probs"].argmax(1)).all()
+
+
+# --- hand-built tutorial ResNets: auto names, padding='same', biases, default eps -------------------------------
+
+
+def conv_bn(x: Any, filters: int, kernel: int, stride: int = 1, relu: bool = True) -> Any:
+    x = layers.Conv2D(filters, kernel, strides=stride, padding="same")(x)
+    x = layers.BatchNormalization()(x)
+    return layers.Activation("relu")(x) if relu else x
+
+
+def hand_built(kind: str, counts: tuple[int, ...], size: int, *, stride_in_1x1: bool = False,
+               classes: int = 7, skip_shortcut_at: int | None = None) -> Any:
+    """A tutorial-style functional ResNet: 'same' everywhere (strided 7x7 stem and 3x3 pool included)."""
+    inp = keras.Input((size, size, 3))
+    x = conv_bn(inp, 64, 7, 2)
+    x = layers.MaxPooling2D(3, 2, padding="same")(x)
+    index = 0
+    for i, (n, width) in enumerate(zip(counts, (64, 128, 256, 512), strict=True)):
+        for j in range(n):
+            stride = 2 if i > 0 and j == 0 else 1
+            out = 4 * width if kind == "bottleneck" else width
+            shortcut = x
+            if stride != 1 or x.shape[-1] != out:
+                shortcut = layers.BatchNormalization()(layers.Conv2D(out, 1, strides=stride)(x))
+            if kind == "bottleneck":
+                y = conv_bn(x, width, 1, stride if stride_in_1x1 else 1)
+                y = conv_bn(y, width, 3, 1 if stride_in_1x1 else stride)
+                y = conv_bn(y, out, 1, relu=False)
+            else:
+                y = conv_bn(conv_bn(x, width, 3, stride), width, 3, relu=False)
+            x = y if index == skip_shortcut_at else layers.Add()([y, shortcut])
+            x = layers.Activation("relu")(x)
+            index += 1
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, layers.Dense(classes, activation="softmax")(x))
+
+
+HAND_BUILT = [  # kind, blocks, input side, stride on the first 1x1, what the import says
+    ("bottleneck", (2, 1, 1, 1), 64, False, "2-1-1-1 bottleneck blocks: 17 weighted layers, not ResNet-50's 3-4-6-3 (50)"),
+    ("bottleneck", (1, 1, 1, 1), 66, True, "v1"),
+    ("basic", (1, 1, 2, 1), 65, False, "1-1-2-1 basic blocks: 12 weighted layers, not ResNet-18's 2-2-2-2 (18)"),
+]
+
+
+@pytest.mark.parametrize("kind, counts, size, stride_in_1x1, says", HAND_BUILT)
+def test_hand_built_imports_exactly(tmp_path: Path, kind: str, counts: tuple[int, ...], size: int,
+                                    stride_in_1x1: bool, says: str) -> None:
+    model = hand_built(kind, counts, size, stride_in_1x1=stride_in_1x1)
+    randomize(model, size)
+    path = tmp_path / "tutorial.keras"
+    model.save(str(path))
+    images = np.random.default_rng(size).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    probs_k, logits_k = keras_reference(model, images / 255.0)  # trained on 0..1 inputs
+    result = read_keras(path, normalization="0-1")
+    net, card = result.model, result.model.card
+    assert card.options == {"tf_padding": True, "blocks": list(counts)}
+    assert card.variant == ("v1" if stride_in_1x1 or kind == "basic" else "v1.5")
+    assert says in " ".join(result.notes) or says == card.variant
+    assert any("softmax" in n for n in result.notes) and any("conv biases folded" in n for n in result.notes)
+    x = nchw(images, card)
+    probs, logits = resnets_outputs(net, x)
+    print(f"hand-built {kind} {counts} at {size}: logits rel error {rel_error(logits, logits_k):.3g}")
+    assert rel_error(logits, logits_k) <= TOL and rel_error(probs, probs_k) <= TOL
+    assert (probs.argmax(1) == probs_k.argmax(1)).all()
+    # the asymmetric padding is what makes it exact, where the input size makes it asymmetric (even sides here)
+    symmetric = resnets.create_model(card.name, variant=card.variant, num_classes=7, blocks=counts)
+    symmetric.load_state_dict(net.state_dict())
+    _, logits_sym = resnets_outputs(symmetric.eval(), x)
+    if size % 2 == 0:
+        assert rel_error(logits_sym, logits_k) > 1e-3
+    # and the weights file rebuilds it: blocks and tf_padding travel in the card
+    saved = resnets.save_weights(net, tmp_path / "w.safetensors")
+    again = resnets.load_model(saved)
+    assert again.card.spec == card.spec and again.normalization == card.normalization
+    assert np.array_equal(resnets_outputs(again, x)[1], logits)
+
+
+def test_not_a_resnet_names_the_first_layer_that_does_not_fit(tmp_path: Path) -> None:
+    plain = hand_built("basic", (1, 1, 1, 1), 32, skip_shortcut_at=1)  # block 2 has no shortcut
+    with pytest.raises(NotAResNet, match=r"^conv2d_\d+ \(Conv2D\): expected a residual block") as exc:
+        read_keras(plain, normalization="0-1")
+    assert "\n" not in str(exc.value)
+    inp = keras.Input((32, 32, 3))
+    x = conv_bn(inp, 64, 7, 2)
+    x = layers.MaxPooling2D(3, 2, padding="same")(x)
+    y = conv_bn(conv_bn(x, 64, 3), 64, 5, relu=False)  # a 5x5 where a basic block has a 3x3
+    x = layers.Activation("relu")(layers.Add()([x, y]))
+    odd = keras.Model(inp, layers.Dense(3)(layers.GlobalAveragePooling2D()(x)))
+    with pytest.raises(NotAResNet, match=r"conv2d_\d+ \(Conv2D\): expected a basic block \(3x3, 3x3\) or a "
+                                         r"bottleneck \(1x1, 3x3, 1x1\), found 3x3, 5x5"):
+        read_keras(odd, normalization="0-1")
+    with pytest.raises(NotAResNet, match="Sequential model"):
+        read_keras(keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(4, 3)]), normalization="0-1")
+    with pytest.raises(UserError, match="say what input preprocessing"):
+        read_keras(hand_built("basic", (1, 1, 1, 1), 32))
+
+
+def test_v2_applications_are_refused_with_the_reason() -> None:
+    v2 = keras.applications.ResNet50V2(weights=None, input_shape=(32, 32, 3))
+    with pytest.raises(NotAResNet, match=r"post_bn \(BatchNormalization\): .*pre-activation \(V2\) ResNet") as exc:
+        read_keras(v2)
+    assert "\n" not in str(exc.value)
+
+
+# --- export: resnets -> Keras -------------------------------------------------------------------------------------
+
+
+def random_statistics(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.3, generator=gen)
+                m.running_var.uniform_(0.5, 2.0, generator=gen)
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.normal_(0, 0.3, generator=gen)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name, variant", [("resnet18", "v1.5"), ("resnet50", "v1"), ("resnet20", "v1")])
+def test_export_to_keras_gives_the_same_logits(tmp_path: Path, name: str, variant: str) -> None:
+    """resnet18's strided 3x3 is v1.5's too (ZeroPadding2D + 'valid'); resnet20: option A shortcuts."""
+    model = random_statistics(resnets.create_model(name, variant=variant, num_classes=10), 1)
+    weights = resnets.save_weights(model, tmp_path / f"{name}.safetensors")
+    result = export_keras(weights, check_size=64)
+    assert result.path == str(tmp_path / f"{name}.keras") and result.format == "keras"
+    assert result.max_abs_diff <= 1e-4 * result.max_abs_ref
+    net = keras.saving.load_model(result.path, compile=False, safe_mode=True)
+    x = torch.randn(2, 3, 65, 63, generator=torch.Generator().manual_seed(2))  # odd sizes too
+    with torch.inference_mode():
+        ours = model(x).numpy()
+    theirs = keras_logits(net, [x])[0].numpy()
+    print(f"export {name} ({variant}): logits rel error {rel_error(theirs, ours):.3g}")
+    assert rel_error(theirs, ours) <= TOL
+    with pytest.raises(UserError, match="exists; give --force"):
+        export_keras(weights, check_size=64)
+    if name == "resnet18":  # and back: the exported file imports to the same net
+        again = read_keras(result.path, normalization="imagenet").model
+        assert again.card.spec == {**model.card.spec, "variant": "v1"}  # basic blocks: v1 and v1.5 are one net
+        with torch.inference_mode():
+            assert rel_error(again(x).numpy(), ours) <= TOL
+
+
+def test_export_refuses_what_it_does_not_write(tmp_path: Path) -> None:
+    weights = resnets.save_weights(resnets.create_model("resnet18", variant="preact"), tmp_path / "p.safetensors")
+    with pytest.raises(UserError, match=r"^Keras export covers the v1 and v1.5 ResNets .*not resnet18 \(preact\)"):
+        export_keras(weights, check_size=32)
+    assert not (tmp_path / "p.keras").exists()
+
+
+# --- the command ------------------------------------------------------------------------------------------------
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith(f"resnets {argv[0]}: error: "), err
+    return lines[0]
+
+
+def test_import_keras_command_writes_weights_predict_uses(applications: dict[str, dict[str, Any]], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    from resnets.data import read_rgb
+    from resnets.infer.loading import load_for_inference
+
+    weights = tmp_path / "r50.safetensors"
+    assert main(["import-keras", str(applications["ResNet50"]["paths"][".h5"]), "--out", str(weights)]) == 0
+    out = capsys.readouterr().out
+    assert "resnet50 (variant v1)" in out and "caffe" in out and f"wrote {weights}" in out
+    check_applications(resnets.load_model(weights), applications["ResNet50"], "ResNet50.h5")
+    capsys.readouterr()
+    meta = resnets.read_metadata(weights)
+    assert meta["keras"]["head_softmax"] is True and meta["keras"]["normalization"] == "caffe"
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", "--weights", str(weights), str(image), "--format", "json", "--topk", "1",
+                 "--precision", "fp32", "--no-progress"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"][0]
+    loaded = load_for_inference(weights)
+    assert np.allclose(loaded.mean, [m / 255 for m in reversed(CAFFE_MEAN_BGR)])  # caffe, folded to RGB
+    with torch.inference_mode():
+        probs = torch.softmax(loaded.model(loaded.preprocess(read_rgb(str(image)))[None]), 1)[0]
+    assert top["index"] == int(probs.argmax()) and abs(top["prob"] - float(probs.max())) < 1e-4
+    # a hand-built net needs its preprocessing named
+    hand = tmp_path / "hand.keras"
+    hand_built("basic", (1, 1, 1, 1), 32, classes=3).save(str(hand))
+    line = one_line_error(capsys, ["import-keras", str(hand), "--out", str(tmp_path / "h.safetensors")])
+    assert "--normalization" in line
+    assert main(["import-keras", str(hand), "--normalization", "0.5,0.5,0.5:0.25,0.25,0.25"]) == 0
+    assert resnets.read_metadata(tmp_path / "hand.safetensors")["normalization"] == {
+        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+
+def test_import_keras_command_bad_input_is_one_line_exit_2(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "w.safetensors")
+    assert "not found" in one_line_error(capsys, ["import-keras", str(tmp_path / "nope.keras"), "--out", out])
+    text = tmp_path / "notes.h5"
+    text.write_text("not a model")
+    assert "not a Keras model file" in one_line_error(capsys, ["import-keras", str(text), "--out", out])
+    plain = tmp_path / "plain.keras"
+    hand_built("basic", (1, 1, 1, 1), 32, skip_shortcut_at=1).save(str(plain))
+    line = one_line_error(capsys, ["import-keras", str(plain), "--out", out, "--normalization", "0-1"])
+    assert "(Conv2D): expected a residual block" in line
+    line = one_line_error(capsys, ["import-keras", str(plain), "--out", out, "--normalization", "sideways"])
+    assert "unknown normalization 'sideways'" in line
+    assert not Path(out).exists()
+
+
+def test_keras_is_optional(monkeypatch: pytest.MonkeyPatch) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.delitem(sys.modules, "keras")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "keras" else find_spec(name, *a))
+    with pytest.raises(UserError, match=r"pip install 'resnets\[keras\]'"):
+        require_keras()
