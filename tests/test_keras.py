@@ -209,6 +209,10 @@ def test_not_a_resnet_names_the_first_layer_that_does_not_fit(tmp_path: Path) ->
     with pytest.raises(NotAResNet, match=r"conv2d_\d+ \(Conv2D\): expected a basic block \(3x3, 3x3\) or a "
                                          r"bottleneck \(1x1, 3x3, 1x1\), found 3x3, 5x5"):
         read_keras(odd, normalization="0-1")
+    full = hand_built("basic", (1, 1, 1, 1), 32)
+    headless = keras.Model(full.inputs, full.layers[-3].output)  # no pooling, no classifier
+    with pytest.raises(NotAResNet, match=r"the model ends here; expected a GlobalAveragePooling2D"):
+        read_keras(headless, normalization="0-1")
     with pytest.raises(NotAResNet, match="Sequential model"):
         read_keras(keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(4, 3)]), normalization="0-1")
     with pytest.raises(UserError, match="say what input preprocessing"):
@@ -259,6 +263,17 @@ def test_export_to_keras_gives_the_same_logits(tmp_path: Path, name: str, varian
         assert again.card.spec == {**model.card.spec, "variant": "v1"}  # basic blocks: v1 and v1.5 are one net
         with torch.inference_mode():
             assert rel_error(again(x).numpy(), ours) <= TOL
+
+
+def test_export_command_writes_keras(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weights = resnets.save_weights(random_statistics(resnets.create_model("resnet20", shortcut="B"), 3),
+                                   tmp_path / "r20.safetensors")
+    out = tmp_path / "r20.keras"
+    assert main(["export", "--weights", str(weights), "--format", "keras", "--out", str(out)]) == 0
+    assert f"wrote {out}; Keras vs PyTorch" in capsys.readouterr().out
+    line = one_line_error(capsys, ["export", "--weights", str(weights), "--format", "keras", "--out",
+                                   str(tmp_path / "r20.h5")])
+    assert "must end in .keras" in line
 
 
 def test_export_refuses_what_it_does_not_write(tmp_path: Path) -> None:

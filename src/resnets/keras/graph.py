@@ -269,6 +269,9 @@ class Reader:
         channels = stem.filters
         while True:
             nxt = [g.ops[c] for c in last.children]
+            if not nxt:
+                raise NotAResNet(f"{last}: the model ends here; expected a GlobalAveragePooling2D and a Dense "
+                                 "classifier (keras.applications: include_top=True)")
             if len(nxt) == 1 and nxt[0].kind in ("GlobalAveragePooling2D", "Flatten", "AveragePooling2D", "Dense"):
                 break
             block, last = self.block(last, channels)
