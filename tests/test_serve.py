@@ -335,18 +335,20 @@ def slowed(live: LiveServer, seconds: float) -> None:
 def test_queue_full_503_and_timeout_504(weights: Path, images: list[Path]) -> None:
     live = LiveServer(settings_for(weights, max_batch=1, max_wait_ms=0, max_queue=1, timeout_s=0.6))
     try:
-        slowed(live, 1.2)
+        slowed(live, 2.0)
         body = images[0].read_bytes()
 
         def send() -> httpx.Response:
             with live.client() as c:
                 return c.post("/v1/predict", content=body, headers={"content-type": "image/jpeg"})
 
-        with ThreadPoolExecutor(2) as pool:
-            running = pool.submit(send)  # taken by the model at once: runs 1.2 s
-            time.sleep(0.3)
-            queued = pool.submit(send)  # waits in the queue (depth 1 = --max-queue)
+        with ThreadPoolExecutor(2) as pool, live.client() as watcher:
+            running = pool.submit(send)  # taken by the model at once: runs 2 s
             time.sleep(0.2)
+            queued = pool.submit(send)  # waits in the queue (depth 1 = --max-queue)
+            deadline = time.monotonic() + 10
+            while metric(watcher.get("/metrics").text, "resnets_queue_depth") < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
             refused = send()
             assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
             assert "busy" in refused.json()["detail"]
@@ -585,7 +587,7 @@ def test_sigterm_finishes_requests_in_flight(weights: Path, images: list[Path]) 
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:  # until all eight wait in the batcher
                 text = httpx.get(f"{url}/metrics", timeout=5).text
-                if metric(text, "resnets_requests_in_flight") >= 8:
+                if metric(text, "resnets_requests_in_flight") >= 9:  # eight, and this one
                     break
                 time.sleep(0.05)
             proc.send_signal(signal.SIGTERM)

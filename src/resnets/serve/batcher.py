@@ -127,13 +127,21 @@ class Batcher:
                 outputs = torch.cat(parts)
             except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
                 for it in live:
-                    it.loop.call_soon_threadsafe(_set_exception, it.future, exc)
+                    _call(it, _set_exception, exc)
                 continue
             start = 0
             for it in live:
                 rows = outputs[start:start + len(it.inputs)]
                 start += len(it.inputs)
-                it.loop.call_soon_threadsafe(_set_result, it.future, rows)
+                _call(it, _set_result, rows)
+
+
+def _call(item: _Item, setter: Callable[..., None], value: object) -> None:
+    """Run ``setter(item.future, value)`` on the item's event loop (nothing if that loop has closed)."""
+    try:
+        item.loop.call_soon_threadsafe(setter, item.future, value)
+    except RuntimeError:
+        pass
 
 
 def _set_result(future: asyncio.Future[torch.Tensor], value: torch.Tensor) -> None:

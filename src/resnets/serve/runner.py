@@ -53,7 +53,7 @@ def serve(settings: ServeSettings) -> int:
     sock = bind(settings.host, settings.port)
     settings.port = sock.getsockname()[1]
     options = {"host": settings.host, "port": settings.port, "log_level": "info", "lifespan": "on",
-               "timeout_graceful_shutdown": None}
+               "timeout_graceful_shutdown": settings.timeout_s + 10}  # requests in flight end within --timeout-s
     if settings.workers == 1:
         from .app import create_app
         from .engine import Engine
