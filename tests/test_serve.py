@@ -540,6 +540,22 @@ def test_cli_refuses_open_host_without_key(weights: Path, capsys: pytest.Capture
     assert "--max-batch" in capsys.readouterr().err
 
 
+def test_settings_allow_open_host_only_with_key_or_no_auth(weights: Path, tmp_path: Path) -> None:
+    from resnets import UserError
+
+    key = tmp_path / "key"
+    key.write_text("k\n")
+    for host in ("127.0.0.1", "localhost", "::1"):
+        settings_for(weights, host=host).check()
+    settings_for(weights, host="0.0.0.0", no_auth=True).check()
+    settings_for(weights, host="10.1.2.3", api_key_file=str(key)).check()
+    for host in ("0.0.0.0", "::", "192.168.1.5"):
+        with pytest.raises(UserError, match="--api-key-file"):
+            settings_for(weights, host=host).check()
+    with pytest.raises(UserError, match="not both"):
+        settings_for(weights, api_key_file=str(key), no_auth=True).check()
+
+
 def test_cli_names_the_extra_when_fastapi_is_missing(weights: Path, capsys: pytest.CaptureFixture[str],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
