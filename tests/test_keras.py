@@ -195,6 +195,26 @@ def test_hand_built_imports_exactly(tmp_path: Path, kind: str, counts: tuple[int
     assert np.array_equal(resnets_outputs(again, x)[1], logits)
 
 
+def test_cifar_style_net_imports_as_resnet20_option_b() -> None:
+    inp = keras.Input((32, 32, 3))
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(16, 3, padding="same")(inp)))
+    for i, width in enumerate((16, 32, 64)):
+        for j in range(3):
+            stride = 2 if i > 0 and j == 0 else 1
+            shortcut = x if stride == 1 else layers.BatchNormalization()(layers.Conv2D(width, 1, strides=stride)(x))
+            x = layers.ReLU()(layers.Add()([conv_bn(conv_bn(x, width, 3, stride), width, 3, relu=False), shortcut]))
+    model = keras.Model(inp, layers.Dense(10)(layers.GlobalAveragePooling2D()(x)))
+    randomize(model, 5)
+    net = read_keras(model, normalization="cifar").model
+    assert net.card.spec == {"name": "resnet20", "variant": "v1", "num_classes": 10, "tf_padding": True,
+                             "shortcut": "B"}
+    images = np.random.default_rng(5).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    x_keras = (images / 255.0 - np.array(net.normalization["mean"])) / np.array(net.normalization["std"])
+    theirs = model.predict(x_keras.astype("float32"), verbose=0)
+    _, ours = resnets_outputs(net, nchw(images, net.card))
+    assert rel_error(ours, theirs) <= TOL
+
+
 def test_not_a_resnet_names_the_first_layer_that_does_not_fit(tmp_path: Path) -> None:
     plain = hand_built("basic", (1, 1, 1, 1), 32, skip_shortcut_at=1)  # block 2 has no shortcut
     with pytest.raises(NotAResNet, match=r"^conv2d_\d+ \(Conv2D\): expected a residual block") as exc:
