@@ -121,9 +121,10 @@ def create_app(settings: ServeSettings, loaded: LoadedModel | Engine | None = No
         """Top-``topk`` labels of each image sent, in order."""
         start = time.perf_counter()
         engine = _engine(state)
-        uploads = await read_uploads(request, settings.max_body_bytes)
-        tensors = await decode_all(uploads, engine.loaded.preprocess, state.decode_pool)
-        logits = await state.batcher.submit("logits", torch.stack(tensors))
+        with state.batcher.arriving() as arrival:  # a batch forming meanwhile waits for these images
+            uploads = await read_uploads(request, settings.max_body_bytes)
+            tensors = await decode_all(uploads, engine.loaded.preprocess, state.decode_pool)
+            logits = await state.batcher.submit("logits", torch.stack(tensors), arrival)
         metrics.images.labels("/v1/predict").inc(len(uploads))
         k = min(topk, len(engine.loaded.classes))
         values, indices = torch.softmax(logits, dim=1).topk(k, dim=1)
@@ -138,9 +139,10 @@ def create_app(settings: ServeSettings, loaded: LoadedModel | Engine | None = No
         """The L2-normalised pooled features of each image sent, in order."""
         start = time.perf_counter()
         engine = _engine(state)
-        uploads = await read_uploads(request, settings.max_body_bytes)
-        tensors = await decode_all(uploads, engine.loaded.preprocess, state.decode_pool)
-        vectors = await state.batcher.submit("embed", torch.stack(tensors))
+        with state.batcher.arriving() as arrival:
+            uploads = await read_uploads(request, settings.max_body_bytes)
+            tensors = await decode_all(uploads, engine.loaded.preprocess, state.decode_pool)
+            vectors = await state.batcher.submit("embed", torch.stack(tensors), arrival)
         metrics.images.labels("/v1/embed").inc(len(uploads))
         return {"model": engine.loaded.name, "time_ms": _ms(start), "dim": int(vectors.shape[1]),
                 "embeddings": vectors.tolist()}

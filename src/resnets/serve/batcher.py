@@ -1,9 +1,13 @@
 """Dynamic batching: requests arriving together run as one forward pass on one inference thread.
 
 Each request puts its images (an N x 3 x S x S tensor) in a bounded queue and awaits an asyncio future; the
-thread takes the oldest request, adds waiting requests of the same kind until ``max_batch`` images or until
-``max_wait_ms`` has passed since the first, runs the batch, and resolves each future through
-``loop.call_soon_threadsafe``. Requests whose deadline passed before their batch started are dropped.
+thread takes the oldest request, adds waiting requests of the same kind until ``max_batch`` images, runs the
+batch, and resolves each future through ``loop.call_soon_threadsafe``. Requests whose deadline passed before
+their batch started are dropped.
+
+How long a batch waits to fill: while other requests are still arriving (reading and decoding their images,
+marked by :meth:`Batcher.arriving`), up to ``max_wait_ms`` since the first; when none is, not at all. So a lone
+request runs at once (no added latency at concurrency 1), and requests that come together run together.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +37,13 @@ class _Item:
     enqueued: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class Arrival:
+    """A request on its way to the queue (see :meth:`Batcher.arriving`)."""
+
+    arrived: bool = False
+
+
 class Batcher:
     """Runs ``functions[kind]`` on batches of queued inputs in one thread; ``submit`` awaits a request's rows."""
 
@@ -49,6 +61,7 @@ class Batcher:
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._arriving = 0  # requests reading or decoding their images: a forming batch waits for them
         self._thread = threading.Thread(target=self._work, name="resnets-batcher", daemon=True)
         self._thread.start()
 
@@ -57,13 +70,34 @@ class Batcher:
         """Requests waiting for the model."""
         return len(self._queue)
 
-    async def submit(self, kind: str, inputs: torch.Tensor) -> torch.Tensor:
+    @contextmanager
+    def arriving(self) -> Iterator[Arrival]:
+        """Mark a request that is still reading and decoding its images, so that a batch being formed waits for
+        it (up to ``max_wait_ms``); pass the ``Arrival`` to :meth:`submit`, or leave the block (an error)."""
+        arrival = Arrival()
+        with self._cond:
+            self._arriving += 1
+        try:
+            yield arrival
+        finally:
+            self._arrived(arrival)
+
+    def _arrived(self, arrival: Arrival | None) -> None:
+        with self._cond:
+            if arrival is not None and not arrival.arrived:
+                arrival.arrived = True
+                self._arriving -= 1
+                self._cond.notify()
+
+    async def submit(self, kind: str, inputs: torch.Tensor, arrival: Arrival | None = None) -> torch.Tensor:
         """The output rows for ``inputs`` (N x ...), computed in a batch; QueueFullError when the queue is full,
-        TimeoutError_ after ``timeout_s``."""
+        TimeoutError_ after ``timeout_s``. ``arrival``: this request's mark from :meth:`arriving`, cleared as
+        it joins the queue."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[torch.Tensor] = loop.create_future()
         item = _Item(kind, inputs, future, loop, time.monotonic() + self.timeout_s)
         with self._cond:
+            self._arrived(arrival)  # the condition's lock is reentrant
             if self._closing:
                 raise QueueFullError(len(self._queue))
             if len(self._queue) >= self.max_queue:
@@ -85,7 +119,8 @@ class Batcher:
         self._thread.join(timeout)
 
     def _take(self) -> list[_Item] | None:
-        """The next batch: the oldest request and those of its kind that join within ``max_wait``."""
+        """The next batch: the oldest request and those of its kind that join while others are still arriving,
+        within ``max_wait``."""
         with self._cond:
             while not self._queue:
                 if self._closing:
@@ -103,7 +138,7 @@ class Batcher:
                     count += len(joining.inputs)
                     continue
                 left = until - time.monotonic()
-                if left <= 0 or self._closing:
+                if left <= 0 or self._closing or not self._arriving:
                     break
                 self._cond.wait(left)
             self.on_depth(len(self._queue))

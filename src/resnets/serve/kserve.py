@@ -104,11 +104,12 @@ def _ready(request: Request, name: str, version: str) -> Response:
 async def _infer(request: Request, name: str, version: str) -> Response:
     engine = _engine(request, name, version)
     state = request.app.state
-    body = await read_body(request, state.settings.max_body_bytes)
-    head, binary = _split(body, request.headers.get(HEADER_LENGTH))
-    x = _input_tensor(head, binary, engine.loaded.input_size, engine.loaded.mean, engine.loaded.std)
-    wanted = _outputs(head)
-    logits = await state.batcher.submit("logits", x)
+    with state.batcher.arriving() as arrival:  # a batch forming meanwhile waits for this tensor
+        body = await read_body(request, state.settings.max_body_bytes)
+        head, binary = _split(body, request.headers.get(HEADER_LENGTH))
+        x = _input_tensor(head, binary, engine.loaded.input_size, engine.loaded.mean, engine.loaded.std)
+        wanted = _outputs(head)
+        logits = await state.batcher.submit("logits", x, arrival)
     return _response(engine.loaded.name, head, logits, wanted)
 
 
