@@ -129,11 +129,17 @@ def conv_bn(x: Any, filters: int, kernel: int, stride: int = 1, relu: bool = Tru
 
 
 def hand_built(kind: str, counts: tuple[int, ...], size: int, *, stride_in_1x1: bool = False,
-               classes: int = 7, skip_shortcut_at: int | None = None) -> Any:
-    """A tutorial-style functional ResNet: 'same' everywhere (strided 7x7 stem and 3x3 pool included)."""
+               classes: int = 7, skip_shortcut_at: int | None = None, explicit_stem: bool = False) -> Any:
+    """A tutorial-style functional ResNet: 'same' everywhere (strided 7x7 stem and 3x3 pool included), or with
+    ``explicit_stem`` the stem as applications pad it (ZeroPadding2D + 'valid') and 'same' in the blocks."""
     inp = keras.Input((size, size, 3))
-    x = conv_bn(inp, 64, 7, 2)
-    x = layers.MaxPooling2D(3, 2, padding="same")(x)
+    if explicit_stem:
+        x = layers.Conv2D(64, 7, strides=2)(layers.ZeroPadding2D(3)(inp))
+        x = layers.Activation("relu")(layers.BatchNormalization()(x))
+        x = layers.MaxPooling2D(3, 2)(layers.ZeroPadding2D(1)(x))
+    else:
+        x = conv_bn(inp, 64, 7, 2)
+        x = layers.MaxPooling2D(3, 2, padding="same")(x)
     index = 0
     for i, (n, width) in enumerate(zip(counts, (64, 128, 256, 512), strict=True)):
         for j in range(n):
@@ -155,17 +161,19 @@ def hand_built(kind: str, counts: tuple[int, ...], size: int, *, stride_in_1x1: 
     return keras.Model(inp, layers.Dense(classes, activation="softmax")(x))
 
 
-HAND_BUILT = [  # kind, blocks, input side, stride on the first 1x1, what the import says
-    ("bottleneck", (2, 1, 1, 1), 64, False, "2-1-1-1 bottleneck blocks: 17 weighted layers, not ResNet-50's 3-4-6-3 (50)"),
-    ("bottleneck", (1, 1, 1, 1), 66, True, "v1"),
-    ("basic", (1, 1, 2, 1), 65, False, "1-1-2-1 basic blocks: 12 weighted layers, not ResNet-18's 2-2-2-2 (18)"),
+HAND_BUILT = [  # kind, blocks, input side, stride on the first 1x1, applications-style stem, tf_padding, a note
+    ("bottleneck", (2, 1, 1, 1), 64, False, False, True,
+     "2-1-1-1 bottleneck blocks: 17 weighted layers, not ResNet-50's 3-4-6-3 (50)"),
+    ("bottleneck", (1, 1, 1, 1), 65, True, False, True, "v1"),  # odd: Keras' 'same' is symmetric here
+    ("basic", (1, 1, 2, 1), 64, False, True, ["blocks"],
+     "1-1-2-1 basic blocks: 12 weighted layers, not ResNet-18's 2-2-2-2 (18)"),
 ]
 
 
-@pytest.mark.parametrize("kind, counts, size, stride_in_1x1, says", HAND_BUILT)
+@pytest.mark.parametrize("kind, counts, size, stride_in_1x1, explicit_stem, tf_padding, says", HAND_BUILT)
 def test_hand_built_imports_exactly(tmp_path: Path, kind: str, counts: tuple[int, ...], size: int,
-                                    stride_in_1x1: bool, says: str) -> None:
-    model = hand_built(kind, counts, size, stride_in_1x1=stride_in_1x1)
+                                    stride_in_1x1: bool, explicit_stem: bool, tf_padding: Any, says: str) -> None:
+    model = hand_built(kind, counts, size, stride_in_1x1=stride_in_1x1, explicit_stem=explicit_stem)
     randomize(model, size)
     path = tmp_path / "tutorial.keras"
     model.save(str(path))
@@ -173,7 +181,7 @@ def test_hand_built_imports_exactly(tmp_path: Path, kind: str, counts: tuple[int
     probs_k, logits_k = keras_reference(model, images / 255.0)  # trained on 0..1 inputs
     result = read_keras(path, normalization="0-1")
     net, card = result.model, result.model.card
-    assert card.options == {"tf_padding": True, "blocks": list(counts)}
+    assert card.options == {"tf_padding": tf_padding, "blocks": list(counts)}
     assert card.variant == ("v1" if stride_in_1x1 or kind == "basic" else "v1.5")
     assert says in " ".join(result.notes) or says == card.variant
     assert any("softmax" in n for n in result.notes) and any("conv biases folded" in n for n in result.notes)

@@ -137,7 +137,7 @@ def read_keras(source: str | os.PathLike[str] | Any, *, normalization: str | Non
                  "(PyTorch's is 1e-5)")
     if structure.tf_padding:
         notes.append("strided 'same' layers pad as Keras does (the odd pixel at bottom/right): built with "
-                     "tf_padding=True")
+                     f"tf_padding={structure.tf_padding}")
     if structure.softmax:
         notes.append("the Keras model ends in a softmax: resnets returns the logits before it, and predict's "
                      "softmax gives the same probabilities")

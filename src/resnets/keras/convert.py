@@ -62,7 +62,7 @@ def model_name(structure: Structure) -> tuple[str, dict[str, Any], str | None]:
     blocks, kind = structure.blocks, structure.kind
     options: dict[str, Any] = {}
     if structure.tf_padding:
-        options["tf_padding"] = True
+        options["tf_padding"] = structure.tf_padding
     if structure.in_chans != 3:
         options["in_chans"] = structure.in_chans
     if structure.family == "cifar":

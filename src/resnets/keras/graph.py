@@ -82,18 +82,23 @@ class Structure:
         return [len(s) for s in self.stages]
 
     @property
-    def tf_padding(self) -> bool:
-        return "tf" in self.pads()
+    def tf_padding(self) -> bool | list[str]:
+        """The ``tf_padding`` model option: True where every strided layer wider than 1x1 pads as Keras'
+        'same', else the places that do (``"conv1"``, ``"maxpool"``, ``"blocks"``), False for none."""
+        strided = [u for s in self.stages for b in s for u in b.units if u.stride > 1 and u.kernel > 1]
+        pads = {"conv1": {self.stem.pad} if self.stem.stride > 1 else set(), "maxpool": {self.pool_pad} if self.pool_pad else set(),
+                "blocks": {u.pad for u in strided}}
+        if pads["blocks"] == {"torch", "tf"}:
+            first = next(u for u in strided if u.pad == "tf")
+            raise NotAResNet(f"{first.conv}: 'same' padding on a strided 3x3 where other blocks pad "
+                             "symmetrically; expected one kind of padding in all blocks")
+        relevant = {place for place, found in pads.items() if found}
+        tf = {place for place, found in pads.items() if found == {"tf"}}
+        return True if tf and tf == relevant else sorted(tf) if tf else False
 
     @property
     def stride_in_1x1(self) -> bool:
         return any(b.stride_in_1x1 for s in self.stages for b in s)
-
-    def pads(self) -> set[str]:
-        """How the strided layers wider than 1x1 pad."""
-        units = [self.stem] + [u for s in self.stages for b in s for u in b.units]
-        found = {u.pad for u in units if u.stride > 1 and u.kernel > 1}
-        return found | ({self.pool_pad} if self.pool_pad else set())
 
     def bns(self) -> list[Op]:
         units = [self.stem] + [u for s in self.stages for b in s for u in b.units]
@@ -287,9 +292,7 @@ class Reader:
         structure = Structure(family, int(in_chans), stem, pool_pad, stages, dense, softmax, shape, False)
         eps = {float(bn.config.get("epsilon", 1e-3)) for bn in structure.bns()}
         structure.applications_layout = first.kind == "ZeroPadding2D" and eps == {1.001e-5}
-        if structure.pads() == {"torch", "tf"}:
-            raise NotAResNet("the strided layers mix symmetric padding and Keras' 'same'; expected one kind "
-                             "throughout (all ZeroPadding2D + 'valid', or all 'same')")
+        structure.tf_padding  # noqa: B018 - refuses blocks that mix paddings
         return structure
 
     def block(self, start: Op, channels: int) -> tuple[Block, Op]:

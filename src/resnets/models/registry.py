@@ -82,7 +82,8 @@ def create_model(
     ``variant="v1"`` and ``shortcut="A"``. Options: ``zero_init_residual``, ``in_chans``, and for CIFAR nets
     ``shortcut``. Structural options (nets imported from Keras, ``resnets.load_keras``): ``blocks``, other
     blocks per stage for an ImageNet net (e.g. ``create_model("resnet50", blocks=(3, 4, 5, 3))``: same block
-    kind and widths), and ``tf_padding=True``, strided convolutions and pools padded as Keras ``"same"``.
+    kind and widths), and ``tf_padding=True``, strided convolutions and pools padded as Keras ``"same"``
+    (or a list of the places: ``"conv1"``, ``"maxpool"``, ``"blocks"``).
     The returned model's ``card`` names it and records the options given (``model.spec``, the arguments that
     rebuild it).
     """

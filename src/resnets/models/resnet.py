@@ -35,6 +35,20 @@ def block_class(kind: str, variant: str) -> type[nn.Module]:
     return (_PRE_ACT if variant == "preact" else _POST_ACT)[kind]
 
 
+TF_PADDING_PLACES = ("conv1", "maxpool", "blocks")
+
+
+def tf_padding_places(tf_padding: bool | Sequence[str]) -> set[str]:
+    """Where Keras-style ``"same"`` padding applies: True means everywhere (``TF_PADDING_PLACES``), False
+    nowhere, or a list of places: ``"conv1"`` (the stem conv), ``"maxpool"``, ``"blocks"`` (strided 3x3s)."""
+    if isinstance(tf_padding, bool):
+        return set(TF_PADDING_PLACES) if tf_padding else set()
+    places = set(tf_padding)
+    if isinstance(tf_padding, str) or not places <= set(TF_PADDING_PLACES):
+        raise ValueError(f"tf_padding={tf_padding!r}: give True, False or a list of {', '.join(TF_PADDING_PLACES)}")
+    return places
+
+
 def _first_unit_options(variant: str, stage: int) -> dict[str, object] | None:
     """The net's first pre-activation unit takes the stem's BN-ReLU as its own (He et al. 2016, appendix)."""
     return {"activate_input": False} if variant == "preact" and stage == 0 else None
@@ -198,7 +212,8 @@ class ResNet(ResNetBase):
     (fb.resnet.torch's preresnet.lua: conv-BN-ReLU-maxpool stem shared by ``layer1.0``, final BN-ReLU).
     ``residual=False`` removes every shortcut (the paper's plain networks). ``tf_padding=True``: every strided
     convolution and pool wider than 1x1 pads as Keras/TensorFlow ``padding="same"`` (the odd pixel at the
-    bottom/right; :func:`~resnets.models.blocks.tf_same_pad`), for nets imported from Keras.
+    bottom/right; :func:`~resnets.models.blocks.tf_same_pad`), for nets imported from Keras; a list of places
+    (``"conv1"``, ``"maxpool"``, ``"blocks"``) limits it to those.
     """
 
     def __init__(
@@ -212,15 +227,16 @@ class ResNet(ResNetBase):
         zero_init_residual: bool = False,
         residual: bool = True,
         widths: Sequence[int] = (64, 128, 256, 512),
-        tf_padding: bool = False,
+        tf_padding: bool | Sequence[str] = False,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        tf = tf_padding_places(tf_padding)
         stem_width = widths[0]
         if variant == "d":
             self.conv1: nn.Module = nn.Sequential(
-                conv3x3(in_chans, 32, stride=2, tf_padding=tf_padding),
+                conv3x3(in_chans, 32, stride=2, tf_padding="conv1" in tf),
                 nn.BatchNorm2d(32),
                 nn.ReLU(inplace=True),
                 conv3x3(32, 32),
@@ -228,18 +244,18 @@ class ResNet(ResNetBase):
                 nn.ReLU(inplace=True),
                 conv3x3(32, stem_width),
             )
-        elif tf_padding:
+        elif "conv1" in tf:
             self.conv1 = TFSameConv2d(in_chans, stem_width, 7, stride=2, bias=False)
         else:
             self.conv1 = nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = TFSameMaxPool2d(3, stride=2) if tf_padding else nn.MaxPool2d(3, stride=2, padding=1)
+        self.maxpool = TFSameMaxPool2d(3, stride=2) if "maxpool" in tf else nn.MaxPool2d(3, stride=2, padding=1)
         self.stem_names = ["conv1", "bn1", "relu", "maxpool"]
         self._build(block_class(block_kind, variant), widths, layers, num_classes, stem_width=stem_width,
                     stem_reduction=4, variant=variant, zero_init_residual=zero_init_residual,
                     shortcut="D" if variant == "d" else "B", residual=residual, stride_in_1x1=variant == "v1",
-                    tf_padding=tf_padding)
+                    tf_padding="blocks" in tf)
 
 
 class CifarResNet(ResNetBase):
@@ -261,7 +277,7 @@ class CifarResNet(ResNetBase):
         zero_init_residual: bool = False,
         residual: bool = True,
         widths: Sequence[int] = (16, 32, 64),
-        tf_padding: bool = False,
+        tf_padding: bool | Sequence[str] = False,
     ) -> None:
         super().__init__()
         if variant not in ("v1", "v1.5", "preact"):
@@ -275,4 +291,4 @@ class CifarResNet(ResNetBase):
         self._build(block_class("basic", variant), widths, [blocks_per_stage] * len(widths), num_classes,
                     stem_width=widths[0], stem_reduction=1, variant=variant,
                     zero_init_residual=zero_init_residual, shortcut=shortcut, residual=residual,
-                    tf_padding=tf_padding)
+                    tf_padding="blocks" in tf_padding_places(tf_padding))
