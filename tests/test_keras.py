@@ -357,6 +357,17 @@ def test_import_keras_command_writes_weights_predict_uses(applications: dict[str
     assert main(["import-keras", str(hand), "--normalization", "0.5,0.5,0.5:0.25,0.25,0.25"]) == 0
     assert resnets.read_metadata(tmp_path / "hand.safetensors")["normalization"] == {
         "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    capsys.readouterr()
+    # predict's fast path (batch norms folded into convs) keeps the Keras-style padding of a tf_padding net
+    assert main(["predict", "--weights", str(tmp_path / "hand.safetensors"), str(image), "--format", "json",
+                 "--topk", "3", "--precision", "fp32", "--no-progress"]) == 0
+    tops = json.loads(capsys.readouterr().out)[0]["top"]
+    loaded = load_for_inference(tmp_path / "hand.safetensors")
+    assert loaded.model.card.options["tf_padding"] is True
+    with torch.inference_mode():
+        probs = torch.softmax(loaded.model(loaded.preprocess(read_rgb(str(image)))[None]), 1)[0]
+    assert [t["index"] for t in tops] == probs.argsort(descending=True).tolist()
+    assert np.allclose([t["prob"] for t in tops], probs.sort(descending=True).values.numpy(), atol=1e-5)
 
 
 def test_import_keras_command_bad_input_is_one_line_exit_2(tmp_path: Path,

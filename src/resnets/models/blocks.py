@@ -21,11 +21,27 @@ def tf_same_pad(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -
     return F.pad(x, pads, value=value) if any(pads) else x
 
 
-class TFSameConv2d(nn.Conv2d):
-    """A square ``nn.Conv2d`` (no built-in padding) that pads as Keras' strided ``padding="same"``; same parameters."""
+class TFSameConv2d(nn.Module):
+    """A square convolution without bias that pads as Keras' strided ``padding="same"``; its one parameter is
+    ``weight`` (out, in, k, k), as ``nn.Conv2d``'s. Deliberately not an ``nn.Conv2d``: code that rebuilds
+    convolutions from their attributes (batch-norm folding) would lose the padding, so it leaves this one be."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 bias: bool = False) -> None:
+        super().__init__()
+        if bias:
+            raise ValueError("TFSameConv2d has no bias (a batch norm follows)")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = (kernel_size, kernel_size), (stride, stride)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")  # as ResNetBase's init
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(tf_same_pad(x, self.kernel_size[0], self.stride[0]))
+        return F.conv2d(tf_same_pad(x, self.kernel_size[0], self.stride[0]), self.weight, None, self.stride)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                "padding=keras-same")
 
 
 class TFSameMaxPool2d(nn.MaxPool2d):
@@ -35,7 +51,8 @@ class TFSameMaxPool2d(nn.MaxPool2d):
         return super().forward(tf_same_pad(x, int(self.kernel_size), int(self.stride), float("-inf")))  # type: ignore[arg-type]
 
 
-def conv3x3(in_channels: int, out_channels: int, stride: int = 1, tf_padding: bool = False) -> nn.Conv2d:
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1, tf_padding: bool = False
+            ) -> nn.Conv2d | TFSameConv2d:
     """3x3 convolution with padding 1 and no bias (a batch norm follows); ``tf_padding`` and ``stride > 1``:
     padded as Keras' ``"same"`` (:class:`TFSameConv2d`)."""
     if tf_padding and stride > 1:
