@@ -386,6 +386,15 @@ def test_import_keras_command_bad_input_is_one_line_exit_2(tmp_path: Path,
     assert not Path(out).exists()
 
 
+def test_import_resnets_does_not_import_keras() -> None:
+    import subprocess
+
+    code = ("import sys, resnets, resnets.keras, resnets.cli; resnets.cli.build_parser(); "
+            "assert callable(resnets.load_keras); assert 'keras' not in sys.modules, 'keras imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_keras_is_optional(monkeypatch: pytest.MonkeyPatch) -> None:
     find_spec = importlib.util.find_spec
     monkeypatch.delitem(sys.modules, "keras")
