@@ -370,8 +370,8 @@ def test_import_keras_command_writes_weights_predict_uses(applications: dict[str
     assert np.allclose([t["prob"] for t in tops], probs.sort(descending=True).values.numpy(), atol=1e-5)
 
 
-def test_import_keras_command_bad_input_is_one_line_exit_2(tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_import_keras_command_bad_input_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     out = str(tmp_path / "w.safetensors")
     assert "not found" in one_line_error(capsys, ["import-keras", str(tmp_path / "nope.keras"), "--out", out])
     text = tmp_path / "notes.h5"
@@ -383,6 +383,17 @@ def test_import_keras_command_bad_input_is_one_line_exit_2(tmp_path: Path,
     assert "(Conv2D): expected a residual block" in line
     line = one_line_error(capsys, ["import-keras", str(plain), "--out", out, "--normalization", "sideways"])
     assert "unknown normalization 'sideways'" in line
+    # a Lambda (Python code) is refused by Keras' safe mode, in both formats, and never runs
+    marker = tmp_path / "lambda-ran"
+    monkeypatch.setenv("RESNETS_TEST_MARKER", str(marker))
+    inp = keras.Input((8, 8, 3))
+    x = layers.Lambda(lambda t: (open(__import__("os").environ["RESNETS_TEST_MARKER"], "w").close(), t)[1])(inp)
+    sneaky = keras.Model(inp, layers.Dense(2)(layers.GlobalAveragePooling2D()(x)))
+    for suffix in (".keras", ".h5"):
+        sneaky.save(str(tmp_path / f"sneaky{suffix}"))
+        marker.unlink(missing_ok=True)
+        line = one_line_error(capsys, ["import-keras", str(tmp_path / f"sneaky{suffix}"), "--out", out])
+        assert "holds a Lambda layer" in line and not marker.exists()
     assert not Path(out).exists()
 
 

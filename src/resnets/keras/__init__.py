@@ -78,7 +78,11 @@ def read_model(path: str | os.PathLike[str]) -> Any:
     try:
         return keras.saving.load_model(str(p), compile=False, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types; the user needs the one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "`Lambda` layer" in first:
+            raise UserError(f"refusing {p}: it holds a Lambda layer (Python code), which Keras' safe mode does "
+                            "not load and a ResNet does not need") from None
+        first = first.split(". ")[0][:200]
         raise UserError(f"Keras could not load {p}: {first}") from None
 
 
