@@ -39,9 +39,11 @@ from typing import Any
 DATA = "../shared/data/cifar10-jpeg"
 SOURCE = ("airplane", "automobile", "bird", "cat", "deer")
 TARGET = ("dog", "frog", "horse", "ship", "truck")
-METHODS = ("scratch", "probe", "finetune", "freeze", "headfirst")
+METHODS = ("scratch", "scratch3x", "probe", "finetune", "freeze", "headfirst")
+DEFAULT_METHODS = ("scratch", "probe", "finetune", "freeze", "headfirst")  # scratch3x: asked for by --rows
+LONGER = 3  # scratch3x: from scratch with this many times the epochs (a baseline given more compute)
 THREADS: int | None = None  # --threads: OMP_NUM_THREADS of the runs (None: PyTorch's default, one per core)
-LABELS = {"scratch": "from scratch", "probe": "linear probe", "finetune": "fine-tune all",
+LABELS = {"scratch": "from scratch", "scratch3x": f"from scratch, {LONGER}x the epochs", "probe": "linear probe", "finetune": "fine-tune all",
           "freeze": "fine-tune, conv1+conv2_x frozen", "headfirst": "head first, then all (stage LR decay)"}
 
 
@@ -158,7 +160,7 @@ def pretrain(args: argparse.Namespace, data: Path) -> None:
 
 def method_flags(method: str, init: str | None, epochs: int, head_epochs: int, stage_decay: float) -> list[str]:
     """The flags that make ``method`` (beyond data, model, size, batch, epochs, seed)."""
-    if method == "scratch":
+    if method in ("scratch", "scratch3x"):
         return ["--recipe", "cifar-fast", "--no-ema"]
     assert init is not None
     flags = ["--init", init]
@@ -187,10 +189,11 @@ def target_rows(args: argparse.Namespace, data: Path) -> None:
                 for method in args.rows:
                     if model == "resnet18" and method not in args.r18_rows:
                         continue
-                    if method != "scratch" and not Path(init).is_file():
+                    if not method.startswith("scratch") and not Path(init).is_file():
                         print(f"! {init} is missing: run the source step first", flush=True)
                         continue
-                    e = epochs[n] if model == "resnet20" else dict(args.r18_epochs)[n]
+                    e = (epochs[n] if model == "resnet20" else dict(args.r18_epochs)[n]) * (
+                        LONGER if method == "scratch3x" else 1)
                     flags = ["--model", model, *size_flags, "--data", str(folder),
                              *method_flags(method, init, e, max(1, round(e * args.head_fraction)), args.stage_decay),
                              "--batch-size", str(args.batch_size), "--epochs", str(e), "--eval-every", str(e),
@@ -299,7 +302,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smoke test: tiny source runs, 20/class, 2 epochs")
     ap.add_argument("--steps", type=names(("source", "target")), default=["source", "target"])
     ap.add_argument("--models", type=names(("resnet20", "resnet18")), default=["resnet20", "resnet18"])
-    ap.add_argument("--rows", type=names(METHODS), default=list(METHODS), help="methods (default: all five)")
+    ap.add_argument("--rows", type=names(METHODS), default=list(DEFAULT_METHODS),
+                    help=f"methods (default: all but scratch3x; {', '.join(METHODS)})")
     ap.add_argument("--per-class", type=ints, default=[20, 100, 500], help="ResNet-20: images per class")
     ap.add_argument("--seeds", type=ints, default=[0, 1, 2], help="seeds of the 100-per-class rows (others: the "
                                                                      "first); a seed picks the images and the init")
