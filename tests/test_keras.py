@@ -243,7 +243,7 @@ def test_not_a_resnet_names_the_first_layer_that_does_not_fit(tmp_path: Path) ->
         read_keras(headless, normalization="0-1")
     with pytest.raises(NotAResNet, match="Sequential model"):
         read_keras(keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(4, 3)]), normalization="0-1")
-    with pytest.raises(UserError, match="say what input preprocessing"):
+    with pytest.raises(UserError, match="name the input preprocessing this model was trained with"):
         read_keras(hand_built("basic", (1, 1, 1, 1), 32))
 
 

@@ -114,8 +114,8 @@ def read_keras(source: str | os.PathLike[str] | Any, *, normalization: str | Non
     notes: list[str] = []
     if normalization is None:
         if not structure.applications_layout:
-            raise UserError("say what input preprocessing this model was trained with: normalization= "
-                            f"(--normalization) {NORMALIZATION_HELP}")
+            raise UserError("name the input preprocessing this model was trained with (its graph does not say): "
+                            f"--normalization (normalization=) {NORMALIZATION_HELP}")
         normalization = "caffe"
         notes.append("keras.applications layout: its preprocessing assumed, 'caffe' (BGR, ImageNet means on "
                      "0..255); give --normalization if it was trained otherwise")
@@ -126,15 +126,15 @@ def read_keras(source: str | os.PathLike[str] | Any, *, normalization: str | Non
     name, options, note = model_name(structure)
     if note:
         notes.insert(0, note)
-    variant = "v1" if structure.stride_in_1x1 or structure.kind == "basic" else "v1.5"
-    if structure.family == "cifar":
-        variant = "v1"
+    # basic blocks have no 1x1 to stride, so v1 and v1.5 are one net there; CIFAR nets are v1
+    plain_v1 = structure.stride_in_1x1 or structure.kind == "basic" or structure.family == "cifar"
+    variant = "v1" if plain_v1 else "v1.5"
     model = create_model(name, num_classes=int(structure.dense.config["units"]), variant=variant, **options)
     load_weights(model, state_dict(structure, bgr=bgr))
     model.eval()
     model.card.normalization = {"mean": list(mean), "std": list(std)}
     eps = sorted({float(bn.config.get("epsilon", 1e-3)) for bn in structure.bns()})
-    biases = sum(1 for u in _units(structure) if u.conv.config.get("use_bias", True))
+    biases = sum(1 for u in structure.units() if u.conv.config.get("use_bias", True))
     if biases:
         notes.append(f"{biases} conv biases folded into the following batch norms' running means")
     notes.append(f"batch-norm epsilon {', '.join(f'{e:g}' for e in eps)} folded into the running variances "
@@ -148,14 +148,6 @@ def read_keras(source: str | os.PathLike[str] | Any, *, normalization: str | Non
     meta = {"source": Path(where).name, "head_softmax": structure.softmax, "normalization": norm_name,
             "bgr_folded": bgr, "applications_layout": structure.applications_layout}
     return KerasImport(model, structure, where, notes, meta)
-
-
-def _units(structure: Structure) -> list[Any]:
-    units = [structure.stem]
-    for stage in structure.stages:
-        for block in stage:
-            units += block.units + ([block.shortcut] if block.shortcut is not None else [])
-    return units
 
 
 def load_keras(source: str | os.PathLike[str] | Any, *, normalization: str | None = None) -> ResNetBase:

@@ -86,7 +86,8 @@ class Structure:
         """The ``tf_padding`` model option: True where every strided layer wider than 1x1 pads as Keras'
         'same', else the places that do (``"conv1"``, ``"maxpool"``, ``"blocks"``), False for none."""
         strided = [u for s in self.stages for b in s for u in b.units if u.stride > 1 and u.kernel > 1]
-        pads = {"conv1": {self.stem.pad} if self.stem.stride > 1 else set(), "maxpool": {self.pool_pad} if self.pool_pad else set(),
+        pads = {"conv1": {self.stem.pad} if self.stem.stride > 1 else set(),
+                "maxpool": {self.pool_pad} if self.pool_pad else set(),
                 "blocks": {u.pad for u in strided}}
         if pads["blocks"] == {"torch", "tf"}:
             first = next(u for u in strided if u.pad == "tf")
@@ -100,10 +101,16 @@ class Structure:
     def stride_in_1x1(self) -> bool:
         return any(b.stride_in_1x1 for s in self.stages for b in s)
 
+    def units(self) -> list[Unit]:
+        """Every conv + batch norm: the stem, then each block's branch and projection."""
+        units = [self.stem]
+        for stage in self.stages:
+            for block in stage:
+                units += block.units + ([block.shortcut] if block.shortcut is not None else [])
+        return units
+
     def bns(self) -> list[Op]:
-        units = [self.stem] + [u for s in self.stages for b in s for u in b.units]
-        units += [b.shortcut for s in self.stages for b in s if b.shortcut is not None]
-        return [u.bn for u in units]
+        return [u.bn for u in self.units()]
 
 
 class Graph:
