@@ -247,11 +247,24 @@ def test_not_a_resnet_names_the_first_layer_that_does_not_fit(tmp_path: Path) ->
         read_keras(hand_built("basic", (1, 1, 1, 1), 32))
 
 
-def test_v2_applications_are_refused_with_the_reason() -> None:
-    v2 = keras.applications.ResNet50V2(weights=None, input_shape=(32, 32, 3))
-    with pytest.raises(NotAResNet, match=r"post_bn \(BatchNormalization\): .*pre-activation \(V2\) ResNet") as exc:
-        read_keras(v2)
-    assert "\n" not in str(exc.value)
+def test_v2_applications_import_exactly_as_variant_keras_v2(tmp_path: Path) -> None:
+    model = keras.applications.ResNet50V2(weights=None, input_shape=(64, 64, 3))
+    randomize(model, 7)
+    path = tmp_path / "ResNet50V2.keras"
+    model.save(str(path))
+    images = np.random.default_rng(7).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    probs_k, logits_k = keras_reference(model, keras.applications.resnet_v2.preprocess_input(images.copy()))
+    result = read_keras(path)
+    net, card = result.model, result.model.card
+    assert (card.name, card.variant, card.options) == ("resnet50", "keras-v2", {})
+    assert card.normalization == {"mean": [0.5] * 3, "std": [0.5] * 3}  # Keras' "tf" mode, -1..1
+    assert [b.stride for b in net.layer1] == [1, 1, 2] and [b.stride for b in net.layer4] == [1, 1, 1]
+    probs, logits = resnets_outputs(net, nchw(images, card))
+    print(f"ResNet50V2.keras: logits rel error {rel_error(logits, logits_k):.3g}")
+    assert rel_error(logits, logits_k) <= TOL and rel_error(probs, probs_k) <= TOL
+    assert (probs.argmax(1) == probs_k.argmax(1)).all()
+    with pytest.raises(UserError, match=r"Keras export covers the v1 and v1.5 ResNets .*\(keras-v2\)"):
+        export_keras(resnets.save_weights(net, tmp_path / "v2.safetensors"), check_size=32)
 
 
 # --- export: resnets -> Keras -------------------------------------------------------------------------------------

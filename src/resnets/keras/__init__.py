@@ -113,11 +113,16 @@ def read_keras(source: str | os.PathLike[str] | Any, *, normalization: str | Non
     structure = Reader(Graph(keras_model)).read()
     notes: list[str] = []
     if normalization is None:
-        if not structure.applications_layout:
+        if structure.v2 and structure.applications_layout:
+            normalization = "tf"
+            notes.append("keras.applications ResNetV2 layout: its preprocessing assumed, 'tf' (-1..1); give "
+                         "--normalization if it was trained otherwise")
+        elif not structure.applications_layout:
             raise UserError("name the input preprocessing this model was trained with (its graph does not say): "
                             f"--normalization (normalization=) {NORMALIZATION_HELP}")
-        normalization = "caffe"
-        notes.append("keras.applications layout: its preprocessing assumed, 'caffe' (BGR, ImageNet means on "
+        else:
+            normalization = "caffe"
+            notes.append("keras.applications layout: its preprocessing assumed, 'caffe' (BGR, ImageNet means on "
                      "0..255); give --normalization if it was trained otherwise")
     mean, std, bgr, norm_name = parse_normalization(normalization)
     if bgr:
@@ -128,13 +133,13 @@ def read_keras(source: str | os.PathLike[str] | Any, *, normalization: str | Non
         notes.insert(0, note)
     # basic blocks have no 1x1 to stride, so v1 and v1.5 are one net there; CIFAR nets are v1
     plain_v1 = structure.stride_in_1x1 or structure.kind == "basic" or structure.family == "cifar"
-    variant = "v1" if plain_v1 else "v1.5"
+    variant = "keras-v2" if structure.v2 else "v1" if plain_v1 else "v1.5"
     model = create_model(name, num_classes=int(structure.dense.config["units"]), variant=variant, **options)
     load_weights(model, state_dict(structure, bgr=bgr))
     model.eval()
     model.card.normalization = {"mean": list(mean), "std": list(std)}
     eps = sorted({float(bn.config.get("epsilon", 1e-3)) for bn in structure.bns()})
-    biases = sum(1 for u in structure.units() if u.conv.config.get("use_bias", True))
+    biases = sum(1 for u in structure.units() if u.bn is not None and u.conv.config.get("use_bias", True))
     if biases:
         notes.append(f"{biases} conv biases folded into the following batch norms' running means")
     notes.append(f"batch-norm epsilon {', '.join(f'{e:g}' for e in eps)} folded into the running variances "

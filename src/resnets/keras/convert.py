@@ -98,17 +98,23 @@ def _conv(unit: Unit, bgr: bool = False) -> np.ndarray:
 
 def _bn(unit: Unit) -> dict[str, np.ndarray]:
     """The unit's batch norm as PyTorch's, with the conv bias and Keras' epsilon folded in."""
-    layer, c = unit.bn.layer, unit.bn.config
-    n = unit.filters
+    assert unit.bn is not None
+    bias = _numpy(unit.conv.layer.bias) if unit.conv.config.get("use_bias", True) else None
+    return _bn_op(unit.bn, unit.filters, bias)
+
+
+def _bn_op(bn: Op, n: int, conv_bias: np.ndarray | None) -> dict[str, np.ndarray]:
+    """A Keras batch norm as PyTorch's: a preceding conv's bias into the running mean, epsilon into the variance."""
+    layer, c = bn.layer, bn.config
     gamma = _numpy(layer.gamma) if c.get("scale", True) else np.ones(n)
     beta = _numpy(layer.beta) if c.get("center", True) else np.zeros(n)
     mean = _numpy(layer.moving_mean)
     var = _numpy(layer.moving_variance)
-    if unit.conv.config.get("use_bias", True):
-        mean = mean - _numpy(unit.conv.layer.bias)  # BN(Wx + b) with mean m == BN(Wx) with mean m - b
+    if conv_bias is not None:
+        mean = mean - conv_bias  # BN(Wx + b) with mean m == BN(Wx) with mean m - b
     var = var + float(c.get("epsilon", 1e-3)) - TORCH_BN_EPS  # same sqrt(var + eps)
     if (var <= 0).any():
-        raise UserError(f"{unit.bn}: a running variance below {TORCH_BN_EPS} with epsilon "
+        raise UserError(f"{bn}: a running variance below {TORCH_BN_EPS} with epsilon "
                         f"{c.get('epsilon')}: cannot be folded into PyTorch's epsilon")
     return {"weight": gamma, "bias": beta, "running_mean": mean, "running_var": var}
 
@@ -124,15 +130,18 @@ def state_dict(structure: Structure, *, bgr: bool) -> dict[str, torch.Tensor]:
 
     if bgr and structure.in_chans != 3:
         raise UserError(f"BGR preprocessing (caffe) for a {structure.in_chans}-channel input; it needs 3 channels")
-    put("conv1", "bn1", structure.stem, bgr)
-    for i, stage in enumerate(structure.stages):
+    if structure.v2:
+        _v2_state(structure, out, bgr)
+    else:
+        put("conv1", "bn1", structure.stem, bgr)
+    for i, stage in enumerate([] if structure.v2 else structure.stages):
         for j, block in enumerate(stage):
             base = f"layer{i + 1}.{j}"
             for k, unit in enumerate(block.units):
                 put(f"{base}.conv{k + 1}", f"{base}.bn{k + 1}", unit)
             if block.shortcut is not None:
                 put(f"{base}.downsample.0", f"{base}.downsample.1", block.shortcut)
-    dense: Op = structure.dense
+    dense: Op = structure.dense  # (the loop above is the post-activation nets'; ResNetV2 is _v2_state)
     out["fc.weight"] = _numpy(dense.layer.kernel).T
     out["fc.bias"] = _numpy(dense.layer.bias) if dense.config.get("use_bias", True) else np.zeros(
         int(dense.config["units"]))
@@ -140,3 +149,37 @@ def state_dict(structure: Structure, *, bgr: bool) -> dict[str, torch.Tensor]:
     for key in [k for k in state if k.endswith(".running_mean")]:
         state[key[: -len("running_mean")] + "num_batches_tracked"] = torch.tensor(0)
     return state
+
+
+def _bias(conv: Op) -> np.ndarray:
+    return _numpy(conv.layer.bias) if conv.config.get("use_bias", True) else np.zeros(int(conv.config["filters"]))
+
+
+def _v2_state(structure: Structure, out: dict[str, np.ndarray], bgr: bool) -> None:
+    """ResNetV2 (variant ``keras-v2``): the stem conv and each block's last 1x1 and projection keep their biases
+    (no batch norm follows them); the pre-activation and final batch norms take only the epsilon fold."""
+    from .graph import V2Block
+
+    stem = structure.stem
+    out["conv1.weight"] = _conv(stem, bgr)
+    out["conv1.bias"] = _bias(stem.conv)
+    channels = stem.filters
+    for i, stage in enumerate(structure.stages):
+        for j, block in enumerate(stage):
+            assert isinstance(block, V2Block)
+            base = f"layer{i + 1}.{j}"
+            for key, value in _bn_op(block.pre_bn, channels, None).items():
+                out[f"{base}.bn1.{key}"] = value
+            for k, unit in enumerate(block.units):
+                out[f"{base}.conv{k + 1}.weight"] = _conv(unit)
+                for key, value in _bn(unit).items():
+                    out[f"{base}.bn{k + 2}.{key}"] = value
+            out[f"{base}.conv3.weight"] = _numpy(block.last_conv.layer.kernel).transpose(3, 2, 0, 1)
+            out[f"{base}.conv3.bias"] = _bias(block.last_conv)
+            if block.projection is not None:
+                out[f"{base}.downsample.0.weight"] = _numpy(block.projection.layer.kernel).transpose(3, 2, 0, 1)
+                out[f"{base}.downsample.0.bias"] = _bias(block.projection)
+            channels = 4 * block.width
+    assert structure.post_bn is not None
+    for key, value in _bn_op(structure.post_bn, channels, None).items():
+        out[f"final_bn.{key}"] = value

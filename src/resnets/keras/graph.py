@@ -39,7 +39,7 @@ class Unit:
     """A convolution, the batch norm after it, and whether a ReLU follows. ``pad``: how the conv pads."""
 
     conv: Op
-    bn: Op
+    bn: Op | None  # None only for a ResNetV2 stem, whose conv keeps its bias
     relu: bool
     kernel: int
     stride: int
@@ -60,6 +60,22 @@ class Block:
 
 
 @dataclass
+class V2Block:
+    """A keras.applications ResNetV2 block: pre-activation BN(-ReLU), 1x1 and 3x3 units, a last 1x1 with a bias,
+    and the shortcut: a projection conv with a bias (from the pre-activation), a subsample, or the identity."""
+
+    pre_bn: Op
+    units: list[Unit]
+    last_conv: Op
+    projection: Op | None
+    stride: int
+    width: int
+    kind: str = "bottleneck"
+    shortcut: None = None
+    stride_in_1x1: bool = False
+
+
+@dataclass
 class Structure:
     """A Keras ResNet as resnets sees it."""
 
@@ -67,11 +83,17 @@ class Structure:
     in_chans: int
     stem: Unit
     pool_pad: str | None  # the stem's max pool: "torch", "tf", or None (CIFAR: no pool)
-    stages: list[list[Block]]
+    stages: list[list[Block | V2Block]]
     dense: Op
     softmax: bool  # the head ends in a softmax (resnets returns the logits before it)
     input_shape: tuple[Any, ...]
     applications_layout: bool  # ZeroPadding2D + 'valid' stem and batch-norm eps 1.001e-5, as keras.applications
+    post_bn: Op | None = None  # ResNetV2: the batch norm (and ReLU) after the last block
+
+    @property
+    def v2(self) -> bool:
+        """A keras.applications ResNetV2 layout (variant ``keras-v2``)."""
+        return self.post_bn is not None
 
     @property
     def kind(self) -> str:
@@ -110,7 +132,9 @@ class Structure:
         return units
 
     def bns(self) -> list[Op]:
-        return [u.bn for u in self.units()]
+        bns = [u.bn for u in self.units() if u.bn is not None]
+        bns += [b.pre_bn for s in self.stages for b in s if isinstance(b, V2Block)]
+        return bns + ([self.post_bn] if self.post_bn is not None else [])
 
 
 class Graph:
@@ -261,7 +285,8 @@ class Reader:
         if in_chans is None:
             raise NotAResNet(f"{g.input}: expected a known number of channels (channels_last)")
         first = g.child(g.input, "the stem convolution")
-        self._refuse_preact(first)
+        if self._is_v2():
+            return self.read_v2(first, shape, int(in_chans))
         stem, last = self.unit(first, relu=True)
         if stem.kernel == 7 and stem.stride == 2:
             family = "imagenet"
@@ -425,18 +450,144 @@ class Reader:
             raise NotAResNet(f"{end}: expected the model's output here")
         return dense, softmax
 
-    def _refuse_preact(self, first: Op) -> None:
-        """V2 (pre-activation) nets, e.g. keras.applications.ResNet50V2: refused, with that reason."""
+    def _is_v2(self) -> bool:
+        """A batch norm and ReLU between the last Add and the pooling: a pre-activation (V2) net."""
         ops = self.g.ops
-        out = ops[self.g.output]
-        chain = [out]
-        while chain[-1].parents and len(chain) < 6:
+        chain = [ops[self.g.output]]
+        while chain[-1].parents and len(chain) < 8:
             chain.append(ops[chain[-1].parents[0]])
         kinds = [op.kind for op in chain]
-        if "GlobalAveragePooling2D" in kinds:
-            i = kinds.index("GlobalAveragePooling2D")
-            if kinds[i + 1:i + 3] in (["Activation", "BatchNormalization"], ["ReLU", "BatchNormalization"]):
-                raise NotAResNet(f"{chain[i + 2]}: a batch norm and ReLU after the last block: this is a "
-                                 "pre-activation (V2) ResNet such as keras.applications.ResNet50V2, which resnets "
-                                 "does not import (V2 strides in the last block of each stage, which no resnets "
-                                 "variant does); use the V1 model (ResNet50)")
+        if "GlobalAveragePooling2D" not in kinds:
+            return False
+        i = kinds.index("GlobalAveragePooling2D")
+        return kinds[i + 1:i + 3] in (["Activation", "BatchNormalization"], ["ReLU", "BatchNormalization"])
+
+    def read_v2(self, first: Op, shape: tuple[Any, ...], in_chans: int) -> Structure:
+        """keras.applications ResNet50V2/101V2/152V2 (and nets built the same way), variant ``keras-v2``."""
+        g = self.g
+        conv, explicit = self.padded(first)
+        expect(conv, "Conv2D", "the stem convolution")
+        c = conv.config
+        kernel, stride = _pair(c["kernel_size"]), _pair(c["strides"])
+        if kernel != (7, 7) or stride != (2, 2) or c.get("activation") not in (None, "linear"):
+            raise NotAResNet(f"{conv}: expected a ResNetV2 stem, a linear 7x7 convolution with stride 2")
+        if padding_of(conv, explicit, 7, 2) != "torch" or explicit is None:
+            raise NotAResNet(f"{conv}: expected ZeroPadding2D(3) + 'valid' in a ResNetV2 stem, as keras.applications")
+        if int(c["filters"]) != 64:
+            raise NotAResNet(f"{conv}: expected 64 filters in the stem, found {c['filters']}")
+        stem = Unit(self.take(conv), None, False, 7, 2, 64, "torch")
+        pool, pad = self.padded(g.child(conv, "the stem's max pool"))
+        expect(pool, "MaxPooling2D", "the stem's 3x3 max pool, stride 2")
+        size, pstride = _pair(pool.config["pool_size"]), _pair(pool.config["strides"] or pool.config["pool_size"])
+        if size != (3, 3) or pstride != (2, 2) or pad != 1 or pool.config.get("padding") != "valid":
+            raise NotAResNet(f"{pool}: expected ZeroPadding2D(1) + a 3x3 'valid' max pool, stride 2 (ResNetV2's stem)")
+        last = self.take(pool)
+        blocks: list[V2Block] = []
+        channels = 64
+        while True:
+            kids = [g.ops[k] for k in last.children]
+            if len(kids) == 1 and kids[0].kind == "BatchNormalization" and len(kids[0].children) == 1:
+                relu = g.ops[kids[0].children[0]]
+                if is_relu(relu) and [g.ops[k].kind for k in relu.children] == ["GlobalAveragePooling2D"]:
+                    post_bn = self.take(kids[0])
+                    last = self.take(relu)
+                    break
+            block, last = self.block_v2(last, channels)
+            channels = 4 * block.width
+            blocks.append(block)
+        stages: list[list[V2Block]] = []
+        for b in blocks:
+            if not stages or b.projection is not None:
+                stages.append([])
+            stages[-1].append(b)
+        widths = STANDARD_WIDTHS["imagenet"]
+        if len(stages) != len(widths):
+            raise NotAResNet(f"{stages[-1][0].units[0].conv}: expected {len(widths)} stages (widths "
+                             f"{', '.join(map(str, widths))}), found {len(stages)}")
+        for i, (stage, width) in enumerate(zip(stages, widths, strict=True)):
+            want = [1] * (len(stage) - 1) + [2 if i < len(widths) - 1 else 1]
+            for b, s in zip(stage, want, strict=True):
+                if b.width != width or b.stride != s:
+                    raise NotAResNet(f"{b.units[1].conv}: expected width {width} and stride {s} (ResNetV2 strides in "
+                                     f"the last block of each stage but the last), found {b.width}, stride {b.stride}")
+        dense, softmax = self.head(last)
+        unused = [op for op in g.ops.values() if op.name not in self.seen]
+        if unused:
+            raise NotAResNet(f"{unused[0]}: a layer outside the ResNet's path; expected none")
+        structure = Structure("imagenet", in_chans, stem, "torch", stages, dense, softmax,  # type: ignore[arg-type]
+                              shape, False, post_bn)
+        eps = {float(bn.config.get("epsilon", 1e-3)) for bn in structure.bns()}
+        structure.applications_layout = eps == {1.001e-5}
+        structure.tf_padding  # noqa: B018 - refuses blocks that mix paddings
+        return structure
+
+    def block_v2(self, x: Op, channels: int) -> tuple[V2Block, Op]:
+        """BN-ReLU, then the branch (1x1, 3x3, 1x1 + bias) and the shortcut, meeting in an Add."""
+        g = self.g
+        kids = [g.ops[k] for k in x.children]
+        bns = [k for k in kids if k.kind == "BatchNormalization"]
+        if len(bns) != 1 or len(kids) > 2:
+            raise NotAResNet(f"{kids[0] if kids else x}: expected a ResNetV2 block: {x.name}'s output feeding its "
+                             "pre-activation BatchNormalization and at most a shortcut")
+        pre_bn = self.take(bns[0])
+        relu = g.child(pre_bn, "a ReLU")
+        if not is_relu(relu):
+            raise NotAResNet(f"{relu}: expected a ReLU after the pre-activation {pre_bn.name}")
+        self.take(relu)
+        other = [k for k in kids if k is not pre_bn]
+        rkids = [g.ops[k] for k in relu.children]
+        projection = None
+        if len(rkids) == 2:
+            proj = [k for k in rkids if k.kind == "Conv2D" and len(k.children) == 1
+                    and g.ops[k.children[0]].kind == "Add"]
+            if len(proj) != 1 or other:
+                raise NotAResNet(f"{rkids[0]}: expected a 1x1 projection from the pre-activation straight into the "
+                                 "Add, beside the block's first convolution")
+            projection = proj[0]
+            main = next(k for k in rkids if k is not projection)
+        elif len(rkids) == 1:
+            main = rkids[0]
+        else:
+            raise NotAResNet(f"{relu}: expected it to feed the block's first convolution (and a projection)")
+        u1, l1 = self.unit(main, relu=True)
+        u2, l2 = self.unit(g.child(l1, "the 3x3 convolution"), relu=True)
+        conv3 = self.take(expect(g.child(l2, "the last 1x1 convolution"), "Conv2D",
+                                 "the block's last 1x1 convolution (no batch norm after it, in ResNetV2)"))
+        width = u1.filters
+        c3 = conv3.config
+        if (u1.kernel, u1.stride, u2.kernel, u2.filters) != (1, 1, 3, width) or _pair(c3["kernel_size"]) != (1, 1) \
+                or _pair(c3["strides"]) != (1, 1) or int(c3["filters"]) != 4 * width \
+                or c3.get("activation") not in (None, "linear"):
+            raise NotAResNet(f"{u1.conv}: expected a ResNetV2 bottleneck: 1x1 ({width}), 3x3 ({width}, the stride), "
+                             f"1x1 ({4 * width}, linear)")
+        add = expect(g.child(conv3, "the block's Add"), "Add", "the block's Add")
+        stride = u2.stride
+        if projection is not None:
+            p = projection.config
+            if _pair(p["kernel_size"]) != (1, 1) or _pair(p["strides"]) != (stride, stride) \
+                    or int(p["filters"]) != 4 * width or p.get("activation") not in (None, "linear"):
+                raise NotAResNet(f"{projection}: expected a linear 1x1 projection to {4 * width} channels, stride "
+                                 f"{stride}")
+            if channels == 4 * width:
+                raise NotAResNet(f"{projection}: a projection where the channels do not change; expected a "
+                                 "subsample or the identity")
+            self.take(projection)
+        else:
+            if channels != 4 * width:
+                raise NotAResNet(f"{add}: a shortcut without projection where the channels change "
+                                 f"({channels} -> {4 * width})")
+            if not other:
+                raise NotAResNet(f"{add}: expected a shortcut from {x.name} into it")
+            short = other[0]
+            if short.kind == "MaxPooling2D":
+                size, s = _pair(short.config["pool_size"]), _pair(short.config["strides"] or short.config["pool_size"])
+                if size != (1, 1) or s != (stride, stride) or g.child(short, "the Add").name != add.name:
+                    raise NotAResNet(f"{short}: expected a 1x1 max pool with stride {stride} (a subsample) into "
+                                     f"{add.name}")
+                self.take(short)
+            elif short.name != add.name or stride != 1:
+                raise NotAResNet(f"{short}: expected the identity shortcut into {add.name} (stride 1), or a subsample")
+        if len(add.parents) != 2:
+            raise NotAResNet(f"{add}: expected two inputs, the branch and the shortcut")
+        self.take(add)
+        return V2Block(pre_bn, [u1, u2], conv3, projection, stride, width), add

@@ -279,4 +279,69 @@ class PreActBottleneck(nn.Module):
         nn.init.zeros_(self.conv3.weight)
 
 
-Block = BasicBlock | Bottleneck | PreActBasicBlock | PreActBottleneck
+class ZeroPadMaxPool2d(nn.MaxPool2d):
+    """Max pool over a zero-padded input (Keras' ``ZeroPadding2D`` + ``MaxPooling2D``): unlike PyTorch's -inf
+    padding, the zeros count, which matters where the input can be negative (ResNetV2's stem)."""
+
+    def __init__(self, kernel_size: int = 3, stride: int = 2, pad: int = 1) -> None:
+        super().__init__(kernel_size, stride)
+        self.zero_pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, [self.zero_pad] * 4))
+
+
+class KerasV2Bottleneck(nn.Module):
+    """The block of keras.applications' ResNet50V2/101V2/152V2 (pre-activation, as Keras builds it).
+
+    BN-ReLU first (``bn1``), then 1x1, BN-ReLU, 3x3 (strided), BN-ReLU, 1x1 with a bias; nothing after the
+    addition. Shortcut: a 1x1 projection with a bias from the pre-activation where the channels change, a
+    stride-``s`` subsample of the input (Keras' 1x1 max pool) where only the size does, else the identity.
+    A stage built of these strides in its *last* block (``stride_last``), and the net's last stage not at all.
+    """
+
+    expansion = 4
+    stride_last = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        stride: int = 1,
+        shortcut: str = "B",
+        residual: bool = True,
+        stride_in_1x1: bool = False,
+        tf_padding: bool = False,
+    ) -> None:
+        super().__init__()
+        del shortcut, stride_in_1x1
+        out_channels = width * self.expansion
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = conv1x1(in_channels, width)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, stride, tf_padding)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=True)
+        self.relu = nn.ReLU(inplace=False)
+        self.residual = residual
+        self.downsample = (nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=True))
+                           if residual and in_channels != out_channels else None)
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.relu(self.bn1(x))
+        out = self.conv1(pre)
+        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.conv3(self.relu(self.bn3(out)))
+        if self.residual:
+            if self.downsample is not None:
+                out = out + self.downsample(pre)
+            else:
+                out = out + (x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x)
+        return out
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.conv3.weight)
+
+
+Block = BasicBlock | Bottleneck | PreActBasicBlock | PreActBottleneck | KerasV2Bottleneck

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import UserError
-from .resnet import VARIANTS, CifarResNet, ResNet, ResNetBase
+from .resnet import ALL_VARIANTS, CifarResNet, ResNet, ResNetBase
 
 # ImageNet family, paper Table 1: block kind and blocks per stage (conv2_x .. conv5_x).
 IMAGENET_DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -102,8 +102,8 @@ def create_model(
         options["blocks"] = _blocks(name, options["blocks"])
     try:
         if family == "imagenet":
-            if variant not in VARIANTS:
-                raise UserError(f"unknown variant '{variant}' for {name}; choose one of {', '.join(VARIANTS)}")
+            if variant not in ALL_VARIANTS:
+                raise UserError(f"unknown variant '{variant}' for {name}; choose one of {', '.join(ALL_VARIANTS)}")
             kind, layers = IMAGENET_DEPTHS[entry["depth"]]
             net_options = {k: v for k, v in options.items() if k != "blocks"}
             model: ResNetBase = ResNet(kind, options.get("blocks", layers), num_classes or 1000, variant=variant,

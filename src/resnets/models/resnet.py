@@ -16,15 +16,21 @@ from torch import nn
 from .blocks import (
     BasicBlock,
     Bottleneck,
+    KerasV2Bottleneck,
     PreActBasicBlock,
     PreActBottleneck,
     TFSameConv2d,
     TFSameMaxPool2d,
+    ZeroPadMaxPool2d,
     conv3x3,
 )
 from .card import ModelCard
 
 VARIANTS = ("v1.5", "v1", "d", "preact")
+#: Variants that exist to import other frameworks' nets exactly (``resnets.load_keras``), not to train anew:
+#: ``"keras-v2"``, keras.applications' ResNet50V2/101V2/152V2 (see ``KerasV2Bottleneck``).
+IMPORT_VARIANTS = ("keras-v2",)
+ALL_VARIANTS = VARIANTS + IMPORT_VARIANTS
 
 _POST_ACT = {"basic": BasicBlock, "bottleneck": Bottleneck}
 _PRE_ACT = {"basic": PreActBasicBlock, "bottleneck": PreActBottleneck}
@@ -32,6 +38,10 @@ _PRE_ACT = {"basic": PreActBasicBlock, "bottleneck": PreActBottleneck}
 
 def block_class(kind: str, variant: str) -> type[nn.Module]:
     """The block class for ``kind`` (``"basic"`` or ``"bottleneck"``) in ``variant``."""
+    if variant == "keras-v2":
+        if kind != "bottleneck":
+            raise ValueError("variant 'keras-v2' (keras.applications ResNetV2) has bottleneck blocks only")
+        return KerasV2Bottleneck
     return (_PRE_ACT if variant == "preact" else _POST_ACT)[kind]
 
 
@@ -91,14 +101,18 @@ class ResNetBase(nn.Module):
         channels = stem_width
         self.stage_names = []
         self.feature_info = [{"module": "stem", "num_chs": stem_width, "reduction": stem_reduction}]
+        stride_last = getattr(block, "stride_last", False)  # Keras' ResNetV2: stages 1..N-1 stride at their end
+        reduction = stem_reduction
         for i, (width, blocks) in enumerate(zip(widths, layers, strict=True)):
-            stage, channels = self._make_stage(block, channels, width, blocks, 1 if i == 0 else 2,
+            stride = (2 if i < len(widths) - 1 else 1) if stride_last else (1 if i == 0 else 2)
+            stage, channels = self._make_stage(block, channels, width, blocks, stride,
                                                _first_unit_options(variant, i), **block_options)
             name = f"layer{i + 1}"
             setattr(self, name, stage)
             self.stage_names.append(name)
-            self.feature_info.append({"module": name, "num_chs": channels, "reduction": stem_reduction * 2**i})
-        self.final_bn = nn.BatchNorm2d(channels) if variant == "preact" else None
+            reduction *= stride
+            self.feature_info.append({"module": name, "num_chs": channels, "reduction": reduction})
+        self.final_bn = nn.BatchNorm2d(channels) if variant in ("preact", "keras-v2") else None
         self.num_features = channels
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
@@ -114,10 +128,14 @@ class ResNetBase(nn.Module):
         first_options: dict[str, object] | None = None,
         **block_options: object,
     ) -> tuple[nn.Sequential, int]:
-        """``blocks`` blocks, the first strided; ``first_options`` go to the first block only."""
-        layers = [block(in_channels, width, stride, **block_options, **(first_options or {}))]
+        """``blocks`` blocks, the first strided (the last, for a ``stride_last`` block); ``first_options`` go to
+        the first block only."""
+        strides = [stride] + [1] * (blocks - 1)
+        if getattr(block, "stride_last", False):
+            strides.reverse()
+        layers = [block(in_channels, width, strides[0], **block_options, **(first_options or {}))]
         out_channels = width * block.expansion  # type: ignore[attr-defined]
-        layers += [block(out_channels, width, 1, **block_options) for _ in range(1, blocks)]
+        layers += [block(out_channels, width, s, **block_options) for s in strides[1:]]
         return nn.Sequential(*layers), out_channels
 
     def _init_weights(self, zero_init_residual: bool) -> None:
@@ -208,7 +226,9 @@ class ResNet(ResNetBase):
     """ImageNet ResNet (paper Table 1): a stem to 1/4 resolution, four stages of 64..512 widths, pool, fc.
 
     ``variant``: ``"v1.5"`` stride on the bottleneck's 3x3; ``"v1"`` stride on its first 1x1 (the paper);
-    ``"d"`` deep 3x3 stem and average-pool shortcuts (Bag of Tricks); ``"preact"`` pre-activation blocks
+    ``"d"`` deep 3x3 stem and average-pool shortcuts (Bag of Tricks); ``"keras-v2"`` keras.applications'
+    ResNetV2 (imports only: bias-carrying stem conv without BN, zero-padded pool, ``KerasV2Bottleneck``
+    stages striding in their last block); ``"preact"`` pre-activation blocks
     (fb.resnet.torch's preresnet.lua: conv-BN-ReLU-maxpool stem shared by ``layer1.0``, final BN-ReLU).
     ``residual=False`` removes every shortcut (the paper's plain networks). ``tf_padding=True``: every strided
     convolution and pool wider than 1x1 pads as Keras/TensorFlow ``padding="same"`` (the odd pixel at the
@@ -230,9 +250,19 @@ class ResNet(ResNetBase):
         tf_padding: bool | Sequence[str] = False,
     ) -> None:
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        if variant not in ALL_VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(ALL_VARIANTS)}")
         tf = tf_padding_places(tf_padding)
+        if variant == "keras-v2":
+            if tf & {"conv1", "maxpool"}:
+                raise ValueError("variant 'keras-v2' pads its stem as keras.applications does (ZeroPadding2D)")
+            block = block_class(block_kind, variant)
+            self.conv1 = nn.Conv2d(in_chans, widths[0], 7, stride=2, padding=3, bias=True)  # no BN follows
+            self.maxpool = ZeroPadMaxPool2d(3, stride=2, pad=1)  # pads the conv's output, negative values and all
+            self.stem_names = ["conv1", "maxpool"]
+            self._build(block, widths, layers, num_classes, stem_width=widths[0], stem_reduction=4, variant=variant,
+                        zero_init_residual=zero_init_residual, residual=residual, tf_padding="blocks" in tf)
+            return
         stem_width = widths[0]
         if variant == "d":
             self.conv1: nn.Module = nn.Sequential(
