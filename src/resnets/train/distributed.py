@@ -215,6 +215,10 @@ def launch(command: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="resnets-launch-") as tmp:
         error_file = os.path.join(tmp, "error")
         code = _launch(command, error_file)
+        if code == 128 + signal.SIGINT and not os.path.isfile(error_file):
+            # torchrun and the ranks stopped on a Ctrl-C that this process saw after its wait had returned
+            # (or not at all): the same one "interrupted" line and status as when it saw it in time
+            raise KeyboardInterrupt
         if code != 0 and os.path.isfile(error_file):
             with open(error_file) as fh:
                 message = fh.read().strip()
