@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from resnets.data import extract_sample, read_rgb
+from resnets.hardware import cpu_name
 from resnets.infer.fastpath import FastModel
 from resnets.infer.loading import LoadedModel, expand_paths, load_for_inference, read_batches
 
@@ -82,18 +83,6 @@ class ModelResult:
     levels: list[Level] = field(default_factory=list)
     throughput_ratio: float | None = None  # serve req/s at the top level / offline images/s
     latency_ratio: float | None = None  # serve p50 at concurrency 1 / offline single-image p50
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (else platform.processor())."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def pick_images(folder: Path, count: int) -> list[str]:
