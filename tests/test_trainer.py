@@ -3,8 +3,10 @@ checkpoints of the previous format resume; mixup and cutmix runs resume bit-iden
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,18 +44,54 @@ def test_parts_own_disjoint_state_and_the_checkpoint_is_their_union(tmp_path: Pa
     trainer.metrics.close()
 
 
-def test_a_restore_gives_every_part_back(tmp_path: Path) -> None:
+def _draw_global_rngs(draws: dict[int, tuple]):
+    """A step callback that consumes the global torch, Python and NumPy generators, as user code or a random
+    layer would, and records what it drew at each step: a restore that misses any of them changes the draws."""
+    def draw(state) -> None:
+        draws[state.step] = (torch.rand(3).tolist(), random.random(), float(np.random.rand()))
+    return draw
+
+
+_TIMING = {"images_per_s", "elapsed_s"}
+
+
+def _untimed(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in _TIMING} for r in records]
+
+
+def test_an_interrupted_and_restored_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+    changes = dict(ema=True, mixup_alpha=0.2)  # EMA weights and the mixup generator are state too
+    full_draws: dict[int, tuple] = {}
+    full = train(tiny(tmp_path / "full", **changes), on_step=[_draw_global_rngs(full_draws)], log=lambda _: None)
+    cut_draws: dict[int, tuple] = {}
     with pytest.raises(KeyboardInterrupt):
-        train(tiny(tmp_path / "a", ema=True, mixup_alpha=0.2), on_step=_stop_at(3), log=lambda _: None)
-    saved = load_checkpoint(tmp_path / "a" / "last.pt")
-    restored = Trainer(tiny(tmp_path / "ignored", ema=True, mixup_alpha=0.2), resume=tmp_path / "a",
-                       log=lambda _: None)
+        train(tiny(tmp_path / "cut", **changes), on_step=[_draw_global_rngs(cut_draws), *_stop_at(3)],
+              log=lambda _: None)
+    saved = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert (saved["step"], saved["epoch"], saved["batch"]) == (3, 0, 3)
+
+    # one checkpoint round trip: every part's state back as saved, random-number states included
+    restored = Trainer(tiny(tmp_path / "ignored", **changes), resume=tmp_path / "cut", log=lambda _: None)
     for part in restored.parts:
         state = part.state_dict()
-        _assert_same_tensors({k: saved[k] for k in state if k != "rng"}, {k: v for k, v in state.items() if k != "rng"},
-              type(part).__name__)
-    assert (restored.clock.step, restored.position.epoch, restored.position.batch) == (3, 0, 3)
+        _assert_same_tensors({k: saved[k] for k in state}, state, type(part).__name__)
     restored.metrics.close()
+
+    # and the resumed run ends where the uninterrupted one did, bit for bit
+    train(tiny(tmp_path / "ignored", **changes), resume=tmp_path / "cut", on_step=[_draw_global_rngs(cut_draws)],
+          log=lambda _: None)
+    a = load_checkpoint(full.run_dir / "last.pt")
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert a["step"] == b["step"] == 8
+    for key in ("model", "ema", "optimizer", "scaler", "rng", "aug_rng", "sums", "epoch", "batch"):
+        _assert_same_tensors(a[key], b[key], key)
+    assert _untimed(a["metrics"]) == _untimed(b["metrics"])
+    assert cut_draws == full_draws  # steps 4-8 drew after the restore what the uninterrupted run drew
+    # not vacuous: between the checkpoint and the end the weights, the EMA and every generator moved on
+    assert not torch.equal(saved["model"]["conv1.weight"], b["model"]["conv1.weight"])
+    assert not torch.equal(saved["ema"]["module"]["conv1.weight"], b["ema"]["module"]["conv1.weight"])
+    assert not torch.equal(saved["rng"]["torch"], b["rng"]["torch"])
+    assert not torch.equal(saved["aug_rng"], b["aug_rng"])
 
 
 @pytest.mark.parametrize("mixing", [dict(mixup_alpha=0.4), dict(cutmix_alpha=1.0),
