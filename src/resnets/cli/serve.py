@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..serve.settings import MAX_PIXELS
 from .predict import add_precision_arg, add_weights_args
 
 
@@ -24,6 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout-s", type=float, default=30.0,
                    help="longest wait for the model before 504 (default 30)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body (default 20 MB)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"largest image, in pixels, refused from its header (default {MAX_PIXELS}: a 24-Mpx photo)")
+    p.add_argument("--max-decode-queue", type=int, default=32,
+                   help="requests waiting for or in decoding before 503 (default 32)")
+    p.add_argument("--max-explain-queue", type=int, default=4,
+                   help="Grad-CAM requests waiting or running before 503 (default 4)")
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model (default 1)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per process (default: torch's, divided among --workers)")
@@ -46,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
                              port=args.port, backend=args.backend, max_batch=args.max_batch,
                              max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout_s,
                              max_body_mb=args.max_body_mb, workers=args.workers, api_key_file=args.api_key_file,
-                             no_auth=args.no_auth, precision=args.precision, threads=args.threads)
+                             no_auth=args.no_auth, precision=args.precision, threads=args.threads,
+                             max_pixels=args.max_pixels, max_decode_queue=args.max_decode_queue,
+                             max_explain_queue=args.max_explain_queue)
     settings.check()
     if any(importlib.util.find_spec(m) is None for m in ("fastapi", "uvicorn", "prometheus_client")):
         raise UserError("serving needs fastapi, uvicorn and prometheus-client: pip install 'resnets[serve]'")

@@ -68,7 +68,7 @@ def decode_rgb(data: bytes, path: str | os.PathLike[str] = "<bytes>", *,
                     raise BadImageError(path, f"{width}x{height} pixels exceeds the limit of {max_pixels} "
                                               "(possible decompression bomb)")
                 im.load()
-                array = _to_rgb_array(ImageOps.exif_transpose(im))
+                array = to_rgb_array(ImageOps.exif_transpose(im))
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -81,7 +81,7 @@ def decode_rgb(data: bytes, path: str | os.PathLike[str] = "<bytes>", *,
     return torch.from_numpy(chw if chw.flags.writeable else chw.copy())
 
 
-def _to_rgb_array(im: Image.Image) -> np.ndarray:
+def to_rgb_array(im: Image.Image) -> np.ndarray:
     """HxWx3 uint8 RGB array of a loaded Pillow image of any mode."""
     mode = im.mode
     if mode in _SIXTEEN_BIT_MODES:

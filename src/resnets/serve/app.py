@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import logging
 import os
 import sys
+import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,12 +29,16 @@ from .. import __version__
 from ..errors import UserError
 from ..infer.loading import LoadedModel
 from .batcher import Batcher
+from .decoding import decode_resized
 from .engine import Engine
 from .errors import ApiError
-from .inputs import decode, decode_all, read_uploads
+from .inputs import decode_all, read_uploads
 from .kserve import v2_router
 from .metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from .settings import SETTINGS_ENV, ServeSettings, read_api_key
+from .slots import Slots
+
+LOG = logging.getLogger("resnets.serve")
 
 STATIC = Path(__file__).parent / "static"
 _IMAGES = {"type": "array", "items": {"type": "string", "format": "binary"}}
@@ -42,9 +49,9 @@ IMAGE_BODY = {"requestBody": {"required": True, "content": {
     "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}}
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": text} for code, text in (
-        (400, "undecodable image, over the pixel limit, or a bad parameter"), (401, "missing or wrong API key"),
+        (400, "undecodable image, over --max-pixels, or a bad parameter"), (401, "missing or wrong API key"),
         (413, "body over --max-body-mb"), (415, "unsupported content type"),
-        (503, "queue full (Retry-After) or model loading"), (504, "waited past --timeout-s"))}
+        (503, "a queue full (Retry-After) or model loading"), (504, "waited past --timeout-s"))}
 
 
 def create_app(settings: ServeSettings, loaded: LoadedModel | Engine | None = None) -> FastAPI:
@@ -61,6 +68,8 @@ def create_app(settings: ServeSettings, loaded: LoadedModel | Engine | None = No
         engine = loaded if isinstance(loaded, Engine) else await asyncio.to_thread(Engine, settings, loaded)
         state.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="resnets-decode")
         state.explain_pool = ThreadPoolExecutor(1, thread_name_prefix="resnets-explain")
+        state.decode_slots = Slots(settings.max_decode_queue, "waiting to be decoded", "--max-decode-queue")
+        state.explain_slots = Slots(settings.max_explain_queue, "waiting for Grad-CAM", "--max-explain-queue")
         state.batcher = Batcher({"logits": engine.logits, "embed": engine.embed}, max_batch=settings.max_batch,
                                 max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
                                 timeout_s=settings.timeout_s, on_batch=metrics.batch_size.observe,
@@ -123,7 +132,8 @@ def create_app(settings: ServeSettings, loaded: LoadedModel | Engine | None = No
         engine = _engine(state)
         with state.batcher.arriving() as arrival:  # a batch forming meanwhile waits for these images
             uploads = await read_uploads(request, settings.max_body_bytes)
-            tensors = await decode_all(uploads, engine.loaded.preprocess, state.decode_pool)
+            with state.decode_slots.held():
+                tensors = await decode_all(uploads, engine.loaded, settings.max_pixels, state.decode_pool)
             logits = await state.batcher.submit("logits", torch.stack(tensors), arrival)
         metrics.images.labels("/v1/predict").inc(len(uploads))
         k = min(topk, len(engine.loaded.classes))
@@ -141,7 +151,8 @@ def create_app(settings: ServeSettings, loaded: LoadedModel | Engine | None = No
         engine = _engine(state)
         with state.batcher.arriving() as arrival:
             uploads = await read_uploads(request, settings.max_body_bytes)
-            tensors = await decode_all(uploads, engine.loaded.preprocess, state.decode_pool)
+            with state.decode_slots.held():
+                tensors = await decode_all(uploads, engine.loaded, settings.max_pixels, state.decode_pool)
             vectors = await state.batcher.submit("embed", torch.stack(tensors), arrival)
         metrics.images.labels("/v1/embed").inc(len(uploads))
         return {"model": engine.loaded.name, "time_ms": _ms(start), "dim": int(vectors.shape[1]),
@@ -165,12 +176,20 @@ def create_app(settings: ServeSettings, loaded: LoadedModel | Engine | None = No
             raise ApiError(400, f"explain takes one image, not {len(uploads)}")
         loop = asyncio.get_running_loop()
         name, data = uploads[0]
-        raw = await loop.run_in_executor(state.decode_pool, decode, data, name)
-        job = loop.run_in_executor(state.explain_pool, engine.explain, raw, idx)
+        with state.decode_slots.held():
+            image = await loop.run_in_executor(state.decode_pool, decode_resized, data, name,
+                                               engine.loaded.resize, settings.max_pixels)
+        state.explain_slots.take()  # 503 when --max-explain-queue explanations wait or run
+        cancel = threading.Event()
+        work = state.explain_pool.submit(engine.explain, image, idx, cancel)
+        work.add_done_callback(state.explain_slots.release)  # once it has really stopped
         try:
-            exp, png = await asyncio.wait_for(job, settings.timeout_s)
+            exp, png = await asyncio.wait_for(asyncio.wrap_future(work), settings.timeout_s)
         except TimeoutError:
             raise ApiError(504, f"the explanation took more than {settings.timeout_s:g} s (--timeout-s)") from None
+        finally:
+            if not work.done():  # timed out, or the request was cancelled
+                cancel.set()  # stops it at the next layer it enters; one still queued never starts
         metrics.images.labels("/v1/explain").inc()
         return Response(png, media_type="image/png", headers={
             "X-Class-Label": _header_text(exp.class_name), "X-Class-Index": str(exp.class_index),
@@ -266,4 +285,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
-        return _error(request, 500, f"internal error: {type(exc).__name__}: {exc}")
+        """A 500 that says only where to look: the exception's text goes to the server's log, never to the
+        client (it can hold paths, library internals, other requests' data)."""
+        reference = uuid.uuid4().hex[:12]
+        LOG.error("internal error %s on %s %s", reference, request.method, request.url.path, exc_info=exc)
+        return _error(request, 500, f"internal error (reference {reference}); the server's log has the details")

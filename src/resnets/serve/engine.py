@@ -18,6 +18,10 @@ from ..infer.loading import LoadedModel, load_for_inference
 from .settings import ServeSettings
 
 
+class ExplainCancelled(Exception):
+    """A Grad-CAM stopped because its request gave up waiting (``--timeout-s``)."""
+
+
 class Engine:
     """Logits and embeddings for preprocessed batches, and Grad-CAM PNGs for single images."""
 
@@ -36,6 +40,7 @@ class Engine:
             self._session = self._onnx_session()
             self.precision = "int8" if self.backend == "int8" else "fp32"
         self._explain_lock = threading.Lock()
+        self._explain_fast: FastModel | None = None  # whose class and probability explain reports
 
     def _onnx_session(self) -> object:
         """An onnxruntime session on the model exported (and checked) into a temporary folder."""
@@ -63,10 +68,29 @@ class Engine:
         """L2-normalised pooled features of a normalised batch (always the torch fast path)."""
         return torch.nn.functional.normalize(self.fast.embed(x), dim=1)
 
-    def explain(self, raw: torch.Tensor, class_index: int | None) -> tuple[Explanation, bytes]:
-        """Grad-CAM of a decoded image on the plain (unfolded) model, one at a time, and its overlay PNG."""
+    def explain(self, image: torch.Tensor, class_index: int | None, cancel: threading.Event | None = None
+                ) -> tuple[Explanation, bytes]:
+        """Grad-CAM of a decoded (and resized) image on the plain (unfolded) model, one at a time, and its
+        overlay PNG. Setting ``cancel`` stops it at the next layer it enters: ExplainCancelled."""
+        cancel = cancel or threading.Event()
+
+        def check(*_: object) -> None:
+            if cancel.is_set():
+                raise ExplainCancelled
+
         with self._explain_lock:
-            exp = explain_image(self.loaded, raw, class_index)
+            check()
+            if self._explain_fast is None:  # predict's path and number format; ONNX backends predict in fp32
+                lm = self.loaded
+                self._explain_fast = self.fast if self._session is None else FastModel(
+                    lm.model, "fp32", input_size=lm.input_size, model_key=lm.name)
+            hooks = [m.register_forward_pre_hook(check) for m in self.loaded.model.modules()]
+            try:
+                exp = explain_image(self.loaded, image, class_index, fast=self._explain_fast)
+            finally:
+                for hook in hooks:
+                    hook.remove()
+        check()
         return exp, overlay_png(exp)
 
     def warm_up(self) -> None:

@@ -27,3 +27,11 @@ class TimeoutError_(ApiError):
 
     def __init__(self, seconds: float) -> None:
         super().__init__(504, f"the request waited more than {seconds:g} s for the model (--timeout-s)")
+
+
+class BusyError(ApiError):
+    """A bounded stage of the server (decoding, Grad-CAM) is full: 503 with Retry-After."""
+
+    def __init__(self, limit: int, what: str, flag: str) -> None:
+        super().__init__(503, f"the server is busy: {limit} requests are already {what} ({flag}); retry shortly",
+                         {"Retry-After": "1"})

@@ -1,5 +1,5 @@
 """A request's images: the body read under the size limit (never buffered past it), multipart ``file``
-fields or one raw ``image/*`` body, decoded and preprocessed off the event loop."""
+fields or one raw ``image/*`` body, decoded (at reduced size) and preprocessed off the event loop."""
 
 from __future__ import annotations
 
@@ -12,11 +12,21 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
-from ..data.images import MAX_IMAGE_PIXELS, BadImageError, decode_rgb
+from ..infer.loading import LoadedModel
+from .decoding import decode_resized
 from .errors import ApiError
 
 IMAGE_FIELD = "file"
 MAX_FILES = 256  # images in one request
+
+
+def _multipart_reason(message: str) -> str:
+    """Starlette's reason for refusing a multipart body, in this server's words."""
+    if message.startswith(("Too many files", "Too many fields")):
+        return f"more than {MAX_FILES} files or fields in one request"
+    if "maximum size" in message:
+        return "a multipart part over the body limit (--max-body-mb)"
+    return "malformed multipart body: check its boundary and each part's Content-Disposition header"
 
 
 def media_type(request: Request) -> str:
@@ -74,7 +84,7 @@ async def read_uploads(request: Request, limit: int) -> list[tuple[str | None, b
         try:
             form = await parser.parse()
         except MultiPartException as exc:
-            raise ApiError(400, f"malformed multipart body: {exc.message}") from None
+            raise ApiError(400, _multipart_reason(exc.message)) from None
         try:
             uploads: list[tuple[str | None, bytes]] = []
             for value in form.getlist(IMAGE_FIELD):
@@ -93,22 +103,14 @@ async def read_uploads(request: Request, limit: int) -> list[tuple[str | None, b
                         f"{IMAGE_FIELD!r} or a raw body with an image/* content type")
 
 
-def decode(data: bytes, name: str | None, max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
-    """Decode one image (400 naming the reason when it cannot be); the pixel limit is checked on the header,
-    before any pixel is decoded."""
-    try:
-        return decode_rgb(data, name or "<body>", max_pixels=max_pixels)
-    except BadImageError as exc:
-        raise ApiError(400, f"cannot read image {exc.path}: {exc.reason}") from None
-
-
-async def decode_all(uploads: list[tuple[str | None, bytes]], preprocess: object, executor: Executor
-                     ) -> list[torch.Tensor]:
-    """Each upload decoded and passed through ``preprocess`` in ``executor``, in order."""
+async def decode_all(uploads: list[tuple[str | None, bytes]], loaded: LoadedModel, max_pixels: int,
+                     executor: Executor) -> list[torch.Tensor]:
+    """Each upload decoded at reduced size, resized and preprocessed in ``executor``, in order: the model's
+    normalised 3 x S x S inputs."""
     loop = asyncio.get_running_loop()
 
     def one(data: bytes, name: str | None) -> torch.Tensor:
-        return preprocess(decode(data, name))  # type: ignore[operator]
+        return loaded.preprocess(decode_resized(data, name, loaded.resize, max_pixels))  # only crops now
 
     return list(await asyncio.gather(*(loop.run_in_executor(executor, one, data, name)
                                        for name, data in uploads)))

@@ -3,6 +3,7 @@ JSON form and with the binary tensor extension (``Inference-Header-Content-Lengt
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any
@@ -21,6 +22,9 @@ INPUT = "images"
 OUTPUTS = ("logits", "probabilities")
 HEADER_LENGTH = "inference-header-content-length"
 MAX_IMAGES = 256  # images in one infer request
+#: Largest JSON part of an infer request: parsing JSON numbers costs ~30 bytes of memory per byte of text, so
+#: large tensors are to come as binary data (``Inference-Header-Content-Length``).
+MAX_JSON_BYTES = 8 * 1024 * 1024
 
 _TENSOR = {"type": "object", "required": ["name", "shape", "datatype"],
            "properties": {"name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
@@ -104,13 +108,22 @@ def _ready(request: Request, name: str, version: str) -> Response:
 async def _infer(request: Request, name: str, version: str) -> Response:
     engine = _engine(request, name, version)
     state = request.app.state
+    loop = asyncio.get_running_loop()
     with state.batcher.arriving() as arrival:  # a batch forming meanwhile waits for this tensor
         body = await read_body(request, state.settings.max_body_bytes)
-        head, binary = _split(body, request.headers.get(HEADER_LENGTH))
-        x = _input_tensor(head, binary, engine.loaded.input_size, engine.loaded.mean, engine.loaded.std)
-        wanted = _outputs(head)
+        with state.decode_slots.held():  # JSON is parsed in the decode pool, off the event loop
+            head, x, wanted = await loop.run_in_executor(state.decode_pool, _parse, body,
+                                                         request.headers.get(HEADER_LENGTH), engine.loaded)
         logits = await state.batcher.submit("logits", x, arrival)
-    return _response(engine.loaded.name, head, logits, wanted)
+    return await loop.run_in_executor(state.decode_pool, _response, engine.loaded.name, head, logits, wanted)
+
+
+def _parse(body: bytes, header_length: str | None, loaded: Any
+           ) -> tuple[dict[str, Any], torch.Tensor, list[tuple[str, bool]]]:
+    """The request's JSON header, its normalised input batch, and the outputs it asks for."""
+    head, binary = _split(body, header_length)
+    x = _input_tensor(head, binary, loaded.input_size, loaded.mean, loaded.std)
+    return head, x, _outputs(head)
 
 
 def _engine(request: Request, name: str, version: str) -> Any:
@@ -135,10 +148,17 @@ def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], byte
             raise ApiError(400, f"Inference-Header-Content-Length {header_length!r} is not a number") from None
         if not 0 <= size <= len(body):
             raise ApiError(400, f"Inference-Header-Content-Length {size} is outside the body ({len(body)} bytes)")
+    if size > MAX_JSON_BYTES:
+        raise ApiError(413, f"the request's JSON is {size} bytes, over the limit of {MAX_JSON_BYTES}; send large "
+                            "tensors as binary data (Inference-Header-Content-Length, binary_data_size)")
     try:
         head = json.loads(body[:size])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the request is not valid JSON: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"the request is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "the request is not valid JSON (not UTF-8 text, or a number too long)") from None
+    except RecursionError:
+        raise ApiError(400, "the request's JSON is nested too deeply") from None
     if not isinstance(head, dict):
         raise ApiError(400, "the request must be a JSON object with an 'inputs' list")
     return head, body[size:]
@@ -151,14 +171,15 @@ def _input_tensor(head: dict[str, Any], binary: bytes, size: int, mean: Any, std
         raise ApiError(400, f"'inputs' must be a list of one tensor, named {INPUT!r}")
     spec = inputs[0]
     if spec.get("name") != INPUT:
-        raise ApiError(400, f"unknown input {spec.get('name')!r}; the model's input is {INPUT!r}")
+        raise ApiError(400, f"unknown input {_shown(spec.get('name'))}; the model's input is {INPUT!r}")
     datatype = spec.get("datatype")
     if datatype not in ("FP32", "UINT8"):
-        raise ApiError(400, f"input datatype must be FP32 (normalised) or UINT8 (0..255 RGB), not {datatype!r}")
+        raise ApiError(400, f"input datatype must be FP32 (normalised) or UINT8 (0..255 RGB), not {_shown(datatype)}")
     shape = spec.get("shape")
     if (not isinstance(shape, list) or len(shape) != 4 or not all(type(d) is int for d in shape)
             or not 1 <= shape[0] <= MAX_IMAGES or shape[1:] != [3, size, size]):
-        raise ApiError(400, f"input shape must be [N, 3, {size}, {size}] with 1 <= N <= {MAX_IMAGES}, not {shape!r}")
+        raise ApiError(400, f"input shape must be [N, 3, {size}, {size}] with 1 <= N <= {MAX_IMAGES}, "
+                            f"not {_shown(shape)}")
     count = math.prod(shape)
     dtype = np.dtype("<f4") if datatype == "FP32" else np.dtype(np.uint8)
     params = spec.get("parameters") or {}
@@ -167,7 +188,7 @@ def _input_tensor(head: dict[str, Any], binary: bytes, size: int, mean: Any, std
     if "binary_data_size" in params:
         nbytes = params["binary_data_size"]
         if type(nbytes) is not int or nbytes != count * dtype.itemsize or nbytes > len(binary):
-            raise ApiError(400, f"binary_data_size {nbytes!r} does not match shape {shape} of {datatype} "
+            raise ApiError(400, f"binary_data_size {_shown(nbytes)} does not match shape {shape} of {datatype} "
                                 f"({count * dtype.itemsize} bytes) or the {len(binary)} bytes sent")
         array = np.frombuffer(binary[:nbytes], dtype=dtype).astype(np.float32)
     else:
@@ -195,7 +216,7 @@ def _json_data(data: Any, count: int, datatype: str) -> np.ndarray:
             elif type(value) in (int, float):
                 flat.append(value)
             else:
-                raise ApiError(400, f"input 'data' holds {type(value).__name__} {value!r}; only numbers")
+                raise ApiError(400, f"input 'data' holds {type(value).__name__} {_shown(value)}; only numbers")
             if len(flat) > count:
                 raise ApiError(400, f"input 'data' holds more than the {count} values its shape needs")
     array = _as_array(flat if _is_flat(data) else data)  # a nested list must be regular, as its shape
@@ -204,6 +225,12 @@ def _json_data(data: Any, count: int, datatype: str) -> np.ndarray:
     if datatype == "UINT8" and ((array < 0) | (array > 255) | (array != np.round(array))).any():
         raise ApiError(400, "UINT8 input data must be whole numbers from 0 to 255")
     return array.astype(np.float32).ravel()
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a client's value echoed in an error stays short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _is_flat(data: list[Any]) -> bool:
@@ -235,7 +262,7 @@ def _outputs(head: dict[str, Any]) -> list[tuple[str, bool]]:
     for out in asked:
         if not isinstance(out, dict) or out.get("name") not in OUTPUTS:
             shown = out.get("name") if isinstance(out, dict) else out
-            raise ApiError(400, f"unknown output {shown!r}; the outputs are {', '.join(OUTPUTS)}")
+            raise ApiError(400, f"unknown output {_shown(shown)}; the outputs are {', '.join(OUTPUTS)}")
         out_params = out.get("parameters") or {}
         if not isinstance(out_params, dict):
             raise ApiError(400, "output 'parameters' must be an object")

@@ -4,6 +4,7 @@ model), with graceful shutdown on SIGTERM/SIGINT (in-flight requests finish, the
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import signal
 import socket
@@ -50,11 +51,20 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def log_config() -> dict[str, object]:
+    """uvicorn's logging configuration, with the ``resnets`` loggers (internal errors, refused images) written
+    as uvicorn's own lines are."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["resnets"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
+
+
 def serve(settings: ServeSettings) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean shutdown, 1 when the app failed to start."""
     sock = bind(settings.host, settings.port)
     settings.port = sock.getsockname()[1]
     options = {"host": settings.host, "port": settings.port, "log_level": "info", "lifespan": "on",
+               "log_config": log_config(),
                "timeout_graceful_shutdown": settings.timeout_s + 10}  # requests in flight end within --timeout-s
     if settings.workers == 1:
         from .app import create_app

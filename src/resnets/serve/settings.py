@@ -11,6 +11,8 @@ from ..errors import UserError
 BACKENDS = ("torch", "onnx", "int8")
 #: The environment variable that carries the settings to ``--workers`` processes (see ``app.app_from_env``).
 SETTINGS_ENV = "RESNETS_SERVE_SETTINGS"
+#: The server's default pixel limit: a 24-megapixel photo (6000 x 4000) fits, with room for 6016 x 4016.
+MAX_PIXELS = 25_000_000
 
 
 @dataclass
@@ -34,6 +36,9 @@ class ServeSettings:
     precision: str = "auto"
     threads: int | None = None  # torch intra-op threads per process (None: torch's default)
     decode_threads: int = 2  # threads decoding and preprocessing images
+    max_pixels: int = MAX_PIXELS  # largest image accepted, checked on its header
+    max_decode_queue: int = 32  # requests waiting for or in decoding (KServe: JSON parsing); more get 503
+    max_explain_queue: int = 4  # Grad-CAM requests waiting or running; more get 503
 
     @property
     def max_body_bytes(self) -> int:
@@ -48,7 +53,10 @@ class ServeSettings:
             raise UserError(f"unknown precision {self.precision!r}; choose auto, bf16 or fp32")
         for name, value, low in (("--max-batch", self.max_batch, 1), ("--max-queue", self.max_queue, 1),
                                  ("--workers", self.workers, 1), ("--max-wait-ms", self.max_wait_ms, 0),
-                                 ("--port", self.port, 0)):
+                                 ("--port", self.port, 0), ("--max-pixels", self.max_pixels, 1),
+                                 ("--max-decode-queue", self.max_decode_queue, 1),
+                                 ("--max-explain-queue", self.max_explain_queue, 1),
+                                 ("decode_threads", self.decode_threads, 1)):
             if value < low:
                 raise UserError(f"{name} must be at least {low}, not {value}")
         if not self.timeout_s > 0 or not self.max_body_mb > 0:
