@@ -12,8 +12,33 @@ import torch
 from PIL import Image
 
 from resnets.data import BadImageError, read_rgb
+from resnets.data import decode as decode_module
 from resnets.data.decode import decode_files, jpeg_header
 from resnets.errors import UserError
+
+
+def _watch_decoders(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[str]]:
+    """Count the images torchvision's fast JPEG decoder decodes and list the paths Pillow decodes, in
+    ``decode_files``. The fast decoder must be present: torchvision ships it, and without it a comparison of
+    the bulk decoder with ``read_rgb`` would compare Pillow with Pillow."""
+    codec = decode_module._jpeg_codec()
+    assert codec is not None, "torchvision.io.decode_jpeg is not importable: the fast decoder cannot be tested"
+    decode_jpeg, read_mode = codec
+    fast: list[int] = []
+    slow: list[str] = []
+
+    def counting_decode_jpeg(data, **kwargs):
+        fast.append(len(data) if isinstance(data, list) else 1)
+        return decode_jpeg(data, **kwargs)
+
+    def listing_decode_rgb(data, path, **kwargs):
+        slow.append(path)
+        return decode_rgb(data, path, **kwargs)
+
+    decode_rgb = decode_module.decode_rgb
+    monkeypatch.setattr(decode_module, "_jpeg_codec", lambda: (counting_decode_jpeg, read_mode))
+    monkeypatch.setattr(decode_module, "decode_rgb", listing_decode_rgb)
+    return fast, slow
 
 
 def _hwc(t: torch.Tensor) -> np.ndarray:
@@ -95,7 +120,7 @@ def test_16_bit_rgb_png(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
-def test_exif_orientation_6_is_applied(tmp_path, suffix):
+def test_exif_orientation_6_is_applied(tmp_path, suffix, monkeypatch):
     # Stored 2 rows x 3 columns with a white pixel top-left; orientation 6 means "rotate 90 degrees
     # clockwise to display", so the shown image is 3 x 2 with the white pixel top-right.
     arr = np.zeros((2, 3, 3), dtype=np.uint8)
@@ -109,8 +134,10 @@ def test_exif_orientation_6_is_applied(tmp_path, suffix):
     assert out.shape == (24, 16, 3)
     assert out[2, 13].min() > 200 and out[2, 2].max() < 50  # top-right white, top-left black
     assert out[21, 2].max() < 50
+    fast_count, slow = _watch_decoders(monkeypatch)
     fast = _hwc(decode_files([path], workers=1)[0]).astype(int)  # the bulk decoder agrees
     assert np.abs(fast - out).max() <= 1
+    assert (sum(fast_count), slow) == ((1, []) if suffix == ".jpg" else (0, [str(path)]))  # and ran as said
 
 
 def _jpeg_bytes() -> bytes:
@@ -148,14 +175,18 @@ def test_pixel_limit_is_a_decompression_bomb(tmp_path):
         read_rgb(tmp_path / "big.png", max_pixels=5000)
 
 
-def test_bulk_decoder_matches_pillow_and_keeps_order(tmp_path):
+def test_bulk_decoder_matches_pillow_and_keeps_order(tmp_path, monkeypatch):
     paths = []
     for k in range(300):  # more than one chunk, mixed fast (JPEG) and slow (PNG) paths
         arr = np.random.default_rng(k).integers(0, 256, (8, 8, 3), dtype=np.uint8)
         path = tmp_path / (f"{k}.jpg" if k % 3 else f"{k}.png")
         Image.fromarray(arr).save(path)
         paths.append(path)
+    fast, slow = _watch_decoders(monkeypatch)
     results = decode_files(paths, workers=2)
+    # every JPEG went through torchvision's decoder (in batches, not one by one) and only the PNGs through Pillow
+    assert sum(fast) == 200 and len(fast) == 2 and sorted(slow) == sorted(str(p) for p in paths if p.suffix == ".png")
+    monkeypatch.undo()  # read_rgb below is Pillow, unwatched
     for path, result in zip(paths, results, strict=True):
         assert torch.equal(result, read_rgb(path))
     assert jpeg_header(paths[1].read_bytes()) == (8, 8, 3)
