@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
+import shlex
 import tomllib
 import types
 import typing
@@ -259,6 +261,44 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# The settings a file may not give freely: a data spec that runs a command or fetches a URL, a folder elsewhere.
+GUARDED = ("data", "out", "cache_dir")
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")  # C:\ or C:/, a local Windows path
+
+
+def unsafe_reason(key: str, value: Any) -> str | None:
+    """Why the setting ``key=value`` may not come from a file (a phrase: "is a URL; ..."): a ``data`` spec holding
+    a ``pipe:`` command or a URL scheme (in any ``::`` part, before or after brace expansion), or an
+    ``out``/``cache_dir`` that is absolute, starts with ``~`` or climbs out with ``..``; None if it may."""
+    if not isinstance(value, str):
+        return None
+    if key == "data":
+        for part in value.split("::"):
+            rest = _DRIVE.sub("", part.removeprefix("file:"), count=1)
+            if ":" in rest:  # a scheme, or pieces that brace expansion would join into one
+                return ("is a shell command (pipe:); a setting read from a file runs none" if "pipe" in part.lower()
+                        else "is a URL; a setting read from a file fetches none")
+        return None
+    if key in ("out", "cache_dir"):
+        path = Path(value)
+        if path.expanduser().is_absolute() or value.startswith("~") or ".." in path.parts:
+            return ("is outside the current folder (absolute, ~ or '..'); a setting read from a file stays "
+                    "inside it")
+    return None
+
+
+def check_file_settings(settings: dict[str, Any], source: str | Path, given: typing.Collection[str] = ()) -> None:
+    """UserError naming ``source`` and the first of ``settings`` (read from that file) that ``unsafe_reason``
+    refuses, unless the user gave that setting too (a key in ``given``): a file may not make us run a
+    command, fetch a URL or write outside the current folder; only a value typed on the command line may."""
+    for key in GUARDED:
+        reason = unsafe_reason(key, settings.get(key))
+        if reason is not None and key not in given:
+            flag = options()[key].flag
+            raise UserError(f"{source}: {key} {settings[key]!r} {reason}: type {flag} {shlex.quote(settings[key])} "
+                            "if you trust it")
+
+
 def resolve_config(
     typed: dict[str, Any] | None = None,
     *,
@@ -276,9 +316,10 @@ def resolve_config(
     ``UserError``.
     """
     layers: list[dict[str, Any]] = []
+    typed = {k: v for k, v in (typed or {}).items() if v is not None}
     if config_file is not None:
         layers.append(load_config_file(config_file))
-    layers.append({k: v for k, v in (typed or {}).items() if v is not None})
+    layers.append(typed)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     for layer in layers:
         unknown = [k for k in layer if k not in names]
@@ -288,6 +329,8 @@ def resolve_config(
             raise UserError(f"unknown config key '{unknown[0]}'{hint}")
     for layer in layers:
         check_types(layer)
+    if config_file is not None:
+        check_file_settings(layers[0], config_file, given=typed)
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update(layer)
@@ -363,6 +406,8 @@ def _saved_config(run_dir: Path, given: dict[str, Any]) -> dict[str, Any]:
     from .checkpoint import load_checkpoint
 
     saved = TrainConfig(**load_checkpoint(run_dir / "last.pt")["config"])
+    # the run's folder is the one typed after --resume; its saved ``out`` is never used
+    check_file_settings(saved.to_dict(), run_dir / "last.pt", given={*given, "out"})
     opts = options()
     for key in sorted(given.keys() - RESUMABLE):
         new, old = given[key], getattr(saved, key)

@@ -32,7 +32,7 @@ from ..outputs import atomic_write, check_out_dir
 from ..runtime import autocast_context, choose_precision, resolve_device, seed_everything, use_deterministic
 from . import distributed as D
 from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
-from .config import RESUMABLE, TrainConfig
+from .config import RESUMABLE, TrainConfig, check_file_settings
 from .finetune import frozen_stages
 from .metrics import MetricsLogger
 from .optim import LRSchedule
@@ -102,6 +102,9 @@ class Trainer:
         if resume is not None:  # the run's own settings; those that may change on resume from ``config``
             self.run_dir = Path(resume)
             ckpt = load_checkpoint(self.run_dir / "last.pt")
+            # what the run's file says and ``config`` does not repeat: no command, URL or folder elsewhere
+            check_file_settings({k: v for k, v in ckpt["config"].items() if getattr(config, k, None) != v},
+                                self.run_dir / "last.pt", given={"out"})
             saved = TrainConfig(**ckpt["config"])
             self.cfg = TrainConfig(**{**ckpt["config"], **{k: getattr(config, k) for k in RESUMABLE}})
         else:
