@@ -3,14 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint venv
+.PHONY: demo test lint venv browser
 
 demo: $(VENV)/.installed
 	$(BIN)/resnets demo
 
-test: $(VENV)/.installed
+# browser first: a machine that lacks chromium and cannot install it says so before the venv is built
+test: browser $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# Debian's chromium for tests/test_serve_page.py: installed with apt-get when missing (as root), else one line why not
+browser:
+	@$(SHELL) scripts/need_chromium.sh
 
 venv: $(VENV)/.installed
 
