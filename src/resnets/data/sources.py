@@ -55,6 +55,9 @@ class TrainBatches(Protocol):
         raise UserError("progressive resizing works with small images held in memory (CIFAR, small-image "
                         "folders), not with streamed data")
 
+    def close(self) -> None:
+        """Release what the batches hold beyond memory (worker processes); nothing by default."""
+
 
 @dataclass
 class TrainData:
@@ -70,6 +73,13 @@ class TrainData:
     held_out: str  # what ``val`` is: "validation" (a val split held out of train) or "test"
     bad_images: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) skipped while opening
     found_bad: Callable[[], list[tuple[str, str]]] | None = None  # streamed: those skipped so far, while training
+
+    def close(self) -> None:
+        """Stop the loaders' worker processes (training is over); the batches are not read after this."""
+        for batches in (self.train, self.val):
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
 
 
 @dataclass
@@ -113,25 +123,27 @@ class EvalData:
 
 
 class StreamedBatches(TrainBatches):
-    """A streaming DataLoader made resumable: its order is seeded by (seed, epoch) and ``iter_from`` skips
-    batches."""
+    """A streaming training DataLoader made resumable: its :class:`~resnets.data.streaming.EpochSampler` makes
+    the order a function of (seed, epoch) and each sample's augmentation one of (seed, epoch, index), whatever
+    the workers; ``iter_from`` starts the sampler at the batch's first sample, loading nothing before it."""
 
-    def __init__(self, loader: StreamingLoader, generator: torch.Generator, seed: int, full_size: int) -> None:
-        self.loader, self.generator, self.seed, self.full_size, self.epoch = loader, generator, seed, full_size, 0
+    def __init__(self, loader: StreamingLoader, full_size: int) -> None:
+        self.loader, self.full_size, self.epoch = loader, full_size, 0
 
     def __len__(self) -> int:
-        return len(self.loader)
+        n, size = len(self.loader.dataset), self.loader.batch_size  # type: ignore[arg-type]
+        assert size is not None
+        return n // size if self.loader.drop_last else -(-n // size)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch = int(epoch)
 
     def iter_from(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from ..runtime import derive_seed
+        self.loader.sampler.set_position(self.epoch, max(0, start) * self.loader.batch_size)  # type: ignore
+        yield from self.loader
 
-        self.generator.manual_seed(derive_seed("batches", self.seed, self.epoch))  # the order, the workers' seeds
-        for i, batch in enumerate(self.loader):
-            if i >= start:
-                yield batch
+    def close(self) -> None:
+        self.loader.close()
 
 
 def is_streaming_folder(spec: str | Path, *, sample: int = 16) -> bool:
@@ -258,13 +270,12 @@ def _open_streamed_folder(spec: TrainDataSpec, device: torch.device,
     common: dict[str, Any] = dict(batch_size=spec.batch_size, workers=spec.workers, image_size=spec.image_size,
                                   resize=spec.resize, skip_bad_images=spec.skip_bad_images,
                                   pin_memory=device.type == "cuda", mean=mean, std=std)
-    loader_gen = torch.Generator()
-    train = streaming_loader(root / "train", classes, train=True, generator=loader_gen, flip=spec.flip,
+    train = streaming_loader(root / "train", classes, train=True, seed=spec.seed, flip=spec.flip,
                              indices=train_idx, **common)
     val = streaming_loader(val_dir, classes, train=False, indices=val_idx, **common)
     what = _held_out(spec)
     desc = f"{root} (streamed): {len(train_idx)} train / {len(val_idx)} {what} images, {len(classes)} classes"
-    return TrainData(StreamedBatches(train, loader_gen, spec.seed, spec.image_size), val, classes,
+    return TrainData(StreamedBatches(train, spec.image_size), val, classes,
                      mean, std, None, desc, what,
                      found_bad=lambda: train.bad_images + val.bad_images)
 

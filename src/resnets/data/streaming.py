@@ -5,6 +5,11 @@ Eval: Resize(resize), CenterCrop(image_size), ToDtype, Normalize. Decoding goes 
 :func:`resnets.data.decode.decode_files` (libjpeg-turbo for plain JPEGs, Pillow for everything else), so the
 odd-image rules of :mod:`resnets.data.images` hold. Bad images raise :class:`BadImageError`, or with
 ``skip_bad_images`` are dropped from their batch and listed in the loader's ``bad_images``.
+
+Training order and augmentation are a pure function of (seed, epoch, sample index), whatever the number of
+workers and whether they persist: :class:`EpochSampler`, in the main process, draws the epoch's order from
+(seed, epoch) and hands each index to the dataset with the seed of its augmentation, derived from (seed, epoch,
+index); a resumed epoch starts at a sample position without loading the samples before it.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from ..errors import UserError
+from ..runtime import derive_seed
 from .decode import decode_files
 from .folder import find_classes, scan_split
 from .images import BadImageError
@@ -59,9 +65,12 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | BadImageError:
-        """(image, label); a bad image raises :class:`BadImageError`, or with ``skip_bad_images`` is
-        returned, for the collate function to leave out and list."""
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | BadImageError:
+        """(image, label) of sample ``key``: an index, or (index, seed) to draw the transform's random choices
+        from ``seed`` alone (the global generator is left as it was). A bad image raises
+        :class:`BadImageError`, or with ``skip_bad_images`` is returned, for the collate function to leave out
+        and list."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         image = decode_files([path], workers=1)[0]
         if isinstance(image, BadImageError):
@@ -69,8 +78,36 @@ class ImageFolderDataset(Dataset):
                 raise image
             return image
         if self.transform is not None:
-            image = self.transform(image)
+            if seed is None:
+                image = self.transform(image)
+            else:  # torchvision draws from the global CPU generator: seeded here, restored after
+                with torch.random.fork_rng(devices=[]):
+                    torch.default_generator.manual_seed(seed)
+                    image = self.transform(image)
         return image, label
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """(index, augmentation seed) of every sample of ``dataset`` once per epoch, in an order drawn from
+    (``seed``, epoch); each seed is derived from (``seed``, epoch, index). :meth:`set_position` picks the epoch
+    and how many of its samples to skip (never loaded). Runs in the main process, so persistent workers follow."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, int(seed)
+        self.epoch = self.start = 0
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        """The next iteration yields epoch ``epoch`` from its sample ``start`` on."""
+        self.epoch, self.start = int(epoch), max(0, int(start))
+
+    def __len__(self) -> int:
+        return max(0, len(self.dataset) - self.start)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, seed = self.epoch, self.seed  # the position now, not when the first index is asked for
+        order = torch.randperm(len(self.dataset),  # type: ignore[arg-type]
+                               generator=torch.Generator().manual_seed(derive_seed("batches", seed, epoch)))
+        return ((index, derive_seed("augment", seed, epoch, index)) for index in order[self.start:].tolist())
 
 
 def collate_listing_bad(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
@@ -85,7 +122,8 @@ def collate_listing_bad(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, l
 
 class StreamingLoader(DataLoader):
     """A DataLoader of (images, labels) batches that keeps the bad images its workers skipped
-    (``skip_bad_images``) in ``bad_images``: (path, reason), each once, in the order found."""
+    (``skip_bad_images``) in ``bad_images``: (path, reason), each once, in the order found; :meth:`close`
+    stops persistent workers."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -100,20 +138,31 @@ class StreamingLoader(DataLoader):
                     self.bad_images.append((path, reason))
             yield images, labels
 
+    def close(self) -> None:
+        """Stop the worker processes now. Persistent workers otherwise live as long as the loader, and with
+        pinned memory the interpreter's exit can wait about 5 s per worker for them (pytorch/pytorch#81794)."""
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()  # what the iterator's __del__ does, done now
+
 
 def streaming_loader(split_dir: str | os.PathLike[str], classes: Sequence[str] | None, *, train: bool,
                      batch_size: int, workers: int, image_size: int = 224, resize: int = 256,
                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                     skip_bad_images: bool = False, generator: torch.Generator | None = None,
+                     skip_bad_images: bool = False, seed: int = 0,
                      pin_memory: bool = False, drop_last: bool | None = None, flip: bool = True,
                      indices: Sequence[int] | None = None) -> StreamingLoader:
-    """A DataLoader of normalised float batches from an image folder, shuffled and augmented if ``train``;
-    ``indices`` keeps only those of the split's sorted files. With ``skip_bad_images`` the bad images met
-    are left out of their batch and listed in the loader's ``bad_images``."""
+    """A DataLoader of normalised float batches from an image folder; ``indices`` keeps only those of the
+    split's sorted files. ``train``: shuffled and augmented by an :class:`EpochSampler` of ``seed`` (the
+    loader's ``sampler``), workers kept between epochs; else in order, workers started for each pass. With
+    ``skip_bad_images`` the bad images met are left out of their batch and listed in the loader's
+    ``bad_images``."""
     dataset = ImageFolderDataset(split_dir, classes, skip_bad_images=skip_bad_images,
                                  transform=imagenet_transforms(train, image_size, resize, mean, std, flip))
     if indices is not None:
         dataset.samples = [dataset.samples[i] for i in indices]
-    return StreamingLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=workers,
-                           collate_fn=collate_listing_bad, pin_memory=pin_memory, generator=generator,
-                           drop_last=train if drop_last is None else drop_last, persistent_workers=workers > 0)
+    return StreamingLoader(dataset, batch_size=batch_size, sampler=EpochSampler(dataset, seed) if train else None,
+                           num_workers=workers, collate_fn=collate_listing_bad, pin_memory=pin_memory,
+                           generator=torch.Generator(),  # the workers' base seed: never the global generator
+                           drop_last=train if drop_last is None else drop_last,
+                           persistent_workers=train and workers > 0)

@@ -35,7 +35,7 @@ def train(
     Ctrl-C or SIGTERM: the step finishes, the run checkpoints and ``KeyboardInterrupt`` is raised.
     """
     trainer = Trainer(config, resume=resume, log=log)
-    state = trainer.state
+    state = TrainState(trainer)
     stop_reason: str | None = None
     try:
         with trainer.running():

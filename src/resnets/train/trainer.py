@@ -71,12 +71,20 @@ class RunResult:
 
 class TrainState:
     """What callbacks see after every optimiser step: a live view of the trainer. Set ``stop`` to checkpoint
-    and stop after this step (or, from an ``on_epoch`` callback, after this epoch)."""
+    and stop after this step (or, from an ``on_epoch`` callback, after this epoch). It refers to the trainer,
+    never the other way round, so a finished run is freed (and its loaders with it) without a garbage cycle."""
 
     def __init__(self, trainer: Trainer) -> None:
         self._trainer = trainer
-        self.stop = False
         self.extra: dict[str, Any] = {}
+
+    @property
+    def stop(self) -> bool:
+        return self._trainer.stop_requested
+
+    @stop.setter
+    def stop(self, value: bool) -> None:
+        self._trainer.stop_requested = bool(value)
 
     cfg = property(lambda self: self._trainer.cfg)
     run_dir = property(lambda self: self._trainer.run_dir)
@@ -168,7 +176,7 @@ class Trainer:
             (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         else:
             self.metrics = _MemoryMetrics()
-        self.state = TrainState(self)
+        self.stop_requested = False  # a callback's ``state.stop`` or a signal: checkpoint and stop
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.consistent = True  # False while a step is half done (no checkpoint then)
         self.train_size: int | None = None  # progressive resizing: this epoch's image size
@@ -188,7 +196,8 @@ class Trainer:
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
         """Ctrl-C/SIGTERM handled (finish the step, checkpoint, stop; a second Ctrl-C aborts at once) and the
-        progress bar shown while the run is driven; both put away, and the metrics files closed, however it ends."""
+        progress bar shown while the run is driven; both put away, the loaders' workers stopped and the metrics
+        files closed, however it ends."""
         from tqdm import tqdm
 
         from ..progress import progress_mode
@@ -203,6 +212,7 @@ class Trainer:
             yield
         finally:
             self.bar.close()
+            self.data.close()  # now, not at interpreter exit (persistent, pinned workers can hold it for seconds)
             self.metrics.close()
             if self.signals is not None:
                 self.signals.restore()
@@ -268,15 +278,15 @@ class Trainer:
     def bookkeep(self) -> bool:
         """After a step: read the device totals when due (the loop's only host sync; raises on a non-finite
         loss), time the step, write the step record when due. Whether a stop was agreed at this read."""
-        cfg, state, step = self.cfg, self.state, self.clock.step
+        cfg, step = self.cfg, self.clock.step
         if self.signals is not None and self.signals.requested:
-            state.stop = True
+            self.stop_requested = True
         log_due = step % cfg.log_every == 0 or self.finished
-        agreed = state.stop and not self.env.enabled  # several ranks: only the flag agreed at a read
+        agreed = self.stop_requested and not self.env.enabled  # several ranks: only the flag agreed at a read
         if log_due or agreed or self._stop_after_steps() or self.position.batch >= self.steps_per_epoch \
                 or (self.env.enabled and step % DIST_READ_EVERY == 0) \
                 or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-            agreed = self.read_totals(state.stop)
+            agreed = self.read_totals(self.stop_requested)
         self.meters.tick(self.clock.lap())
         self.bar.update(1)
         if log_due:
@@ -286,7 +296,7 @@ class Trainer:
     def stop_reason(self, agreed: bool) -> str | None:
         """Why the run stops after this step (``agreed`` at the last read, a callback's ``state.stop`` with one
         process, ``stop_after_steps``), or None to go on."""
-        if agreed or (self.state.stop and not self.env.enabled) or self._stop_after_steps():
+        if agreed or (self.stop_requested and not self.env.enabled) or self._stop_after_steps():
             requested = self.signals is not None and self.signals.requested
             return f"stopped ({self.signals.name if requested else 'on request'})"  # type: ignore[union-attr]
         return None
