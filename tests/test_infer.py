@@ -266,7 +266,7 @@ def test_explain_grad_cam_png(weights: Path, sample_images: list[str], tmp_path:
     out = tmp_path / "cam.png"
     exp = explain(weights, sample_images[0], out=out)
     assert exp.cam.shape == (32, 32) and exp.cam.min() >= 0 and exp.cam.max() == pytest.approx(1.0)
-    assert exp.layer == "layer3" and exp.class_name in CIFAR_CLASSES
+    assert exp.layer == "conv4_x" and exp.class_name in CIFAR_CLASSES  # the paper's name of layer3
     preds = predict(weights, sample_images[:1], topk=1, precision="fp32").predictions[0]
     assert exp.class_index == preds.labels[0][1]
     with Image.open(out) as im:
@@ -278,15 +278,61 @@ def test_explain_grad_cam_png(weights: Path, sample_images: list[str], tmp_path:
         explain(weights, sample_images[0], class_name="spaceship")
     assert main(["explain", "--weights", str(weights), sample_images[1], "--out", str(tmp_path / "b.png"),
                  "--class", "cat"]) == 0
-    assert "cat" in capsys.readouterr().out and (tmp_path / "b.png").is_file()
+    printed = capsys.readouterr().out
+    assert "cat" in printed and "Grad-CAM on conv4_x" in printed and (tmp_path / "b.png").is_file()
 
 
-def test_explain_imagenet_net_uses_layer4(tmp_path: Path, sample_images: list[str]) -> None:
+@pytest.fixture(scope="module")
+def prototype_weights(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> Path:
+    """``weights`` with a nearest-prototype head: class c points at the (centred) features of one sample training
+    image of class c, so the sample test images get different top-1 classes, most of them not class 0, with
+    probabilities far from 0 and 1."""
+    loaded = load_for_inference(weights)
+    model = loaded.model.eval()
+    train = extract_sample() / "train"
+    x = torch.stack([loaded.preprocess(read_rgb(sorted((train / c).iterdir())[0])) for c in CIFAR_CLASSES])
+    with torch.no_grad():
+        feats = model.forward_head(model.forward_features(x), pre_logits=True)
+        centred = feats - feats.mean(0)
+        w = centred / centred.norm(dim=1, keepdim=True) * 5.0
+        model.fc.weight.copy_(w)
+        model.fc.bias.copy_(-(w @ feats.mean(0)))
+    path = tmp_path_factory.mktemp("proto") / "r20-proto.safetensors"
+    save_weights(model, path, classes=CIFAR_CLASSES, normalization={"mean": list(loaded.mean), "std": list(loaded.std)})
+    return path
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_explain_explains_predicts_top1(prototype_weights: Path, sample_images: list[str], precision: str) -> None:
+    # Grad-CAM's class and probability are predict's top-1 on the same image and weights, image by image.
+    preds = predict(prototype_weights, sample_images, topk=1, batch_size=1, precision=precision).predictions
+    tops = [p.labels[0] for p in preds]
+    classes = {index for _, index, _ in tops}
+    assert len(classes) >= 3 and sum(index != 0 for _, index, _ in tops) >= 6, tops  # not one class, not class 0
+    for path, (name, index, prob) in zip(sample_images, tops, strict=True):
+        exp = explain(prototype_weights, path, precision=precision)
+        assert (exp.class_index, exp.class_name) == (index, name), path
+        assert exp.probability == pytest.approx(prob, abs=1e-5), path
+        assert 0.1 < prob < 0.99
+
+
+def test_explain_command_prints_predicts_top1(prototype_weights: Path, sample_images: list[str], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    image = sample_images[3]  # a bird; the prototype head does not call it class 0 (frog in fp32)
+    assert main(["predict", "--weights", str(prototype_weights), image, "--format", "json", "--topk", "1"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"][0]
+    assert top["index"] != 0
+    assert main(["explain", "--weights", str(prototype_weights), image, "--out", str(tmp_path / "cam.png")]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith(f"{image}: {top['label']} ({top['prob']:.1%}); Grad-CAM on conv4_x"), line
+
+
+def test_explain_imagenet_net_uses_conv5_x(tmp_path: Path, sample_images: list[str]) -> None:
     torch.manual_seed(0)
     path = tmp_path / "r18.safetensors"
     save_weights(create_model("resnet18", num_classes=10), path, classes=CIFAR_CLASSES)
     exp = explain(path, sample_images[0])
-    assert exp.layer == "layer4" and exp.cam.shape == (224, 224)
+    assert exp.layer == "conv5_x" and exp.cam.shape == (224, 224)  # layer4
 
 
 def test_export_onnx_dynamic_batch_matches_torch(weights: Path, tmp_path: Path,
