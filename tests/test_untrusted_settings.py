@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,14 @@ def test_data_specs_that_run_or_fetch_are_unsafe_from_a_file(spec: str) -> None:
 ])
 def test_local_data_specs_are_fine_from_a_file(spec: str) -> None:
     assert unsafe_reason("data", spec) is None
+
+
+@pytest.mark.parametrize("config, said", [
+    ({"bogus": 1}, "holds no resnets training config (unknown settings)"),
+    ({"data": 5}, "data must be text, not 5"),
+])
+def test_resume_refuses_a_saved_config_that_is_not_one(real_run: Path, in_tmp: Path, config: dict,
+                                                       said: str) -> None:
+    run = crafted(real_run, in_tmp / "run", **config)
+    with pytest.raises(UserError, match=re.escape(f"{run / 'last.pt'}") + r":? " + re.escape(said)):
+        resolve_config(resume=run)

@@ -405,9 +405,19 @@ def _saved_config(run_dir: Path, given: dict[str, Any]) -> dict[str, Any]:
     ``stop_after_steps``; UserError naming the first setting in ``given`` it cannot change but ``given`` does."""
     from .checkpoint import load_checkpoint
 
-    saved = TrainConfig(**load_checkpoint(run_dir / "last.pt")["config"])
+    path = run_dir / "last.pt"
+    settings = load_checkpoint(path).get("config")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not isinstance(settings, dict) or not settings.keys() <= names:
+        raise UserError(f"{path} holds no resnets training config (unknown settings); resume a run that "
+                        "resnets train wrote")
+    try:
+        check_types(settings)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
     # the run's folder is the one typed after --resume; its saved ``out`` is never used
-    check_file_settings(saved.to_dict(), run_dir / "last.pt", given={*given, "out"})
+    check_file_settings(settings, path, given={*given, "out"})
+    saved = TrainConfig(**settings)
     opts = options()
     for key in sorted(given.keys() - RESUMABLE):
         new, old = given[key], getattr(saved, key)
