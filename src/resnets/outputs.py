@@ -1,12 +1,16 @@
 """A command's outputs: where it will write, checked before its work starts (folders that can be made and
-written, files that are not folders and replace nothing unasked; the checks create nothing and leave nothing
-behind), and each file written atomically (:func:`atomic_write`)."""
+written, files that are not folders and replace nothing unasked, never one of the command's inputs, named with
+the extension of what they hold; the checks create nothing and leave nothing behind: :func:`plan_out` is the
+check every command runs on its ``--out``), and each file written atomically (:func:`atomic_write`)."""
 
 from __future__ import annotations
 
+import glob
 import os
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
@@ -31,6 +35,75 @@ def check_out_file(path: str | os.PathLike[str], *, replace: bool, flag: str = "
         raise UserError(f"{path} exists; give --force to replace it, or choose another {flag}")
     _check_writable(file.parent, f"{flag} {path}", flag)
     return file
+
+
+#: An input of a command: (its name in a message, e.g. "the --weights file"; its path, a glob, or None).
+Input = tuple[str, "str | os.PathLike[str] | None"]
+
+
+@dataclass(frozen=True)
+class PlannedOut:
+    """An ``--out`` that passed :func:`plan_out`: its path and, if missing, the folder above it, which writing
+    it will create (with any missing parents)."""
+
+    path: Path
+    creates: Path | None = None
+
+    def say_created(self, say: Callable[[str], object] | None = None) -> None:
+        """Say ``created folder X`` (on stderr by default) if the folder writing the output was to create
+        exists now."""
+        if self.creates is not None and self.creates.is_dir():
+            (say or (lambda line: print(line, file=sys.stderr)))(f"created folder {self.creates}")
+
+
+def plan_out(path: str | os.PathLike[str], *, folder: bool = False, inputs: Iterable[Input] = (),
+             suffixes: tuple[str, ...] = (), what: str = "output", replace: bool = True, flag: str = "--out",
+             may_hold_inputs: bool = False) -> PlannedOut:
+    """Check the output ``path`` before the work, in one line each (UserError): not one of ``inputs`` (the same
+    file by resolved path, or, for an input folder, nothing inside it; a ``folder`` output also holds none of
+    them unless ``may_hold_inputs``); a file output ends in one of ``suffixes`` (what it holds is ``what``);
+    and :func:`check_out_file` or :func:`check_out_dir`. Returns the path and the folder it will create."""
+    out = Path(path).expanduser()
+    for role, given in inputs:
+        for item in _input_paths(given):
+            _check_not_input(out, role, item, flag, folder and not may_hold_inputs)
+    if folder:
+        check_out_dir(out, flag=flag)
+    else:
+        check_out_file(out, replace=replace, flag=flag, suffix=suffixes[0] if suffixes else "")
+    if suffixes and not folder and not out.name.lower().endswith(tuple(s.lower() for s in suffixes)):
+        ends = " or ".join(suffixes)
+        raise UserError(f"{flag} {path}: {what} is written as {ends}, so the name must end in {ends} "
+                        f"(e.g. {out.with_suffix(suffixes[0]) if out.suffix else str(out) + suffixes[0]})")
+    return PlannedOut(out, None if out.parent.exists() else out.parent)
+
+
+def _input_paths(given: str | os.PathLike[str] | None) -> list[Path]:
+    """The existing paths an input names (a glob: its matches); none for what names no path (``sample``)."""
+    if given is None:
+        return []
+    text = os.path.expanduser(os.fspath(given))
+    if os.path.lexists(text):
+        return [Path(text)]
+    return [Path(m) for m in glob.glob(text, recursive=True)] if glob.has_magic(text) else []
+
+
+def _check_not_input(out: Path, role: str, item: Path, flag: str, refuse_holding: bool) -> None:
+    """UserError if writing ``out`` would replace or write into the input ``item``."""
+    out_abs, item_abs = out.resolve(), item.resolve()
+    same = out_abs == item_abs
+    if not same and out.exists():
+        try:
+            same = os.path.samefile(out, item)  # a hard link, or another name of the same file
+        except OSError:
+            same = False
+    if same:
+        raise UserError(f"{flag} {out} is {role} {item}, which this command reads; choose another {flag}")
+    if item_abs.is_dir() and out_abs.is_relative_to(item_abs):
+        raise UserError(f"{flag} {out} is inside {role} {item}, which this command reads; choose a {flag} "
+                        "outside it")
+    if refuse_holding and item_abs.is_relative_to(out_abs):
+        raise UserError(f"{flag} {out} holds {role} {item}, which this command reads; choose another {flag}")
 
 
 def _check_writable(folder: Path, what: str, flag: str) -> None:

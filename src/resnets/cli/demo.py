@@ -24,11 +24,11 @@ def run(args: argparse.Namespace) -> int:
         return rc
     from ..data import extract_sample
     from ..evaluate import evaluate
-    from ..outputs import check_out_dir
+    from ..outputs import plan_out
     from ..train import resolve_config, train
 
     out = getattr(args, "out", None) or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    check_out_dir(out)  # before the work
+    plan_out(out, folder=True)  # before the work
     print(f"\n== training resnet20 on the shipped CIFAR-10 sample ({args.epochs:g} epochs) ==")
     # batch 128 rather than the fast recipe's 512: 3,000 images give 23 steps an epoch, enough to learn in a minute
     result = train(resolve_config({"model": "resnet20", "data": "sample", "epochs": args.epochs, "batch_size": 128,

@@ -22,9 +22,12 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..infer.embed import embed
-    from ..outputs import check_out_file
+    from ..infer.loading import resolve_weights_path
+    from ..outputs import plan_out
 
-    check_out_file(args.out, replace=True, suffix=".safetensors")  # before the work
+    out = plan_out(args.out, inputs=[("the --weights file", resolve_weights_path(args.weights, args.model)),
+                                     *(("the input", p) for p in args.paths)],
+                   suffixes=(".safetensors", ".npz"), what="the index")  # before the work
 
     def report(path: str, message: str) -> None:
         print(f"resnets embed: skipped {path}: {message}", file=sys.stderr)
@@ -33,4 +36,5 @@ def run(args: argparse.Namespace) -> int:
                    precision=args.precision, on_failure=report, progress=not args.no_progress)
     print(f"wrote {len(result.paths)} x {result.vectors.shape[1]} embeddings ({result.meta['precision']}) "
           f"to {args.out}")
+    out.say_created()
     return 1 if result.failures else 0

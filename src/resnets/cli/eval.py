@@ -32,12 +32,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate
+    from ..infer.loading import resolve_weights_path
+    from ..outputs import plan_out
 
+    out = None
+    if args.out is not None:  # before the work; the report may sit beside the weights (the default)
+        out = plan_out(args.out, folder=True, may_hold_inputs=True,
+                       inputs=[("the --weights file", resolve_weights_path(args.weights, args.model)),
+                               ("the --data folder", args.data)])
     report = evaluate(args.weights, args.data, tta=args.tta, device=args.device, precision=args.precision,
                       batch_size=args.batch_size, out_dir=args.out, cache_dir=args.cache_dir,
                       skip_bad_images=args.skip_bad_images, workers=args.workers, max_images=args.max_images,
                       model_name=args.model, variant=args.variant, image_size=args.image_size,
                       progress=not args.no_progress)
+    if out is not None:
+        out.say_created()
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

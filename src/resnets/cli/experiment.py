@@ -65,9 +65,9 @@ def run_degradation_command(args: argparse.Namespace) -> int:
         parse_kinds,
         run_degradation,
     )
-    from ..outputs import check_out_dir
+    from ..outputs import plan_out
 
-    check_out_dir(args.out or DEFAULT_OUT)  # before the work
+    out = plan_out(args.out or DEFAULT_OUT, folder=True, inputs=[("the --data folder", args.data)])  # before the work
 
     opts = DegradationOptions(
         depths=parse_depths(args.depths), kinds=parse_kinds(args.kinds), data=args.data,
@@ -77,4 +77,5 @@ def run_degradation_command(args: argparse.Namespace) -> int:
         precision=args.precision, response_images=args.response_images, cache_dir=args.cache_dir, progress=not args.no_progress,
     )
     run_degradation(opts, log=lambda msg: print(msg, flush=True))
+    out.say_created()
     return 0

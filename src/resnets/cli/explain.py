@@ -19,10 +19,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..infer.explain import explain
-    from ..outputs import check_out_file
+    from ..infer.loading import resolve_weights_path
+    from ..outputs import plan_out
 
-    check_out_file(args.out, replace=True, suffix=".png")  # before the work
+    out = plan_out(args.out, inputs=[("the --weights file", resolve_weights_path(args.weights, args.model)),
+                                     ("the image", args.image)],
+                   suffixes=(".png",), what="the Grad-CAM overlay")  # before the work
 
     exp = explain(loaded_weights(args), args.image, out=args.out, class_name=args.class_name, model_name=args.model)
     print(f"{exp.path}: {exp.class_name} ({exp.probability:.1%}); Grad-CAM on {exp.layer} -> {exp.out}")
+    out.say_created()
     return 0

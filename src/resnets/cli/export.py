@@ -8,10 +8,15 @@ from .predict import add_weights_args, loaded_weights
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..infer.quantize import CALIBRATION_IMAGES, CHECK_IMAGES, MAX_REL_ERROR, MIN_AGREEMENT
-
     p = subparsers.add_parser("export", help="export to ONNX (optionally int8), TorchScript, Triton or Keras, "
                               "checked")
+    from ..infer.quantize import (  # imports torch
+        CALIBRATION_IMAGES,
+        CHECK_IMAGES,
+        MAX_REL_ERROR,
+        MIN_AGREEMENT,
+    )
+
     add_weights_args(p)
     p.add_argument("--format", choices=("onnx", "torchscript", "triton", "keras"), default="onnx",
                    help="output format: onnx, torchscript, triton (a Triton Inference Server model repository "
@@ -46,6 +51,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.calibration is not None and not args.int8:
         raise UserError("--calibration needs --int8")
+    out = None
+    if args.out is not None:  # before the work (a default name beside the weights is export's own choice)
+        from ..infer.loading import resolve_weights_path
+        from ..outputs import plan_out
+
+        suffixes, what = {"onnx": ((".onnx",), "an ONNX model"), "torchscript": ((".pt",), "a TorchScript model"),
+                          "keras": ((".keras",), "a Keras model"), "triton": ((), "")}[args.format]
+        out = plan_out(args.out, folder=args.format == "triton", suffixes=suffixes, what=what,
+                       inputs=[("the --weights file", resolve_weights_path(args.weights, args.model)),
+                               ("the --calibration folder", args.calibration)])
     try:
         result = export(loaded_weights(args), args.format, out=args.out, model_name=args.model, opset=args.opset,
                         int8=args.int8, calibration=args.calibration, calibration_images=args.calibration_images,
@@ -54,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     except ExportCheckError as exc:
         print(f"resnets export: check failed: {exc}", file=sys.stderr)
         return 1
+    if out is not None:
+        out.say_created()
     if result.int8 is not None:
         f = result.int8
         print(f"wrote {result.path} (int8); calibrated on {result.calibration_images} images from "

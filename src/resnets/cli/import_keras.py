@@ -33,9 +33,14 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"--classes {args.classes}: cannot read it ({exc.__class__.__name__})") from None
     out = args.out if args.out is not None else str(Path(args.model).with_suffix(".safetensors"))
+    from ..outputs import plan_out
+
+    planned = plan_out(out, inputs=[("the Keras model", args.model), ("the --classes file", args.classes)],
+                       suffixes=(".safetensors",), what="the weights", replace=args.force)  # before the work
     result = import_keras(args.model, out, normalization=args.normalization, classes=classes, force=args.force)
     print(f"read {result.describe()}")
     for note in result.notes:
         print(f"  {note}")
     print(f"wrote {out}")
+    planned.say_created()
     return 0

@@ -29,11 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data.shards import write_shards
-    from ..outputs import check_out_dir
+    from ..outputs import plan_out
 
-    check_out_dir(args.out)  # before the work
+    out = plan_out(args.out, folder=True, inputs=[("DIR", args.dir)])  # before the work
 
     write_shards(args.dir, args.out, max_count=args.max_count, max_bytes=max(1, int(args.max_size * 1e6)),
                  shuffle_seed=None if args.no_shuffle else args.seed, skip_bad_images=args.skip_bad_images,
                  progress=not args.no_progress)
+    out.say_created()
     return 0

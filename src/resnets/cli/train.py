@@ -142,6 +142,12 @@ def run(args: argparse.Namespace) -> int:
     if args.no_progress:
         typed["progress"] = False
     config = resolve_config(typed, recipe=args.recipe, config_file=args.config, resume=args.resume)
+    planned = None
+    if config.out and args.resume is None:  # a run folder holds none of what the run reads
+        from ..outputs import plan_out
+
+        planned = plan_out(config.out, folder=True, inputs=[("the --data folder", config.data), (
+            "the --init weights", config.init), ("the --config file", args.config)])
     # --json: stdout holds the JSON alone; the run's lines go to stderr
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     result = train(config, resume=args.resume, log=log)
@@ -149,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
 
     if launched_world()[0] != 0:  # under torchrun only rank 0 reports
         return 0
+    if planned is not None:
+        planned.say_created(log)
     if args.json:
         print(json.dumps({"run_dir": str(result.run_dir), "step": result.step, "final": result.final,
                           "best": result.best, "interrupted": result.interrupted}, indent=2))
