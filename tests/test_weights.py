@@ -260,3 +260,135 @@ def test_ambiguous_foreign_checkpoints_are_refused_with_the_keys_named(tmp_path:
     torch.save({"epoch": 1, "optimizer": {"state": {}, "param_groups": []}}, no_weights)
     with pytest.raises(UserError, match=r"optimizer_only\.pth holds no state dict \(keys: epoch, optimizer\)"):
         load_weights(model, no_weights)
+
+
+# ---- an untrusted weights file: bounded before anything is built or allocated -----------------------------
+
+
+def _craft(path: Path, tensors: dict[str, torch.Tensor], meta: dict | str) -> Path:
+    """A safetensors file holding ``tensors`` and the resnets metadata ``meta`` (a string is stored as is)."""
+    from safetensors.torch import save_file
+
+    raw = meta if isinstance(meta, str) else json.dumps(meta)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"resnets": raw})
+    return path
+
+
+def _resnet20_tensors() -> dict[str, torch.Tensor]:
+    return dict(create_model("resnet20").state_dict())
+
+
+def _one_line_error(call, match: str) -> str:
+    with pytest.raises(UserError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_a_spec_of_2049g_parameters_is_refused_in_one_line_before_anything_is_built(tmp_path: Path) -> None:
+    # resnet50 with 10^9 classes: 2,049 G parameters (the fc alone is 2048 x 10^9), over 8 TB as float32
+    huge = _craft(tmp_path / "huge.safetensors", _resnet20_tensors(),
+                  {"format_version": 1, "spec": {"name": "resnet50", "variant": "v1.5", "num_classes": 10**9}})
+    for call in (lambda: load_model(huge), lambda: read_metadata(huge)):
+        _one_line_error(call, r"huge.safetensors: its spec's num_classes 1000000000 is not a whole number from "
+                              r"1 to 100,000; the file is damaged or crafted")
+    deep = _craft(tmp_path / "deep.safetensors", _resnet20_tensors(),
+                  {"format_version": 1, "spec": {"name": "resnet50", "num_classes": 10, "blocks": [10**6] * 4}})
+    _one_line_error(lambda: load_model(deep), r"its spec's blocks \[1000000, .* are not four block counts from "
+                                              r"1 to 100")
+    for spec, match in (({"name": "resnet20", "in_chans": 10**6}, "in_chans 1000000 is not a whole number"),
+                        ({"name": "resnet20", "num_classes": True}, "num_classes True is not a whole number"),
+                        ({"name": "resnet20", "widths": [10**6] * 3}, "spec's widths is not a create_model option this "
+                                                                     "resnets bounds"),
+                        ({"name": "resnet20", "made_up": True}, r"unknown option\(s\) made_up for resnet20"),
+                        ({"name": ["resnet20"]}, "name .* is not a model name"),
+                        ([1, 2], "its spec is a list, not an object")):
+        bad = _craft(tmp_path / "bad.safetensors", _resnet20_tensors(), {"format_version": 1, "spec": spec})
+        _one_line_error(lambda: load_model(bad), match)  # noqa: B023 - called at once
+
+
+def test_a_spec_in_bounds_whose_tensors_differ_is_refused_before_real_memory_is_allocated(tmp_path: Path) -> None:
+    # resnet50 with 100,000 classes is 228 M parameters (913 MB as float32); the file holds a resnet20's 1 MB
+    crafted = _craft(tmp_path / "big.safetensors", _resnet20_tensors(),
+                     {"format_version": 1, "spec": {"name": "resnet50", "num_classes": 100_000}})
+    script = f"""
+import resnets
+load_model = resnets.load_model  # torch and resnets.weights imported before the baseline
+def kib(field):
+    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(field + ':'))
+before = kib('VmRSS')
+try:
+    load_model({str(crafted)!r})
+except resnets.UserError as exc:
+    print(exc)
+print((kib('VmHWM') - before) // 1024)
+"""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
+    message, grown_mib = run.stdout.strip().splitlines()
+    assert int(grown_mib) < 100, f"the peak RSS grew by {grown_mib} MiB: the spec's model was allocated"
+    assert message.endswith("big.safetensors: its tensors do not match its spec (name='resnet50', "
+                            "variant='v1.5', num_classes=100000): tensor conv1.weight is F32 (16, 3, 3, 3), the "
+                            "spec's is F32 (64, 3, 7, 7); the file is damaged or crafted"), message
+
+
+def test_the_first_tensor_that_differs_from_the_spec_is_named(tmp_path: Path) -> None:
+    meta = {"format_version": 1, "spec": {"name": "resnet20", "variant": "v1", "num_classes": 10}}
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in _resnet20_tensors().items()}
+    _one_line_error(lambda: load_model(_craft(tmp_path / "h.safetensors", half, meta)),
+                    r"h.safetensors: its tensors do not match its spec \(name='resnet20', variant='v1', "
+                    r"num_classes=10\): tensor conv1.weight is F16 \(16, 3, 3, 3\), the spec's is F32 \(16, 3, 3, 3\)")
+    wide = {**_resnet20_tensors(), "fc.weight": torch.zeros(12, 64), "fc.bias": torch.zeros(12)}
+    _one_line_error(lambda: load_model(_craft(tmp_path / "w.safetensors", wide, meta)),
+                    r"tensor fc.weight is F32 \(12, 64\), the spec's is F32 \(10, 64\)")
+    fewer = {k: v for k, v in _resnet20_tensors().items() if k != "layer3.2.bn2.running_var"}
+    _one_line_error(lambda: load_model(_craft(tmp_path / "f.safetensors", fewer, meta)),
+                    r"tensor layer3.2.bn2.running_var \(F32 \(64,\)\) is missing")
+    more = {**_resnet20_tensors(), "payload": torch.zeros(3)}
+    _one_line_error(lambda: load_model(_craft(tmp_path / "m.safetensors", more, meta)),
+                    r"tensor payload is not in the spec's model")
+
+
+def test_malformed_metadata_and_headers_are_one_line_errors(tmp_path: Path) -> None:
+    tensors = _resnet20_tensors()
+    cut = _craft(tmp_path / "cut.safetensors", tensors, '{"format_version": 1, "spec": {"name": "resn')
+    _one_line_error(lambda: load_model(cut), r"cut.safetensors: its resnets metadata is not valid JSON \(")
+    _one_line_error(lambda: read_metadata(cut), r"its resnets metadata is not valid JSON")
+    listed = _craft(tmp_path / "list.safetensors", tensors, "[1, 2]")
+    _one_line_error(lambda: load_model(listed), "its resnets metadata is a JSON list, not an object")
+    newer = _craft(tmp_path / "v9.safetensors", tensors, {"format_version": 9, "spec": {"name": "resnet20"}})
+    _one_line_error(lambda: load_model(newer), "resnets weights format 9 is not one this resnets reads")
+    good = {"format_version": 1, "spec": {"name": "resnet20", "variant": "v1", "num_classes": 10}}
+    for extra, match in (({"classes": ["a", "b"]}, "its classes are not one name per class"),
+                         ({"normalization": {"mean": [0.5], "std": "x"}}, "its normalization is not"),
+                         ({"trained": {"image_size": 10**6}}, "its trained image_size 1000000 is not a side from 1"),
+                         ({"trained": {"fit_images": "32"}}, "its trained fit_images 32 is not a side")):
+        bad = _craft(tmp_path / "bad.safetensors", tensors, {**good, **extra})
+        _one_line_error(lambda: load_model(bad), match)  # noqa: B023 - called at once
+    ok = _craft(tmp_path / "ok.safetensors", tensors, {**good, "trained": {"image_size": None, "fit_images": 64}})
+    assert load_model(ok).num_classes == 10
+
+    def raw_file(name: str, header: bytes, data: bytes = b"") -> Path:
+        path = tmp_path / name
+        path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+        return path
+
+    claims = tmp_path / "claims.safetensors"
+    claims.write_bytes((1 << 40).to_bytes(8, "little") + b'{"x": 1}')  # a header of 1 TiB
+    _one_line_error(lambda: load_model(claims), r"its header claims 1,099,511,627,776 bytes, over the limit of "
+                                                r"16,777,216")
+    _one_line_error(lambda: load_weights(create_model("resnet20"), claims), "its header claims")
+    _one_line_error(lambda: load_model(raw_file("j.safetensors", b'{"a": [1, 2')), "its header is not valid JSON")
+    _one_line_error(lambda: load_model(raw_file("n.safetensors", b"[" * 100_000 + b"]" * 100_000)),
+                    "its header is not valid JSON")
+    outside = b'{"w": {"dtype": "F32", "shape": [1000000000], "data_offsets": [0, 4000000000]}}'
+    _one_line_error(lambda: load_model(raw_file("o.safetensors", outside, b"\0" * 16)),
+                    r"tensor w has data offsets \[0, 4000000000\] outside the file's 16 bytes of data")
+    _one_line_error(lambda: load_weights(create_model("resnet20"), raw_file("o.safetensors", outside, b"\0" * 16)),
+                    "outside the file's 16 bytes")
+    short = b'{"w": {"dtype": "F32", "shape": [8], "data_offsets": [0, 16]}}'
+    _one_line_error(lambda: load_model(raw_file("s.safetensors", short, b"\0" * 16)),
+                    r"tensor w holds 16 bytes, not the 32 its F32 shape \(8,\) needs")

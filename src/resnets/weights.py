@@ -4,21 +4,29 @@ A file written by ``save_weights`` rebuilds its model alone (``load_model``). ``
 resnets, torchvision and timm weights, training checkpoints, plain state dicts and the forms CIFAR
 repositories publish (``linear.`` head, no ``num_batches_tracked``); pickled files are read with
 ``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers.
+
+A file is untrusted until checked: ``read_metadata`` reads only the safetensors header (at most
+:data:`MAX_HEADER_BYTES`), checks every tensor's dtype, shape and offsets against the file's size, and bounds
+every spec value (:data:`SPEC_LIMITS`); ``load_model`` builds the spec on the meta device and compares its
+tensor names, shapes and dtypes with the header's before any real memory is allocated.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
+import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .errors import UserError
 from .models import ResNetBase, create_model
@@ -31,6 +39,22 @@ _PREFIXES = ("module.", "_orig_mod.", "model.")
 _MAX_NESTING = 3
 _COUNTER = "num_batches_tracked"
 _OLD_PREACT_BN = "layer1.0.bn1."  # only earlier pre-activation nets have it; see load_weights
+
+#: Largest safetensors header read, in bytes: names, dtypes, shapes and the metadata (class names included).
+MAX_HEADER_BYTES = 16 << 20
+#: Bounds on what a weights file's spec and metadata may ask for: classes, input channels, blocks per stage of
+#: an ImageNet net (``blocks=``; resnet152 has 36), and the side of the input it was trained at.
+SPEC_LIMITS = {"num_classes": 100_000, "in_chans": 1024, "blocks": 100, "input_size": 4096}
+#: The spec keys checked one by one (type and bound); any other key may only hold true/false or a short name
+#: (``create_model`` refuses an option it does not know), so a new numeric option needs its bound here.
+_SPEC_KEYS = {"name", "variant", "num_classes", "shortcut", "zero_init_residual", "in_chans", "blocks",
+              "tf_padding"}
+#: safetensors dtype names and their sizes in bytes.
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_TORCH_DTYPES = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16",
+                 torch.float16: "F16", torch.bfloat16: "BF16", torch.int32: "I32", torch.float32: "F32",
+                 torch.int64: "I64", torch.float64: "F64"}
 
 
 def save_weights(
@@ -65,27 +89,214 @@ def save_weights(
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The resnets metadata of a safetensors file written by ``save_weights``."""
+    """The resnets metadata of a safetensors file written by ``save_weights``, checked (see the module doc)."""
     path = _existing(path)
+    return _metadata(read_header(path), path)
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The safetensors header of ``path`` (``{name: {"dtype", "shape", "data_offsets"}, "__metadata__": ...}``),
+    read without the tensor data and checked: at most :data:`MAX_HEADER_BYTES`, every tensor inside the file
+    with the byte size its dtype and shape imply. UserError, in one line, for anything else."""
+    path = _existing(path)
+    bad = f"{path} is not a readable safetensors file"
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            raw = (fh.metadata() or {}).get(METADATA_KEY)
-    except (SafetensorError, OSError) as exc:
-        raise UserError(f"{path} is not a readable safetensors file ({exc})") from None
+        with open(path, "rb") as fh:
+            prefix = fh.read(8)
+            if len(prefix) < 8:
+                raise UserError(f"{bad} (shorter than its 8-byte header length)")
+            (size,) = struct.unpack("<Q", prefix)
+            if size > MAX_HEADER_BYTES:
+                raise UserError(f"{bad}: its header claims {size:,} bytes, over the limit of {MAX_HEADER_BYTES:,} "
+                                "(resnets.weights.MAX_HEADER_BYTES); the file is damaged or crafted")
+            raw = fh.read(size)
+            file_size = os.fstat(fh.fileno()).st_size
+    except OSError as exc:
+        raise UserError(f"{bad} ({exc})") from None
+    if len(raw) < size:
+        raise UserError(f"{bad}: its {size:,}-byte header is cut short; the file is incomplete")
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise UserError(f"{bad}: its header is not valid JSON ({_first_line(exc)})") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{bad}: its header is a JSON {type(header).__name__}, not an object")
+    data_bytes = file_size - 8 - size
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise UserError(f"{bad}: its __metadata__ is not a mapping of strings")
+            continue
+        problem = _entry_problem(entry, data_bytes)
+        if problem:
+            raise UserError(f"{bad}: tensor {_short(name)} {problem}; the file is damaged or crafted")
+    return header
+
+
+def _entry_problem(entry: Any, data_bytes: int) -> str | None:
+    """Why a header entry is not a tensor lying inside ``data_bytes`` bytes of data, or None."""
+    if not isinstance(entry, dict):
+        return "is not described by an object"
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or not isinstance(shape, list) or not all(
+            type(d) is int and d >= 0 for d in shape):
+        return "has no valid dtype and shape"
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_bytes):
+        return f"has data offsets {_short(offsets)} outside the file's {data_bytes:,} bytes of data"
+    if dtype in _DTYPE_BYTES and offsets[1] - offsets[0] != math.prod(shape) * _DTYPE_BYTES[dtype]:
+        return f"holds {offsets[1] - offsets[0]:,} bytes, not the {math.prod(shape) * _DTYPE_BYTES[dtype]:,} " \
+               f"its {dtype} shape {tuple(shape)} needs"
+    return None
+
+
+def _metadata(header: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The checked resnets metadata in ``header``; UserError in one line if it is missing or malformed."""
+    raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
     if raw is None:
         raise UserError(f"{path} has no resnets metadata; build the model with create_model(...) "
                         "and load it with load_weights(model, path)")
-    return json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise UserError(f"{path}: its resnets metadata is not valid JSON ({_first_line(exc)}); the file is "
+                        "damaged or was not written by resnets") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: its resnets metadata is a JSON {type(meta).__name__}, not an object")
+    version = meta.get("format_version")
+    if type(version) is not int or version > FORMAT_VERSION:
+        raise UserError(f"{path}: resnets weights format {_short(version)} is not one this resnets reads "
+                        f"(format {FORMAT_VERSION}); upgrade resnets or write the file again")
+    problem = spec_problem(meta.get("spec")) or _card_problem(meta)
+    if problem:
+        raise UserError(f"{path}: {problem}; the file is damaged or crafted")
+    return meta
+
+
+def spec_problem(spec: Any) -> str | None:
+    """Why ``spec`` (a weights file's ``create_model`` arguments) is not one to build, or None: known keys only,
+    each of its type and within :data:`SPEC_LIMITS`."""
+    if not isinstance(spec, dict):
+        return f"its spec is a {type(spec).__name__}, not an object of create_model arguments"
+    loose = [k for k in spec if k not in _SPEC_KEYS and not (
+        type(spec[k]) is bool or isinstance(spec[k], str) and len(spec[k]) <= 64)]
+    if loose:
+        return (f"its spec's {_short(str(loose[0]))} is not a create_model option this resnets bounds (numbers and "
+                "lists are read only for " + ", ".join(sorted(_SPEC_KEYS - {"name", "variant"})) + ")")
+    if not isinstance(spec.get("name"), str) or len(spec["name"]) > 64:
+        return f"its spec's name {_short(spec.get('name'))} is not a model name"
+    if not isinstance(spec.get("variant", ""), str) or len(spec.get("variant", "")) > 64:
+        return f"its spec's variant {_short(spec.get('variant'))} is not a variant name"
+    for key, low in (("num_classes", 1), ("in_chans", 1)):
+        value, high = spec.get(key, low), SPEC_LIMITS[key]
+        if type(value) is not int or not low <= value <= high:
+            return f"its spec's {key} {_short(value)} is not a whole number from {low} to {high:,}"
+    blocks = spec.get("blocks", [1, 1, 1, 1])
+    if not isinstance(blocks, list) or len(blocks) != 4 or not all(
+            type(b) is int and 1 <= b <= SPEC_LIMITS["blocks"] for b in blocks):
+        return f"its spec's blocks {_short(blocks)} are not four block counts from 1 to {SPEC_LIMITS['blocks']}"
+    if not isinstance(spec.get("shortcut", ""), str) or type(spec.get("zero_init_residual", False)) is not bool:
+        return "its spec's shortcut is not a name or its zero_init_residual not true/false"
+    tf = spec.get("tf_padding", False)
+    if not (type(tf) is bool or isinstance(tf, list) and len(tf) <= 3 and all(isinstance(p, str) for p in tf)):
+        return f"its spec's tf_padding {_short(tf)} is not true/false or a list of places"
+    return None
+
+
+def _card_problem(meta: dict[str, Any]) -> str | None:
+    """Why the metadata's classes, normalisation or training sizes are malformed or out of bounds, or None."""
+    classes, norm = meta.get("classes"), meta.get("normalization")
+    if classes is not None and (not isinstance(classes, list) or len(classes) != meta["spec"].get("num_classes")
+                                or not all(isinstance(c, str) for c in classes)):
+        return "its classes are not one name per class"
+    if norm is not None:
+        if not isinstance(norm, dict) or not all(
+                isinstance(norm.get(k), list) and 1 <= len(norm[k]) <= SPEC_LIMITS["in_chans"] and all(
+                    type(v) in (int, float) and math.isfinite(v) for v in norm[k]) for k in ("mean", "std")) \
+                or len(norm["mean"]) != len(norm["std"]):
+            return "its normalization is not a mean and a std of finite numbers, one per channel"
+    trained = meta.get("trained")
+    if trained is not None and not isinstance(trained, dict):
+        return "its training record is not an object"
+    for key in ("image_size", "fit_images"):
+        value = (trained or {}).get(key)
+        if value is not None and (type(value) is not int or not 1 <= value <= SPEC_LIMITS["input_size"]):
+            return f"its trained {key} {_short(value)} is not a side from 1 to {SPEC_LIMITS['input_size']}"
+    return None
 
 
 def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> ResNetBase:
-    """Rebuild a model from a ``save_weights`` file alone, its card's ``classes`` and ``normalization`` set."""
-    meta = read_metadata(path)
-    model = create_model(**meta["spec"])
-    load_weights(model, path)
+    """Rebuild a model from a ``save_weights`` file alone, its card's ``classes`` and ``normalization`` set.
+
+    The spec is built on the meta device first and its tensors' names, shapes and dtypes compared with the
+    file's header; only a file that matches is read into memory (a mismatch names the first tensor that differs).
+    """
+    path = _existing(path)
+    header = read_header(path)
+    meta = _metadata(header, path)
+    model = _skeleton(meta["spec"])
+    _check_tensors(model, header, path)
+    state = _load_file(path)
+    model = model.to_empty(device="cpu")  # fresh, aligned memory, as a model built on the CPU has
+    model.load_state_dict(state, strict=True)
     model.card.classes = meta.get("classes")
     model.card.normalization = meta.get("normalization")
     return model.to(device).eval()
+
+
+class _NoRandomInit(TorchFunctionMode):
+    """Skips the random initialisers (``normal_``, ``kaiming_uniform_``, ...): on the meta device they have no
+    values to fill, and ``normal_`` there would import torch's compiler stack (~3 s, 150+ MB, once per process)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "").endswith(("normal_", "uniform_")):
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+def _skeleton(spec: dict[str, Any]) -> ResNetBase:
+    """``create_model(**spec)`` on the meta device: every tensor's shape and dtype, no memory for their values."""
+    with torch.device("meta"), _NoRandomInit():
+        return create_model(**spec)
+
+
+def _check_tensors(model: ResNetBase, header: dict[str, Any], path: Path) -> None:
+    """UserError naming the first tensor whose name, shape or dtype differs between ``model`` and ``header``."""
+    held = {k: v for k, v in header.items() if k != "__metadata__"}
+    spec = model.card.spec
+    for key, tensor in model.state_dict().items():
+        entry = held.get(key)
+        want = f"{_TORCH_DTYPES.get(tensor.dtype, tensor.dtype)} {tuple(tensor.shape)}"
+        if entry is None:
+            problem = f"tensor {key} ({want}) is missing"
+        elif entry["dtype"] != _TORCH_DTYPES.get(tensor.dtype) or tuple(entry["shape"]) != tuple(tensor.shape):
+            problem = f"tensor {key} is {entry['dtype']} {tuple(entry['shape'])}, the spec's is {want}"
+        else:
+            continue
+        raise UserError(f"{path}: its tensors do not match its spec ({_spec_text(spec)}): {problem}; the file is "
+                        "damaged or crafted")
+    own = model.state_dict()
+    extra = [k for k in held if k not in own]
+    if extra and spec.get("variant") == "preact" and all(k.startswith(_OLD_PREACT_BN) for k in extra):
+        raise UserError(_old_preact_message(str(spec["name"])))
+    if extra:
+        raise UserError(f"{path}: its tensors do not match its spec ({_spec_text(spec)}): tensor "
+                        f"{_short(extra[0])} is not in the spec's model{f' (+{len(extra) - 1} more)' if len(extra) > 1 else ''}; "
+                        "the file is damaged or crafted")
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file whose header :func:`read_header` has checked."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"{path} is not a readable safetensors file ({_first_line(exc)})") from None
+
+
+def _spec_text(spec: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in spec.items())
 
 
 def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -101,7 +312,8 @@ def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[
     else:
         path = _existing(source)
         if _is_safetensors(path):
-            obj = load_file(str(path))
+            read_header(path)  # bounded and checked before the tensors are read
+            obj = _load_file(path)
         else:
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -149,10 +361,7 @@ def load_weights(
     name = card.name if card is not None and card.name else type(model).__name__
     if card is not None and card.variant == "preact" and unexpected and not missing and not shapes and all(
             k.startswith(_OLD_PREACT_BN) for k in unexpected):
-        raise UserError(f"weights do not fit {name}: they hold {_OLD_PREACT_BN[:-1]}, the extra BN-ReLU that "
-                        "earlier resnets pre-activation nets had in their first unit; the paper's net (this one) "
-                        "uses the stem's BN-ReLU there, and the extra one cannot be folded into conv1 exactly "
-                        "(a ReLU follows it), so these weights need retraining")
+        raise UserError(_old_preact_message(name))
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -162,9 +371,20 @@ def load_weights(
         if shapes:
             parts.append("shape mismatch: " + _some(
                 [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shapes]))
+        if "conv1.0.weight" in unexpected or any(k.endswith("downsample.1.weight") and state[k].ndim == 4
+                                                 for k in shapes):  # timm's deep stem, avg-pool shortcuts
+            parts.append("these look like ResNet-D weights (timm's resnet50d): load them with --variant d "
+                         "(create_model(name, variant='d'))")
         raise UserError(f"weights do not fit {name}: " + "; ".join(parts))
     model.load_state_dict(state, strict=not reinit_head)
     return model
+
+
+def _old_preact_message(name: str) -> str:
+    return (f"weights do not fit {name}: they hold {_OLD_PREACT_BN[:-1]}, the extra BN-ReLU that "
+            "earlier resnets pre-activation nets had in their first unit; the paper's net (this one) "
+            "uses the stem's BN-ReLU there, and the extra one cannot be folded into conv1 exactly "
+            "(a ReLU follows it), so these weights need retraining")
 
 
 def _unwrap(obj: Any, where: str) -> dict[str, torch.Tensor]:
@@ -236,6 +456,17 @@ def _existing(path: str | os.PathLike[str]) -> Path:
     if not p.is_file():
         raise UserError(f"weights file not found: {p}")
     return p
+
+
+def _short(value: Any, n: int = 80) -> str:
+    """``repr(value)`` cut to ``n`` characters (a crafted file's values can be any length)."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:160]
 
 
 def _some(items: list[str], n: int = 5) -> str:
