@@ -132,7 +132,8 @@ def test_refused_run_leaves_no_folder(tmp_path: Path, capsys: pytest.CaptureFixt
     run = tmp_path / "run"
     assert main(["train", "--data", "sample", "--train-images", "16", "--batch-size", "32", "--epochs", "1",
                  "--no-progress", "--device", "cpu", "--precision", "fp32", "--out", str(run)]) == 2
-    assert "the training set is smaller than one batch (32)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is smaller than one batch (32); give a smaller --batch-size" in err and "16 train" in err
     assert not run.exists()
     data = make_folder(tmp_path / "big", {"train": 2, "val": 1}, side=80, classes=("c0", "c1"))
     assert main(["train", "--data", str(data), "--model", "resnet18", "--set", "resize_from=16", "--batch-size", "2",

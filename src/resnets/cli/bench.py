@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--agreement-images", type=int, default=256,
                    help="real images for top-1 agreement and logits error (default 256)")
     q.add_argument("--images", default=None, metavar="DIR",
-                   help="folder of real images (default: /work/shared/data/cifar10-jpeg/test, else the sample)")
+                   help="folder of real images (default: the shipped sample's 1,000 test images)")
     q.add_argument("--compile", action="store_true", help="also time the torch.compile'd fast path")
     q.add_argument("--no-onnx", action="store_true", help="skip onnxruntime (float32 and int8)")
     q.add_argument("--no-int8", action="store_true", help="skip onnxruntime int8")
@@ -30,8 +30,9 @@ def run_infer(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from ..infer.bench import bench_infer, format_report
+    from ..infer.bench import bench_infer, format_report, images_root
 
+    images_root(args.images)  # a wrong --images fails now, not after the set-up
     report = bench_infer(args.model, args.batch, args.iters, warmup=args.warmup,
                          agreement_images=args.agreement_images, images=args.images, compile=args.compile,
                          onnx=not args.no_onnx, int8=not args.no_int8, int8_calibration=args.int8_calibration,

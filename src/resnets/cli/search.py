@@ -11,7 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("queries", nargs="+", metavar="QUERY", help="query images (files, folders, globs)")
     p.add_argument("--topk", type=int, default=5, help="results per query (default 5)")
     p.add_argument("--weights", default=None, metavar="FILE",
-                   help="weights to embed the queries with (default: the ones the index records)")
+                   help="weights file or run folder to embed the queries with (default: the ones the index "
+                   "records)")
     p.add_argument("--model", default=None, metavar="NAME", help="architecture of a foreign .pth")
     p.add_argument("--method", choices=("auto", "exact", "ann"), default="auto",
                    help="auto: exact, unless 50k+ gallery images meet 20k+ queries and faiss is installed")
@@ -24,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..infer.embed import search
+    from ..infer.loading import resolve_weights_path
 
     failed: list[str] = []
 
@@ -31,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
         failed.append(path)
         print(f"resnets search: skipped {path}: {message}", file=sys.stderr)
 
-    results = search(args.index, args.queries, topk=args.topk, weights=args.weights, model_name=args.model,
+    # a run folder, as every command takes it: its best weights
+    weights = None if args.weights is None else str(resolve_weights_path(args.weights, args.model))
+    results = search(args.index, args.queries, topk=args.topk, weights=weights, model_name=args.model,
                      method=args.method, on_failure=report)
     if args.format == "json":
         json.dump([{"query": r.query, "hits": [{"path": h.path, "score": round(h.score, 6)} for h in r.hits]}

@@ -187,7 +187,8 @@ def train_config(name: str, settings: dict[str, Any], n_train: int, run_dir: Pat
     batch = settings["batch_size"]
     steps_per_epoch = n_train // batch
     if steps_per_epoch < 1:
-        raise UserError(f"the training set ({n_train} images) is smaller than one batch ({batch})")
+        raise UserError(f"the training set ({n_train} images) is smaller than one batch ({batch}); give a "
+                        f"smaller --batch-size (at most {n_train})")
     overrides: dict[str, Any] = {
         "model": name, "data": settings["data"], "train_images": settings["train_images"] or None,
         "test_images": settings["test_images"] or None, "out": str(run_dir), "seed": settings["seed"],

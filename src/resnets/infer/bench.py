@@ -29,8 +29,6 @@ from ..hardware import cpu_has_native_bf16, cpu_name
 from .fastpath import FastModel
 from .loading import LoadedModel, preprocess
 
-SHARED_IMAGES = Path("/work/shared/data/cifar10-jpeg/test")
-
 
 @dataclass
 class PathResult:
@@ -79,20 +77,27 @@ class BenchReport:
         return {**asdict(self), "floor_images_per_s": self.floor_images_per_s}
 
 
+def images_root(folder: str | os.PathLike[str] | None) -> Path:
+    """The folder real images come from: ``folder``, or the shipped sample's test split; UserError if
+    ``folder`` is not a folder."""
+    if folder is None:
+        from ..data import extract_sample
+
+        return extract_sample() / "test"
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise UserError(f"--images {folder} is not a folder; give a folder of images, or leave --images out "
+                        "for the shipped sample's test images")
+    return root
+
+
 def real_images(count: int, size_family: str, folder: str | os.PathLike[str] | None = None) -> tuple[torch.Tensor, str]:
-    """``count`` real images (spread over the folder's classes), preprocessed for ``size_family``."""
+    """``count`` real images (spread over the folder's classes) from :func:`images_root` of ``folder``,
+    preprocessed for ``size_family``."""
     from ..data import read_rgb
     from ..data.images import is_image_file
 
-    if folder is None:
-        if SHARED_IMAGES.is_dir():
-            root = SHARED_IMAGES
-        else:
-            from ..data import extract_sample
-
-            root = extract_sample() / "test"
-    else:
-        root = Path(folder)
+    root = images_root(folder)
     files = sorted(str(p) for p in root.rglob("*") if p.is_file() and is_image_file(p))
     if not files:
         raise UserError(f"no images under {root}")

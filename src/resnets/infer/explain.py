@@ -1,4 +1,8 @@
-"""Grad-CAM (Selvaraju et al. 2017) on a ResNet's last stage, drawn as a heat map over the image."""
+"""Grad-CAM (Selvaraju et al. 2017) on a ResNet's last stage, drawn as a heat map over the image.
+
+The stage is named as in the paper's Table 1 and everywhere else in resnets: ``conv5_x`` for ImageNet nets,
+``conv4_x`` for CIFAR nets (the modules ``layer4`` and ``layer3``).
+"""
 
 from __future__ import annotations
 
@@ -24,17 +28,19 @@ class Explanation:
     probability: float
     cam: np.ndarray
     image: np.ndarray  # H x W x 3 uint8: the network's view of the image (resized, cropped)
-    layer: str
+    layer: str  # the stage explained, by the paper's name: conv5_x (CIFAR nets: conv4_x)
     out: str | None = None
 
 
 def grad_cam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """``(cam, logits, layer)`` for a 1 x 3 x H x W input: the last stage's activations weighted by the mean
-    gradient of the class score (predicted class by default), ReLU'd, upsampled to H x W, scaled to 0..1."""
-    layer = model.stage_names[-1]
+    """``(cam, logits, stage)`` for a 1 x 3 x H x W input: the last stage's activations weighted by the mean
+    gradient of the class score (predicted class by default), ReLU'd, upsampled to H x W, scaled to 0..1;
+    ``stage`` is the paper's name of that stage (``conv5_x``, CIFAR nets ``conv4_x``)."""
+    stages = model.stage_names
+    layer = f"conv{len(stages) + 1}_x"
     feats: list[torch.Tensor] = []
-    handle = getattr(model, layer).register_forward_hook(lambda _m, _i, out: feats.append(out))
+    handle = getattr(model, stages[-1]).register_forward_hook(lambda _m, _i, out: feats.append(out))
     try:
         with torch.enable_grad():
             x = x.detach().requires_grad_(False)

@@ -44,6 +44,17 @@ def frozen_stages(freeze: Sequence[str], freeze_epochs: int, linear_probe: bool,
     return frozenset(freeze)
 
 
+def freeze_summary(model: ResNetBase, frozen: frozenset[str]) -> str:
+    """One line: the ``frozen`` stages, bottom up, and how many of the model's parameters still train."""
+    stages = stage_modules(model)
+    names = [name for name in stages if name in frozen]
+    trains = sum(p.numel() for name, modules in stages.items() if name not in frozen
+                 for module in modules for p in module.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    return (f"frozen {', '.join(names)} (weights and BN statistics kept): {trains:,} of {total:,} parameters "
+            f"train ({trains / total:.1%})")
+
+
 def lr_factors(model: ResNetBase, backbone_lr_mult: float | None, lr_stage_decay: float | None
                ) -> dict[nn.Parameter, float]:
     """Each parameter's factor on the learning rate: 1 for the head; ``backbone_lr_mult`` for every stage below

@@ -67,6 +67,15 @@ class LRSchedule:
                    milestones=[round(m * unit) for m in cfg.milestones], gamma=cfg.gamma,
                    warmup_steps=warmup_steps, warmup_lr=cfg.warmup_lr, final_lr_fraction=cfg.final_lr_fraction)
 
+    def warmup_note(self) -> str | None:
+        """One line if the run ends before its warm-up does (its LR only rises, and never decays), else None."""
+        if self.total_steps < 1 or self.warmup_steps < self.total_steps:
+            return None
+        last = self(self.total_steps - 1)
+        return (f"the run ({self.total_steps} steps) is no longer than its warm-up ({self.warmup_steps} steps): it "
+                f"ends at the warm-up's learning rate {last:.3g} (peak {self.lr:.3g}) and the {self.kind} schedule "
+                "never decays it; train longer (--epochs, --iterations) or shorten the warm-up (--set warmup=N)")
+
     def __call__(self, step: int) -> float:
         """The LR for the update that ends step ``step + 1`` (``step`` counts updates already made)."""
         if self.kind == "onecycle":

@@ -33,7 +33,7 @@ from ..runtime import autocast_context, choose_precision, resolve_device, seed_e
 from . import distributed as D
 from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from .config import RESUMABLE, TrainConfig, check_file_settings
-from .finetune import frozen_stages
+from .finetune import freeze_summary, frozen_stages
 from .metrics import MetricsLogger
 from .optim import LRSchedule
 from .parts import DataPosition, Meters, Network, Optimization, RunClock, Window, total_steps_of
@@ -143,7 +143,8 @@ class Trainer:
                                           world_size=env.world_size, is_main=env.is_main, normalization=norm)
         self.steps_per_epoch = len(self.data.train)
         if self.steps_per_epoch == 0:
-            raise UserError(f"the training set is smaller than one batch ({cfg.batch_size})")
+            raise UserError(f"the training set ({self.data.description}) is smaller than one batch "
+                            f"({cfg.batch_size}); give a smaller --batch-size")
         if cfg.resize_from is not None and not self.data.train.resizable:
             raise UserError("resize_from (progressive resizing) works with small images held in memory (CIFAR, "
                             "small-image folders), not with streamed data; drop it")
@@ -152,6 +153,8 @@ class Trainer:
         self.network = Network(cfg, self.data.classes, env, self.data.train.full_size, init=init, log=self.log)
         self.family = model_family(cfg.model)
         self.optim = Optimization(cfg, self.network.model, self.total_steps, self.steps_per_epoch)
+        if (note := self.optim.schedule.warmup_note()) is not None:
+            self.log(note)
         self.position = DataPosition(self.data.generator, cfg.seed)
         guard = MAX_SKIPPED_STEPS if self.network.scaler is not None else 1
         self.meters = Meters(env.device, guard_streak=guard)
@@ -231,6 +234,8 @@ class Trainer:
         if self.network.frozen and frozen < self.network.frozen:
             self.log(f"epoch {epoch + 1}: unfreezing {', '.join(sorted(self.network.frozen - frozen))}"
                      f"{' (' + ', '.join(sorted(frozen)) + ' stay frozen)' if frozen else ''}")
+        elif frozen and frozen != self.network.frozen:
+            self.log(f"epoch {epoch + 1}: {freeze_summary(self.network.model, frozen)}")
         self.network.set_frozen(frozen)
         self.network.train_mode()
         self.bar.set_description(f"epoch {epoch + 1}/{self.num_epochs}")
