@@ -99,6 +99,7 @@ def create_app(settings: ServeSettings, loaded: LoadedModel | Engine | None = No
     state.engine = None
     state.batcher = None
     state.ready = False
+    app.add_middleware(InternalErrors)  # inside the metrics, which count its 500s
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _add_error_handlers(app)
     auth = [Depends(_key_check(api_key))]
@@ -261,8 +262,47 @@ def _key_check(api_key: str | None) -> Any:
 
 def _error(request: Request, status: int, text: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The error body: ``{"detail": text}``, or ``{"error": text}`` on the KServe v2 routes."""
-    key = "error" if request.url.path.startswith("/v2") else "detail"
+    return _error_at(request.url.path, status, text, headers)
+
+
+def _error_at(path: str, status: int, text: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    key = "error" if path.startswith("/v2") else "detail"
     return JSONResponse({key: text}, status_code=status, headers=headers)
+
+
+def internal_error(method: str, path: str, exc: BaseException) -> JSONResponse:
+    """A 500 that says only where to look: the exception's text goes to the server's log with a reference,
+    never to the client (it can hold paths, library internals, other requests' data)."""
+    reference = uuid.uuid4().hex[:12]
+    LOG.error("internal error %s on %s %s", reference, method, path, exc_info=exc)
+    return _error_at(path, 500, f"internal error (reference {reference}); the server's log has the details")
+
+
+class InternalErrors:
+    """ASGI middleware answering an unexpected exception with :func:`internal_error`, as a normal response:
+    Starlette's own handler for ``Exception`` raises it again after answering, and uvicorn then closes the
+    keep-alive connection under the client's next request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if started:  # too late for another answer
+                raise
+            await internal_error(scope.get("method", ""), scope.get("path", ""), exc)(scope, receive, send)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -284,9 +324,5 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def crashed(request: Request, exc: Exception) -> JSONResponse:
-        """A 500 that says only where to look: the exception's text goes to the server's log, never to the
-        client (it can hold paths, library internals, other requests' data)."""
-        reference = uuid.uuid4().hex[:12]
-        LOG.error("internal error %s on %s %s", reference, request.method, request.url.path, exc_info=exc)
-        return _error(request, 500, f"internal error (reference {reference}); the server's log has the details")
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:  # outside InternalErrors: middleware
+        return internal_error(request.method, request.url.path, exc)
