@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,7 @@ def evaluate(
     variant: str | None = None,
     image_size: int | None = None,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Score weights on the test (or val) split of ``data``; write a JSON report and a PNG.
 
@@ -136,12 +137,14 @@ def evaluate(
     top1, top5, loss, per-class accuracy, confusion matrix, skipped images, classes missing from the data,
     and where the files went (``out_dir``, default the weights' folder: ``eval-<data>[-<tta>].json`` and
     ``...-confusion.png``). ``max_images`` scores a fixed seeded subset only, for quick checks.
-    ``image_size`` (default: the one the weights were trained with, if any) scales small images of mixed
-    sizes to that shorter side and centre-crops them, or sets the crop of streamed large images.
-    ``progress=False`` hides the progress (decoding, batches evaluated) otherwise shown on stderr.
+    ``image_size`` (default: the side the weights record they were trained at, as predict and serve feed
+    them) scales small images to that side (upscaled on the device if all one smaller square size; else
+    shorter side, centre crop), or sets the crop of streamed large images; ``log`` gets one line when it
+    overrides the recorded side. ``progress=False`` hides the progress (decoding, batches evaluated)
+    otherwise shown on stderr.
     """
     from .data.sources import open_eval
-    from .infer.loading import load_for_inference
+    from .infer.loading import load_for_inference, trained_sizes
     from .outputs import atomic_write, check_out_dir
 
     if tta is not None and tta not in TTA_MODES:
@@ -161,11 +164,15 @@ def evaluate(
     out = check_out_dir(out_dir if out_dir is not None else Path(weights).parent)  # before the work, not after
     model = loaded.model.to(dev)
     classes = model.card.classes
+    trained_side, trained_resize = trained_sizes(weights)  # (0, 0): the weights record none (a .pth)
+    if image_size and trained_side and image_size != trained_side and log is not None:
+        log(f"feeding {image_size} px though the weights were trained at {trained_side} px (--image-size)")
+    side = image_size or trained_side or None
     start = time.perf_counter()
     opened = open_eval(data, dev, mean=loaded.mean, std=loaded.std, batch_size=batch_size, cache_dir=cache_dir,
                        skip_bad_images=skip_bad_images, workers=workers, tta=tta, channels_last=True,
-                       max_images=max_images, classes=classes, image_size=image_size or _trained_fit_size(weights),
-                       progress=progress)
+                       max_images=max_images, classes=classes, image_size=side,
+                       resize=trained_resize if side == trained_side else None, progress=progress)
     batches, data_classes, crop = opened.batches, opened.classes, opened.crop
     if model.num_classes != len(data_classes):
         raise UserError(f"the weights classify {model.num_classes} classes but {data} has {len(data_classes)}")
@@ -175,7 +182,7 @@ def evaluate(
     from .models.registry import model_family
 
     name = loaded.name
-    side = crop or (224 if model_family(name) == "imagenet" else 32)
+    side = crop or side or (224 if model_family(name) == "imagenet" else 32)
     dtype = autocast_dtype(choose_precision(precision, dev, model, image_size=side, model_key=name))
     result = evaluate_model(model, batches, num_classes=len(classes), device=dev, autocast_dtype=dtype, tta=tta,
                             crop=crop, channels_last=True, progress=progress)
@@ -197,18 +204,6 @@ def evaluate(
         confusion, classes, tmp, title=f"{name} on {data}: top-1 {result['top1']:.2f}%"))
     atomic_write(out / f"{stem}.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
     return report
-
-
-def _trained_fit_size(weights: str | Path) -> int | None:
-    """The ``--image-size`` a resnets weights file was trained with on small images of mixed sizes, if any."""
-    from .weights import read_metadata
-
-    try:
-        trained = read_metadata(weights).get("trained") or {}
-    except (UserError, ValueError):
-        return None
-    size = trained.get("fit_images")
-    return int(size) if isinstance(size, int) else None
 
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], path: str | Path, *, title: str = "") -> Path:

@@ -21,8 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir")
     p.add_argument("--skip-bad-images", action="store_true")
     p.add_argument("--max-images", type=int, metavar="N", help="score a fixed subset of N images only")
-    p.add_argument("--image-size", type=int, metavar="N", help="small images of mixed sizes: scale to shorter "
-                   "side N, centre-crop N (default: as trained); large images: the centre crop")
+    p.add_argument("--image-size", type=int, metavar="N", help="feed N pixels instead of the side the weights "
+                   "were trained at (said in one line): small images scaled to N, large ones' centre crop N")
     p.add_argument("--workers", type=int, help="loader processes for large images and shards (default: the "
                    "CPU cores available, at most 4)")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, out_dir=args.out, cache_dir=args.cache_dir,
                       skip_bad_images=args.skip_bad_images, workers=args.workers, max_images=args.max_images,
                       model_name=args.model, variant=args.variant, image_size=args.image_size,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, log=_note)
     if out is not None:
         out.say_created()
     if args.json:
@@ -62,3 +62,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {len(report['bad_images'])} bad image(s), listed in the report")
     print(f"report {report['report']}; confusion matrix {report['confusion_png']}")
     return 0
+
+
+def _note(line: str) -> None:
+    """A one-line note on stderr, e.g. that --image-size overrides the trained size."""
+    import sys
+
+    print(f"resnets eval: {line}", file=sys.stderr)

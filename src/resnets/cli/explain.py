@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .predict import add_weights_args, loaded_weights
+from .predict import add_precision_arg, add_weights_args, loaded_weights
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,6 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="PNG", help="where to write the overlay")
     p.add_argument("--class", dest="class_name", default=None, metavar="NAME",
                    help="explain this class (name or index) instead of the predicted one")
+    add_precision_arg(p)  # predict's: the same class and probability
     p.set_defaults(func=run)
 
 
@@ -26,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
                                      ("the image", args.image)],
                    suffixes=(".png",), what="the Grad-CAM overlay")  # before the work
 
-    exp = explain(loaded_weights(args), args.image, out=args.out, class_name=args.class_name, model_name=args.model)
+    exp = explain(loaded_weights(args), args.image, out=args.out, class_name=args.class_name, model_name=args.model,
+                  precision=args.precision)
     print(f"{exp.path}: {exp.class_name} ({exp.probability:.1%}); Grad-CAM on {exp.layer} -> {exp.out}")
     out.say_created()
     return 0

@@ -73,6 +73,7 @@ class TrainData:
     held_out: str  # what ``val`` is: "validation" (a val split held out of train) or "test"
     bad_images: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) skipped while opening
     found_bad: Callable[[], list[tuple[str, str]]] | None = None  # streamed: those skipped so far, while training
+    resize: int | None = None  # large images: the shorter side before the held-out centre crop of train.full_size
 
     def close(self) -> None:
         """Stop the loaders' worker processes (training is over); the batches are not read after this."""
@@ -277,7 +278,7 @@ def _open_streamed_folder(spec: TrainDataSpec, device: torch.device,
     desc = f"{root} (streamed): {len(train_idx)} train / {len(val_idx)} {what} images, {len(classes)} classes"
     return TrainData(StreamedBatches(train, spec.image_size), val, classes,
                      mean, std, None, desc, what,
-                     found_bad=lambda: train.bad_images + val.bad_images)
+                     found_bad=lambda: train.bad_images + val.bad_images, resize=spec.resize)
 
 
 def _open_shards(spec: TrainDataSpec, device: torch.device, rank: int, world_size: int,
@@ -319,7 +320,8 @@ def _open_shards(spec: TrainDataSpec, device: torch.device, rank: int, world_siz
                          pin_memory=pin)
     desc = (f"{spec.data} (streamed shards): {train_set.total} train / {test_set.total} {test_set.split} images, "
             f"{len(train_set.classes)} classes")
-    return TrainData(train, val, list(train_set.classes), mean, std, None, desc, _held_out(spec))
+    return TrainData(train, val, list(train_set.classes), mean, std, None, desc, _held_out(spec),
+                     resize=None if small else spec.resize)
 
 
 # ---- evaluation -----------------------------------------------------------------------------------------
@@ -328,17 +330,18 @@ def _open_shards(spec: TrainDataSpec, device: torch.device, rank: int, world_siz
 def open_eval(data: str, device: torch.device, *, mean: Sequence[float], std: Sequence[float], batch_size: int,
               cache_dir: str | None = None, skip_bad_images: bool = False, workers: int = 0,
               tta: str | None = None, channels_last: bool = True, max_images: int | None = None,
-              classes: list[str] | None = None, image_size: int | None = None, progress: bool = True) -> EvalData:
+              classes: list[str] | None = None, image_size: int | None = None, resize: int | None = None,
+              progress: bool = True) -> EvalData:
     """Normalised (``mean``, ``std``) evaluation batches of ``data``'s test/val split, never its training split,
     from any source ``open_train`` reads. ``classes`` (the model's, when given) fixes the labels.
-    ``tta="10crop"`` makes streamed large images ``resize`` pixels large, to cut 10 crops of ``image_size``
-    (default 224) from; ``max_images`` keeps a fixed seeded subset; ``image_size`` also scales in-memory
-    images of mixed sizes (as ``--image-size`` in training)."""
+    ``tta="10crop"`` makes streamed large images ``resize`` pixels large (default ``image_size`` * 8/7), to
+    cut 10 crops of ``image_size`` (default 224) from; ``max_images`` keeps a fixed seeded subset;
+    ``image_size`` also scales in-memory images of mixed sizes (as ``--image-size`` in training)."""
     from .shards import is_shard_spec
     from .splits import eval_split_dir
 
     crop = image_size or 224
-    resize = round(crop * 256 / 224)
+    resize = resize or round(crop * 256 / 224)
     if is_shard_spec(data):
         return _eval_shards(data, mean, std, batch_size=batch_size, workers=workers, tta=tta, crop=crop,
                             resize=resize, skip_bad_images=skip_bad_images)

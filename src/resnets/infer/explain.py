@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
+from ..runtime import autocast_context, autocast_dtype
+from .fastpath import FastModel
 from .loading import LoadedModel, load_for_inference, require
 
 
@@ -32,11 +34,12 @@ class Explanation:
     out: str | None = None
 
 
-def grad_cam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, str]:
+def grad_cam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = None, *,
+             dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """``(cam, logits, stage)`` for a 1 x 3 x H x W input: the last stage's activations weighted by the mean
     gradient of the class score (predicted class by default), ReLU'd, upsampled to H x W, scaled to 0..1;
-    ``stage`` is the paper's name of that stage (``conv5_x``, CIFAR nets ``conv4_x``)."""
+    ``stage`` is the paper's name of that stage (``conv5_x``, CIFAR nets ``conv4_x``). ``dtype``: run the
+    model under that autocast (bf16, as predict may), else in float32."""
     stages = model.stage_names
     layer = f"conv{len(stages) + 1}_x"
     feats: list[torch.Tensor] = []
@@ -44,18 +47,19 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, class_index: int | None = 
     try:
         with torch.enable_grad():
             x = x.detach().requires_grad_(False)
-            logits = model(x)
+            with autocast_context(x.device, dtype):
+                logits = model(x)
             idx = int(logits.argmax(1)) if class_index is None else class_index
             (grads,) = torch.autograd.grad(logits[0, idx], feats[0])
     finally:
         handle.remove()
-    acts = feats[0].detach()
-    weights = grads.mean(dim=(2, 3), keepdim=True)
+    acts = feats[0].detach().float()
+    weights = grads.float().mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * acts).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
     top = cam.max()
     cam = cam / top if top > 0 else cam
-    return cam, logits.detach(), layer
+    return cam, logits.detach().float(), layer
 
 
 def explain(
@@ -65,29 +69,38 @@ def explain(
     out: str | os.PathLike[str] | None = None,
     class_name: str | None = None,
     model_name: str | None = None,
+    precision: str = "auto",
 ) -> Explanation:
     """Grad-CAM of ``image`` for the predicted class or ``class_name`` (a name or an index); with ``out``,
-    a PNG of the heat map over the image is written atomically."""
+    a PNG of the heat map over the image is written atomically. ``precision`` as for ``predict`` (the same
+    choice, so the class and probability are predict's)."""
     from ..data import read_rgb
 
     if out is not None:
         require("matplotlib", "explain")
     loaded = load_for_inference(weights, model_name)
     idx = None if class_name is None else class_index(loaded.classes, class_name)
-    result = explain_image(loaded, read_rgb(image), idx, path=str(image))
+    fast = FastModel(loaded.model, precision, input_size=loaded.input_size, model_key=loaded.name)  # predict's
+    result = explain_image(loaded, read_rgb(image), idx, path=str(image), fast=fast)
     if out is not None:
         result.out = str(save_overlay(result, out))
     return result
 
 
 def explain_image(loaded: LoadedModel, raw: torch.Tensor, class_index: int | None = None, *,
-                  path: str = "<image>") -> Explanation:
-    """Grad-CAM of a decoded uint8 3 x H x W image for class ``class_index`` (the predicted one by default)."""
+                  path: str = "<image>", fast: FastModel | None = None) -> Explanation:
+    """Grad-CAM of a decoded uint8 3 x H x W image for class ``class_index`` (the predicted one by default).
+
+    The class and probability are ``fast``'s (predict's fast path; default: predict's ``auto`` choice), and
+    the map is taken on the plain model in ``fast``'s number format: one model, one format, predict's answer.
+    """
     x = loaded.preprocess(raw).unsqueeze(0)
-    model = loaded.model.eval()
-    cam, logits, layer = grad_cam(model, x, class_index)
-    probs = torch.softmax(logits, 1)[0]
+    if fast is None:
+        fast = FastModel(loaded.model, "auto", input_size=loaded.input_size, model_key=loaded.name)
+    probs = torch.softmax(fast(x), 1)[0]
     idx = int(probs.argmax()) if class_index is None else class_index
+    model = loaded.model.eval()
+    cam, _logits, layer = grad_cam(model, x, idx, dtype=autocast_dtype(fast.precision))
     mean = torch.tensor(loaded.mean).view(3, 1, 1)
     std = torch.tensor(loaded.std).view(3, 1, 1)
     view = ((x[0] * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()

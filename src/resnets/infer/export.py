@@ -180,7 +180,7 @@ def _write_onnx(model: torch.nn.Module, loaded: LoadedModel, example: torch.Tens
                       output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
     proto = onnx.load(path)
     meta = {"model": loaded.name, "classes": json.dumps(loaded.classes), "mean": json.dumps(loaded.mean),
-            "std": json.dumps(loaded.std), "input_size": str(loaded.input_size)}
+            "std": json.dumps(loaded.std), "input_size": str(loaded.input_size), "resize": str(loaded.resize)}
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

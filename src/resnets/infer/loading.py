@@ -115,7 +115,8 @@ def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name
     is_resnets = _has_resnets_metadata(path, read_metadata)
     input_size = resize = 0  # the family's, unless the weights were trained at another size
     if is_resnets:
-        input_size, resize = _trained_sizes(read_metadata(path).get("trained") or {})
+        trained = read_metadata(path).get("trained")
+        input_size, resize = _trained_sizes(trained if isinstance(trained, dict) else {})
         model = load_model(path)
         card = model.card
         if model_name and model_name != card.name:
@@ -153,16 +154,53 @@ def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name
                        input_size, resize)
 
 
-def _trained_sizes(trained: dict[str, object]) -> tuple[int, int]:
-    """(input side, shorter side before the crop) that ``resnets train`` trained at: ``--image-size N`` on
-    small images is N and N (upscaled as the batches were); on large ImageNet-style images N and N*8/7;
-    (0, 0): the family's default."""
-    fit, size = trained.get("fit_images"), trained.get("image_size")
-    if isinstance(fit, int) and fit > 0:
-        return fit, fit
-    if isinstance(size, int) and size > 0:
-        return size, round(size * 256 / 224)
+MAX_INPUT_SIDE = 4096  # the largest input side a weights file may ask inference to feed
+
+
+def recorded_sizes(trained: dict[str, object]) -> tuple[int, int]:
+    """(input side, shorter side before the centre crop) that a ``resnets train`` record says its network was
+    fed: ``input_size``/``resize`` (written since they were recorded), else an older file's ``fit_images``
+    (``--image-size N`` on small images: N and N); (0, 0) when it says neither. UserError for sizes outside
+    1..:data:`MAX_INPUT_SIDE` or a resize below the side."""
+    side, resize = trained.get("input_size"), trained.get("resize")
+    if side is not None:
+        if not (_is_side(side) and _is_side(resize) and resize >= side):  # type: ignore[operator]
+            raise UserError(f"the weights record a training input of {side!r} px after resizing to {resize!r} "
+                            f"(need whole numbers, 1..{MAX_INPUT_SIDE}, the resize at least the input); "
+                            "the file is damaged: use the run's weights again or retrain")
+        return int(side), int(resize)  # type: ignore[call-overload]
+    fit = trained.get("fit_images")
+    if _is_side(fit):
+        return int(fit), int(fit)  # type: ignore[call-overload]
     return 0, 0
+
+
+def _is_side(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_INPUT_SIDE
+
+
+def _trained_sizes(trained: dict[str, object]) -> tuple[int, int]:
+    """(input side, shorter side before the crop) that ``resnets train`` trained at (see ``recorded_sizes``);
+    older files without that record but an ImageNet ``image_size`` N: N and N*8/7; (0, 0): the family's
+    default."""
+    recorded = recorded_sizes(trained)
+    if recorded != (0, 0):
+        return recorded
+    size = trained.get("image_size")
+    if _is_side(size):
+        return int(size), round(int(size) * 256 / 224)  # type: ignore[call-overload]
+    return 0, 0
+
+
+def trained_sizes(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``recorded_sizes`` of a resnets weights file's training record; (0, 0) for any other file."""
+    from ..weights import read_metadata
+
+    try:
+        trained = read_metadata(path).get("trained") or {}
+    except (UserError, ValueError):
+        return 0, 0
+    return recorded_sizes(trained) if isinstance(trained, dict) else (0, 0)
 
 
 def _has_resnets_metadata(path: Path, read_metadata: object) -> bool:

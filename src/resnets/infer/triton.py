@@ -106,7 +106,7 @@ def config_text(loaded: LoadedModel, *, max_batch_size: int = MAX_BATCH_SIZE,
     (named by ``labels.txt``), dynamic batching, one instance of ``instance_kind``; preprocessing as comments
     and ``resnets_*`` parameters."""
     size, n = loaded.input_size, len(loaded.classes)
-    resize, crop = (256, 224) if loaded.family == "imagenet" else (32, 32)
+    resize, crop = loaded.resize, size  # as the weights were trained (see LoadedModel)
     mean, std = [float(m) for m in loaded.mean], [float(s) for s in loaded.std]
     preferred = [b for b in PREFERRED_BATCH_SIZES if b <= max_batch_size] or [max_batch_size]
     params = {

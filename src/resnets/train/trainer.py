@@ -429,13 +429,17 @@ class Trainer:
         self.meters.window = Window()
 
     def _save_shipped(self, path: Path, record: dict[str, Any]) -> None:
+        """The weights with what inference needs; ``input_size``/``resize``: the side the network was fed and
+        the shorter side before that centre crop, as the held-out set was (what predict, serve... feed)."""
         from ..weights import save_weights
 
         cfg, data = self.cfg, self.data
+        side = data.train.full_size
         save_weights(self.network.shipped, path, classes=data.classes,
                      normalization={"mean": data.mean, "std": data.std},
                      extra={"trained": {"recipe": cfg.recipe, "data": cfg.data, "epoch": record["epoch"],
                                         "step": record["step"], "val_acc": record["val_acc"],
+                                        "input_size": side, "resize": data.resize or side,
                                         "image_size": cfg.image_size if model_family(cfg.model) == "imagenet"
                                         else None, "fit_images": cfg.fit_images}})
 
