@@ -223,24 +223,34 @@ def test_every_path_gives_the_answer_of_the_network_fed_at_its_training_size(
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_explain_reports_predicts_class_and_probability_in_its_precision(small: dict, precision: str) -> None:
-    """resnets explain (and serve's /v1/explain) run in predict's number format: the same class, the same
-    probability, to the last bit of a float."""
+    """resnets explain runs in predict's number format: the same class, the same probability."""
     from resnets.infer import predict
     from resnets.infer.explain import explain
-    from resnets.serve import ServeSettings
-    from resnets.serve.engine import Engine
 
-    engine = Engine(ServeSettings(weights=str(small["weights"]), precision=precision, threads=1))
     for f in small["files"][:6]:
         top = predict(small["weights"], [f], precision=precision, topk=1, progress=False).predictions[0].labels[0]
         exp = explain(small["weights"], f, precision=precision)
         assert (exp.class_index, exp.probability) == pytest.approx((top[1], top[2]), abs=1e-6), f
-        raw = read_rgb(f)
-        served, _png = engine.explain(raw, None)
-        probs = engine.logits(engine.loaded.preprocess(raw)[None]).softmax(1)[0]
-        assert served.class_index == int(probs.argmax()) and served.probability == pytest.approx(
-            float(probs.max()), abs=1e-6), f
     assert np.isfinite(exp.cam).all() and exp.cam.shape == (small["size"], small["size"])
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_serve_explains_with_the_class_and_probability_it_predicts(small: dict, backend: str) -> None:
+    """serve's /v1/explain reports what its /v1/predict answers: the torch path in its precision (bf16 here),
+    the ONNX backend in float32."""
+    from resnets.serve import ServeSettings
+    from resnets.serve.engine import Engine
+
+    engine = Engine(ServeSettings(weights=str(small["weights"]), precision="bf16", backend=backend, threads=1))
+    try:
+        for f in small["files"][:6]:
+            raw = read_rgb(f)
+            served, _png = engine.explain(raw, None)
+            probs = engine.logits(engine.loaded.preprocess(raw)[None]).softmax(1)[0]
+            assert served.class_index == int(probs.argmax()), f
+            assert served.probability == pytest.approx(float(probs.max()), abs=1e-5), f
+    finally:
+        engine.close()
 
 
 def test_explain_cli_takes_predicts_precision(small: dict, tmp_path: Path,
@@ -263,3 +273,32 @@ def test_eval_says_in_one_line_when_image_size_overrides_the_trained_size(
                  "--cache-dir", str(small["cache"]), "--no-progress", "--out", str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert err.count("feeding 48 px though the weights were trained at 32 px") == 1, err
+
+
+@pytest.mark.parametrize("trained, sizes", [
+    ({"input_size": 32, "resize": 32, "image_size": 224, "fit_images": None}, (32, 32)),  # the issue's record
+    ({"input_size": 64, "resize": 73, "image_size": 64, "fit_images": 64}, (64, 73)),  # streamed, --image-size
+    ({"image_size": 224, "fit_images": 64}, (64, 64)),  # older files: --image-size on small images
+    ({"image_size": 160, "fit_images": None}, (160, 183)),  # older files: an ImageNet image_size alone
+    ({"recipe": "imagenet-fast"}, (224, 256)),  # no size recorded: the family's
+])
+def test_inference_feeds_what_the_weights_record(tmp_path: Path, trained: dict, sizes: tuple[int, int]) -> None:
+    from resnets import create_model, save_weights
+    from resnets.infer import load_for_inference
+
+    path = tmp_path / "w.safetensors"
+    save_weights(create_model("resnet18", num_classes=2), path, classes=["a", "b"], extra={"trained": trained})
+    loaded = load_for_inference(path)
+    assert (loaded.input_size, loaded.resize) == sizes
+
+
+@pytest.mark.parametrize("side, resize", [(10**6, 10**6), (64, 32), (True, 32), ("32", "32"), (0, 0)])
+def test_a_damaged_size_record_is_one_line(tmp_path: Path, side: object, resize: object) -> None:
+    from resnets import UserError, create_model, save_weights
+    from resnets.infer import load_for_inference
+
+    path = tmp_path / "w.safetensors"
+    save_weights(create_model("resnet18", num_classes=2), path, classes=["a", "b"],
+                 extra={"trained": {"input_size": side, "resize": resize}})
+    with pytest.raises(UserError, match="the weights record a training input of .* the file is damaged"):
+        load_for_inference(path)
