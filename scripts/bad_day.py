@@ -19,6 +19,10 @@ in a scratch working directory. Exit status 1 if any case failed. ``--quick`` ru
 (one case or more of each section). The whole day is about 60 commands, each paying PyTorch's import: some
 3-7 minutes on 2 cores, depending on what else runs; ``--quick`` about 2.
 
+Issue 24's points 2 and 5 add their cases to sections 1 (no ``--out`` is an input or of the wrong kind), 5
+(search takes a run folder, a short fine-tune's warm-up and ``--freeze`` said, a batch larger than the data,
+ResNet-D weights as v1.5, ``bench infer --images``) and 6 (a created folder said, the stage named conv4_x).
+
 Not run: a user error under plain ``torchrun`` (not the ``resnets`` command; tests/test_bad_day.py covers it)
 and ``serve`` (no such command here).
 """
@@ -156,6 +160,7 @@ def build_fixtures(root: Path, resnets: str, env: dict[str, str]) -> Fixtures:
 
     from resnets.data.sample import extract_sample
     from resnets.data.shards import write_shards
+    from resnets.infer.embed import embed
     from resnets.models import create_model
     from resnets.weights import save_weights
 
@@ -206,6 +211,13 @@ def build_fixtures(root: Path, resnets: str, env: dict[str, str]) -> Fixtures:
     save_weights(create_model("resnet20", num_classes=3), p["w3"], classes=list(CLASSES), normalization=norm)
     p["w2"] = root / "w2.safetensors"
     save_weights(create_model("resnet20", num_classes=2), p["w2"], classes=["c0", "c1"], normalization=norm)
+    # issue 24: a photo as a .jpg, an index of the run's weights, timm-style ResNet-D weights
+    p["photo"] = root / "cat.jpg"
+    Image.open(image).convert("RGB").save(p["photo"])
+    p["index"] = root / "index.safetensors"
+    embed(run / "best.safetensors", [image, p["photo"]], out=p["index"], precision="fp32", progress=False)
+    p["resnet18d"] = root / "resnet18d.pth"
+    torch.save(create_model("resnet18", variant="d").state_dict(), p["resnet18d"])
     return Fixtures(root, cache, work, outs, run, sample, image, p)
 
 
@@ -317,6 +329,28 @@ def cases(fx: Fixtures, resnets: str) -> list[Case]:
         Case("1", "export --out the weights being exported", ["export", "--weights", weights, "--out", weights]),
         Case("1", "train --out a folder holding a run", ["train", *TINY, "--out", str(run)],
              check=has("already holds a run")),
+        # issue 24, point 2: no --out is one of the command's inputs, or of the wrong kind
+        Case("1", "explain IMAGE.jpg --out IMAGE.jpg (the photo itself)",
+             ["explain", "--weights", weights, str(p["photo"]), "--out", str(p["photo"])], quick=True,
+             check=has("is the image")),
+        Case("1", "embed --out the weights it reads", ["embed", "--weights", weights, str(p["testonly"]), "--out",
+                                                       weights], check=has("is the --weights file")),
+        Case("1", "embed DIR --out inside DIR", ["embed", "--weights", weights, str(p["testonly"]), "--out",
+                                                 str(p["testonly"] / "index.safetensors")], check=has("is inside")),
+        Case("1", "explain --out a .jpg (it writes a PNG)", ["explain", "--weights", weights, image, "--out",
+                                                             str(out("-cam.jpg"))], check=has("must end in .png")),
+        Case("1", "embed --out a .txt", ["embed", "--weights", weights, image, "--out", str(out("-index.txt"))],
+             check=has(".safetensors or .npz")),
+        Case("1", "export --format torchscript --out a .onnx",
+             ["export", "--weights", weights, "--format", "torchscript", "--out", str(out("-model.onnx"))],
+             check=has("must end in .pt")),
+        Case("1", "shard DIR --out inside DIR", ["shard", str(p["mixed"]), "--out", str(p["mixed"] / "shards")],
+             check=has("is inside DIR")),
+        Case("1", "eval --out inside --data", ["eval", "--weights", str(p["w3"]), "--data", str(p["testonly"]),
+                                               "--out", str(p["testonly"] / "ant" / "report")],
+             check=has("is inside the --data folder")),
+        Case("1", "train --out the --data folder", ["train", *TINY, "--data", str(p["trainonly"]), "--out",
+                                                    str(p["trainonly"])], check=has("is the --data folder")),
         # 2. every mistake is one line
         Case("2", "train --out below a file", ["train", *TINY, "--out", below], quick=True),
         Case("2", "eval --out below a file", ["eval", "--weights", weights, "--max-images", "32", "--out", below]),
@@ -445,6 +479,21 @@ def cases(fx: Fixtures, resnets: str) -> list[Case]:
              show="best test accuracy"),
         Case("5", "train --model resnet18 --shortcut B", ["train", *TINY, "--model", "resnet18", "--shortcut", "B",
                                                            "--out", str(out())]),
+        # issue 24, point 5
+        Case("5", "search --weights RUN (a folder, as every command takes it)",
+             ["search", "--index", str(p["index"]), "--weights", str(run), image, "--topk", "1"], 0, quick=True,
+             show=Path(image).name),
+        Case("5", "fine-tune shorter than its warm-up, --freeze: both said",
+             ["train", *TINY, *NO_PLOTS, "--init", weights, "--freeze", "conv1,conv2_x", "--out", str(out())], 0,
+             check=all_of(has("no longer than its warm-up", "stdout"),
+                          has("frozen conv1, conv2_x (weights and BN statistics kept): ", "stdout")),
+             show="frozen conv1"),
+        Case("5", "train, training set smaller than one batch", ["train", *TINY, "--batch-size", "128", "--out",
+                                                                 str(out())], check=has("give a smaller --batch-size")),
+        Case("5", "predict a ResNet-D .pth as v1.5", ["predict", "--weights", str(p["resnet18d"]), "--model",
+                                                      "resnet18", image], check=has("--variant d")),
+        Case("5", "bench infer --images a missing folder", ["bench", "infer", "--images", str(fx.root / "nope")],
+             check=has("is not a folder")),
         # 6. quiet, informative output
         Case("6", "train off a terminal with progress on: plain lines; best 'test' accuracy; LR plot, short run",
              ["train", *[a for a in TINY if a != "--no-progress"], "--log-every", "1", "--out", str(lr_run)], 0,
@@ -459,6 +508,9 @@ def cases(fx: Fixtures, resnets: str) -> list[Case]:
               "fp32", "--out", str(out())], 0, check=no_warnings, show="top-1"),
         Case("6", "predict a 1x1 image: no NumPy warning", ["predict", "--weights", weights, str(p["dot"])], 0,
              check=no_warnings, show="dot.png"),
+        Case("6", "explain --out in folders that do not exist: their creation said; the stage named conv4_x",
+             ["explain", "--weights", weights, image, "--out", str(out("-new") / "deeper" / "cam.png")], 0,
+             check=all_of(has("created folder"), has("Grad-CAM on conv4_x", "stdout")), show="Grad-CAM"),
     ]
 
 
