@@ -203,6 +203,20 @@ def test_hand_built_imports_exactly(tmp_path: Path, kind: str, counts: tuple[int
     assert np.array_equal(resnets_outputs(again, x)[1], logits)
 
 
+def test_a_graph_without_a_fixed_input_size_says_so(tmp_path: Path) -> None:
+    free = hand_built("basic", (1, 1, 1, 1), None)  # type: ignore[arg-type]
+    result = resnets.keras.import_keras(_save(free, tmp_path / "free.keras"), tmp_path / "free.safetensors",
+                                        normalization="0-1")
+    assert "the Keras graph has no fixed input size: no input size recorded; predict, serve and export feed the " \
+           "family's 224x224" in result.notes
+    assert "trained" not in resnets.read_metadata(tmp_path / "free.safetensors")
+
+
+def _save(model: Any, path: Path) -> Path:
+    model.save(str(path))
+    return path
+
+
 def test_cifar_style_net_imports_as_resnet20_option_b() -> None:
     inp = keras.Input((32, 32, 3))
     x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(16, 3, padding="same")(inp)))
@@ -267,6 +281,161 @@ def test_v2_applications_import_exactly_as_variant_keras_v2(tmp_path: Path) -> N
         export_keras(resnets.save_weights(net, tmp_path / "v2.safetensors"), check_size=32)
 
 
+# --- keras.io's CIFAR-10 ResNets ("Trains a ResNet on the CIFAR10 dataset"), written from its description -------
+
+
+def resnet_layer(x: Any, filters: int = 16, kernel: int = 3, strides: int = 1, activation: str | None = "relu",
+                 batch_norm: bool = True, conv_first: bool = True) -> Any:
+    """The example's building unit: a 'same' conv (he_normal, l2) with BN and activation after it, or before it."""
+    conv = layers.Conv2D(filters, kernel, strides=strides, padding="same", kernel_initializer="he_normal",
+                         kernel_regularizer=keras.regularizers.l2(1e-4))
+    steps = [conv] if conv_first else []
+    steps += ([layers.BatchNormalization()] if batch_norm else []) + (
+        [layers.Activation(activation)] if activation is not None else [])
+    if not conv_first:
+        steps.append(conv)
+    for step in steps:
+        x = step(x)
+    return x
+
+
+def keras_io_resnet_v1(depth: int, size: int = 32, classes: int = 10) -> Any:
+    """Depth 6n+2: conv-BN-ReLU units; where the shape changes the shortcut is a strided 1x1 conv without BN or
+    activation; add, ReLU; AveragePooling2D(8) + Flatten + a softmax Dense."""
+    n, filters = (depth - 2) // 6, 16
+    inp = keras.Input((size, size, 3))
+    x = resnet_layer(inp)
+    for stack in range(3):
+        for block in range(n):
+            strides = 2 if stack > 0 and block == 0 else 1
+            y = resnet_layer(resnet_layer(x, filters, strides=strides), filters, activation=None)
+            if strides == 2:
+                x = resnet_layer(x, filters, kernel=1, strides=2, activation=None, batch_norm=False)
+            x = layers.Activation("relu")(layers.add([x, y]))
+        filters *= 2
+    x = layers.Flatten()(layers.AveragePooling2D(pool_size=8)(x))
+    return keras.Model(inp, layers.Dense(classes, activation="softmax", kernel_initializer="he_normal")(x))
+
+
+def keras_io_resnet_v2(depth: int, size: int = 32, classes: int = 10) -> Any:
+    """Depth 9n+2: a conv-BN-ReLU first layer, pre-activation bottlenecks (BN-ReLU-conv 1x1, 3x3, 1x1; the very
+    first without BN-ReLU), a 1x1 projection without BN at each stage's first block, final BN-ReLU, pool, Dense."""
+    n, f_in = (depth - 2) // 9, 16
+    inp = keras.Input((size, size, 3))
+    x = resnet_layer(inp, f_in)
+    for stage in range(3):
+        for block in range(n):
+            activation, batch_norm, strides = "relu", True, 1
+            f_out = f_in * (4 if stage == 0 else 2)
+            if stage == 0 and block == 0:
+                activation, batch_norm = None, False
+            elif block == 0:
+                strides = 2
+            y = resnet_layer(x, f_in, 1, strides, activation, batch_norm, conv_first=False)
+            y = resnet_layer(resnet_layer(y, f_in, conv_first=False), f_out, 1, conv_first=False)
+            if block == 0:
+                x = resnet_layer(x, f_out, 1, strides, activation=None, batch_norm=False)
+            x = layers.add([x, y])
+        f_in = f_out
+    x = layers.Activation("relu")(layers.BatchNormalization()(x))
+    x = layers.Flatten()(layers.AveragePooling2D(pool_size=8)(x))
+    return keras.Model(inp, layers.Dense(classes, activation="softmax", kernel_initializer="he_normal")(x))
+
+
+KERAS_IO_TOL = 1e-5
+
+
+def temper(model: Any, x: np.ndarray) -> None:
+    """Scale the classifier so the logits on ``x`` stay within +-4: the softmax not saturated, so comparing
+    probabilities means something."""
+    _, logits = keras_reference(model, x)
+    dense = model.layers[-1]
+    kernel, bias = dense.get_weights()
+    factor = 4.0 / float(np.abs(logits).max())
+    dense.set_weights([kernel * factor, bias * factor])
+
+
+@pytest.mark.parametrize("version, depth, spec", [
+    (1, 20, {"name": "resnet20", "variant": "v1", "num_classes": 10, "tf_padding": True, "projection_bn": False,
+             "shortcut": "B"}),
+    (2, 29, {"name": "resnet20", "variant": "keras-cifar-v2", "num_classes": 10}),
+])
+def test_keras_io_cifar10_resnets_import_exactly(tmp_path: Path, capsys: pytest.CaptureFixture[str], version: int,
+                                                 depth: int, spec: dict[str, Any]) -> None:
+    model = (keras_io_resnet_v1 if version == 1 else keras_io_resnet_v2)(depth)
+    randomize(model, depth)
+    images = np.random.default_rng(depth).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    temper(model, images / 255.0)
+    path = tmp_path / f"cifar10_resnet{depth}v{version}.keras"
+    model.save(str(path))
+    weights = tmp_path / "w.safetensors"
+    assert main(["import-keras", str(path), "--normalization", "0-1", "--out", str(weights)]) == 0
+    out = capsys.readouterr().out
+    assert "AveragePooling2D over the whole 8x8 map + Flatten read as the global average pool" in out
+    assert "input size 32x32 recorded" in out
+    net = resnets.load_model(weights)  # rebuilt from the file: the options travel in the card
+    assert net.card.spec == spec
+    probs_k, logits_k = keras_reference(model, images / 255.0)
+    probs, logits = resnets_outputs(net, nchw(images, net.card))
+    print(f"keras.io resnet_v{version} depth {depth}: logits rel error {rel_error(logits, logits_k):.3g}, "
+          f"probabilities {rel_error(probs, probs_k):.3g}")
+    assert rel_error(logits, logits_k) <= KERAS_IO_TOL and rel_error(probs, probs_k) <= KERAS_IO_TOL
+    assert (probs.argmax(1) == probs_k.argmax(1)).all()
+    if version == 1:  # the projections keep their biases; with a BN-less 1x1 the bias matters
+        assert "2 projection shortcuts without batch norm" in out
+        assert float(net.layer2[0].downsample[0].bias.detach().abs().max()) > 0.1
+    else:
+        assert "keras.io resnet_v2 of depth 29 (9n+2, n=3)" in out
+
+
+def test_keras_io_pool_must_cover_the_whole_map() -> None:
+    big = keras_io_resnet_v1(20, size=40)  # 10x10 at the end: AveragePooling2D(8) is not global there
+    with pytest.raises(NotAResNet, match=r"\(AveragePooling2D\): pools 8x8 of a 10x10 map; expected the global "
+                                         r"average pool"):
+        read_keras(big, normalization="0-1")
+
+
+def plain_cnn(end_bn: bool) -> Any:
+    """No shortcut anywhere: conv-BN-ReLU and max pools, optionally BN-ReLU before the pooled head."""
+    inp = keras.Input((32, 32, 3))
+    x = inp
+    for filters in (16, 32):
+        x = layers.MaxPooling2D()(conv_bn(x, filters, 3))
+    if end_bn:
+        x = layers.Activation("relu")(layers.BatchNormalization()(layers.Conv2D(64, 3, padding="same")(x)))
+    return keras.Model(inp, layers.Dense(10, activation="softmax")(layers.GlobalAveragePooling2D()(x)))
+
+
+def test_a_non_resnet_is_refused_at_its_first_layer_that_does_not_fit() -> None:
+    for end_bn in (False, True):  # with BN-ReLU before the pool it used to be read as a ResNetV2 and blamed its stem
+        with pytest.raises(NotAResNet, match=r"^max_pooling2d\w* \(MaxPooling2D\): expected a residual block: "
+                                             r"activation\w*'s output feeding both") as exc:
+            read_keras(plain_cnn(end_bn), normalization="0-1")
+        assert "stem" not in str(exc.value) and "V2" not in str(exc.value)
+    inp = keras.Input((28, 28, 1))
+    mlp = keras.Model(inp, layers.Dense(10)(layers.Dense(64, activation="relu")(layers.Flatten()(inp))))
+    with pytest.raises(NotAResNet, match=r"^flatten\w* \(Flatten\): expected the stem convolution \(a Conv2D\) "
+                                         r"reading the image input; a ResNet starts with one$"):
+        read_keras(mlp, normalization="0-1")
+    flat = keras.Input((784,))
+    with pytest.raises(NotAResNet, match=r"\(InputLayer\): expected an image input \(batch, height, width, "
+                                         r"channels\), found \(None, 784\)"):
+        read_keras(keras.Model(flat, layers.Dense(10)(flat)), normalization="0-1")
+    # a branch conv without its batch norm: the layer where one was expected, and why
+    for last in (False, True):
+        inp = keras.Input((32, 32, 3))
+        x = conv_bn(inp, 16, 3)
+        y = layers.Conv2D(16, 3, padding="same", name="no_bn_here")(conv_bn(x, 16, 3) if last else x)
+        y = y if last else conv_bn(y, 16, 3, relu=False)
+        x = layers.Activation("relu")(layers.Add(name="the_add")([x, y]))
+        odd = keras.Model(inp, layers.Dense(10)(layers.GlobalAveragePooling2D()(x)))
+        where = r"no_bn_here \(Conv2D\): expected a BatchNormalization after it \(each convolution of the block's " \
+            r"branch is normalised" if last else r"conv2d\w* \(Conv2D\): expected a BatchNormalization after " \
+            r"no_bn_here \(each convolution of a post-activation ResNet is normalised"
+        with pytest.raises(NotAResNet, match="^" + where):
+            read_keras(odd, normalization="0-1")
+
+
 # --- export: resnets -> Keras -------------------------------------------------------------------------------------
 
 
@@ -317,6 +486,68 @@ def test_export_command_writes_keras(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "must end in .keras" in line
 
 
+def test_export_writes_the_original_keras_contract(applications: dict[str, dict[str, Any]],
+                                                    tmp_path: Path) -> None:
+    """keras.applications ResNet50 in, trained or not, and back out as the pipeline built for it expects it:
+    preprocess_input's caffe input, softmax out, equal to the original Keras model."""
+    ref = applications["ResNet50"]
+    weights = tmp_path / "r50.safetensors"
+    resnets.keras.import_keras(ref["paths"][".keras"], weights)
+    result = export_keras(weights, out=tmp_path / "r50.keras", preprocessing="caffe", softmax=True)
+    back = keras.saving.load_model(result.path, compile=False, safe_mode=True)
+    assert "preprocess" not in [layer.name for layer in back.layers]  # caffe in, caffe out: conv1's BGR order only
+    probs = back.predict(keras.applications.resnet.preprocess_input(ref["images"].copy()), verbose=0)
+    print(f"export ResNet50 --keras-preprocessing caffe --softmax: probabilities rel error "
+          f"{rel_error(probs, ref['probs']):.3g} vs the original Keras model")
+    assert rel_error(probs, ref["probs"]) <= TOL and (probs.argmax(1) == ref["probs"].argmax(1)).all()
+
+
+def test_export_command_states_and_writes_the_contract(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """keras.io's resnet_v1 trained on x / 127.5 - 1, imported, exported with --keras-preprocessing tf --softmax:
+    Keras on a raw image gives what resnets predict gives on the same image file, and what the original gave."""
+    from PIL import Image
+
+    model = keras_io_resnet_v1(20)
+    randomize(model, 11)
+    images = np.random.default_rng(11).integers(0, 256, (2, 32, 32, 3)).astype("float32")
+    temper(model, images / 127.5 - 1)
+    model.save(str(tmp_path / "cifar.keras"))
+    weights = tmp_path / "cifar.safetensors"
+    assert main(["import-keras", str(tmp_path / "cifar.keras"), "--normalization", "tf", "--out", str(weights)]) == 0
+    out = tmp_path / "exported.keras"
+    capsys.readouterr()
+    assert main(["export", "--weights", str(weights), "--format", "keras", "--keras-preprocessing", "tf",
+                 "--softmax", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "the Keras model takes x / 127.5 - 1 (preprocess_input mode 'tf'), RGB, channels last" in said
+    assert "returns softmax probabilities over 10 classes; trained or imported at 32x32" in said
+    back = keras.saving.load_model(str(out), compile=False, safe_mode=True)
+    files = []
+    for i, image in enumerate(images):
+        files.append(tmp_path / f"raw{i}.png")
+        Image.fromarray(image.astype(np.uint8)).save(files[-1])
+    assert main(["predict", "--weights", str(weights), *map(str, files), "--format", "json", "--topk", "10",
+                 "--precision", "fp32", "--no-progress"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    ours = np.zeros((len(files), 10))
+    for i, row in enumerate(rows):
+        for t in row["top"]:
+            ours[i, t["index"]] = t["prob"]
+    theirs = back.predict(images / 127.5 - 1, verbose=0)
+    original = model.predict(images / 127.5 - 1, verbose=0)
+    print(f"export keras.io resnet_v1 --keras-preprocessing tf --softmax: vs predict {rel_error(theirs, ours):.3g}, "
+          f"vs the original {rel_error(theirs, original):.3g}")
+    assert rel_error(theirs, original) <= TOL
+    assert np.abs(theirs - ours).max() <= 1e-4 and (theirs.argmax(1) == ours.argmax(1)).all()
+    # the default states its contract too: the weights' normalised input, logits
+    assert main(["export", "--weights", str(weights), "--format", "keras", "--out", str(tmp_path / "d.keras")]) == 0
+    said = capsys.readouterr().out
+    assert "takes (x / 255 - mean) / std, mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5)" in said
+    assert "returns logits over 10 classes (no softmax)" in said
+    line = one_line_error(capsys, ["export", "--weights", str(weights), "--softmax"])
+    assert "--keras-preprocessing and --softmax are for --format keras" in line
+
+
 def test_export_refuses_what_it_does_not_write(tmp_path: Path) -> None:
     weights = resnets.save_weights(resnets.create_model("resnet18", variant="preact"), tmp_path / "p.safetensors")
     with pytest.raises(UserError, match=r"^Keras export covers the v1 and v1.5 ResNets .*not resnet18 \(preact\)"):
@@ -352,6 +583,31 @@ def test_import_keras_command_writes_weights_predict_uses(applications: dict[str
     capsys.readouterr()
     meta = resnets.read_metadata(weights)
     assert meta["keras"]["head_softmax"] is True and meta["keras"]["normalization"] == "caffe"
+    # built at 64x64, so fed at 64x64: predict, eval, serve (KServe's metadata) and export all read the record
+    assert "input size 64x64 recorded" in out
+    assert {k: meta["trained"][k] for k in ("input_size", "resize", "from")} == {
+        "input_size": 64, "resize": 64, "from": "keras"}
+    from types import SimpleNamespace
+
+    from resnets.serve.kserve import _metadata
+
+    assert (load_for_inference(weights).input_size, load_for_inference(weights).resize) == (64, 64)
+    assert _metadata(SimpleNamespace(loaded=load_for_inference(weights)))["inputs"][0]["shape"] == [-1, 3, 64, 64]
+    ref = applications["ResNet50"]
+    square = tmp_path / "square.png"
+    Image.fromarray(ref["images"][0].astype(np.uint8)).save(square)
+    assert main(["predict", "--weights", str(weights), str(square), "--format", "json", "--topk", "1",
+                 "--precision", "fp32", "--no-progress"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"][0]
+    pixels = ref["images"][:1].astype(np.uint8).astype("float32")
+    keras_probs = keras.saving.load_model(str(ref["paths"][".keras"]), compile=False, safe_mode=True).predict(
+        keras.applications.resnet.preprocess_input(pixels.copy()), verbose=0)[0]
+    print(f"predict at the recorded 64x64: top-1 {top['index']} at {top['prob']:.4f}, Keras "
+          f"{int(keras_probs.argmax())} at {float(keras_probs.max()):.4f}")
+    assert top["index"] == int(keras_probs.argmax()) and abs(top["prob"] - float(keras_probs.max())) < 1e-4
+    exported = export_keras(weights, out=tmp_path / "r50.keras")  # checked at the recorded size
+    assert exported.max_abs_diff <= 1e-4 * exported.max_abs_ref
+    capsys.readouterr()
     image = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(image)
     assert main(["predict", "--weights", str(weights), str(image), "--format", "json", "--topk", "1",

@@ -27,6 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default <weights stem>-triton/; replaced only if resnets wrote it)")
     p.add_argument("--force", action="store_true", help="replace the default-named output file if it exists")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    k = p.add_argument_group("keras (what the .keras model takes and returns)")
+    k.add_argument("--keras-preprocessing", choices=("none", "caffe", "tf", "torch"), default="none",
+                   help="the input it takes: none (default), the resnets weights' normalised input; or "
+                        "keras.applications' preprocess_input mode: caffe (BGR, ImageNet means on 0..255), tf "
+                        "(-1..1), torch (ImageNet mean/std), e.g. caffe for a pipeline built for keras ResNet50")
+    k.add_argument("--softmax", action="store_true",
+                   help="end in a softmax: return probabilities, as a Keras classifier does (default: logits)")
     q = p.add_argument_group("int8 (onnxruntime static quantisation, checked on real images)")
     q.add_argument("--int8", action="store_true",
                    help="quantise to int8 (QDQ, per-channel weights), calibrated on real images")
@@ -51,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.calibration is not None and not args.int8:
         raise UserError("--calibration needs --int8")
+    if args.format != "keras" and (args.keras_preprocessing != "none" or args.softmax):
+        raise UserError("--keras-preprocessing and --softmax are for --format keras")
     out = None
     if args.out is not None:  # before the work (a default name beside the weights is export's own choice)
         from ..infer.loading import resolve_weights_path
@@ -61,11 +70,18 @@ def run(args: argparse.Namespace) -> int:
         out = plan_out(args.out, folder=args.format == "triton", suffixes=suffixes, what=what,
                        inputs=[("the --weights file", resolve_weights_path(args.weights, args.model)),
                                ("the --calibration folder", args.calibration)])
+    loaded = loaded_weights(args)
     try:
-        result = export(loaded_weights(args), args.format, out=args.out, model_name=args.model, opset=args.opset,
-                        int8=args.int8, calibration=args.calibration, calibration_images=args.calibration_images,
-                        check_images=args.check_images, min_agreement=args.min_agreement,
-                        max_rel_error=args.max_rel_error, force=args.force)
+        if args.format == "keras":  # the keras module itself: it takes the contract's options
+            from ..keras import export_keras
+
+            result = export_keras(loaded, out=args.out, model_name=args.model, force=args.force,
+                                  preprocessing=args.keras_preprocessing, softmax=args.softmax)
+        else:
+            result = export(loaded, args.format, out=args.out, model_name=args.model, opset=args.opset,
+                            int8=args.int8, calibration=args.calibration,
+                            calibration_images=args.calibration_images, check_images=args.check_images,
+                            min_agreement=args.min_agreement, max_rel_error=args.max_rel_error, force=args.force)
     except ExportCheckError as exc:
         print(f"resnets export: check failed: {exc}", file=sys.stderr)
         return 1
@@ -81,5 +97,10 @@ def run(args: argparse.Namespace) -> int:
     checker = {"onnx": "onnxruntime", "torchscript": "torch.jit", "triton": "onnxruntime", "keras": "Keras"}[result.format]
     print(f"wrote {result.path}; {checker} vs PyTorch at batch sizes "
           f"{', '.join(map(str, result.batches))}: max abs difference {result.max_abs_diff:.3g} "
-          f"(logits up to {result.max_abs_ref:.3g})")
+          f"({'probabilities' if args.softmax else 'logits'} up to {result.max_abs_ref:.3g})")
+    if result.format == "keras":
+        from ..keras.write import contract
+
+        print("  " + contract(args.keras_preprocessing, args.softmax, loaded.mean, loaded.std, len(loaded.classes),
+                              loaded.input_size))
     return 0

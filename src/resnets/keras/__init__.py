@@ -50,6 +50,7 @@ class KerasImport:
     source: str
     notes: list[str] = field(default_factory=list)  # one line each: what was folded, recorded or assumed
     metadata: dict[str, Any] = field(default_factory=dict)  # written under "keras" in the weights' metadata
+    trained: dict[str, Any] = field(default_factory=dict)  # written as "trained": the input size it was fed at
 
     def describe(self) -> str:
         s = self.structure
@@ -96,7 +97,7 @@ def read_keras(source: str | os.PathLike[str] | Any, *, normalization: str | Non
     from ..models import create_model
     from ..weights import load_weights
     from .convert import model_name, state_dict
-    from .graph import Graph, Reader
+    from .graph import Graph, Reader, _pair
 
     if normalization is not None:
         parse_normalization(normalization)  # a typo fails before the model is read
@@ -133,7 +134,8 @@ def read_keras(source: str | os.PathLike[str] | Any, *, normalization: str | Non
         notes.insert(0, note)
     # basic blocks have no 1x1 to stride, so v1 and v1.5 are one net there; CIFAR nets are v1
     plain_v1 = structure.stride_in_1x1 or structure.kind == "basic" or structure.family == "cifar"
-    variant = "keras-v2" if structure.v2 else "v1" if plain_v1 else "v1.5"
+    variant = ("keras-v2" if structure.v2 else "keras-cifar-v2" if structure.cifar_v2 else "v1" if plain_v1
+               else "v1.5")
     model = create_model(name, num_classes=int(structure.dense.config["units"]), variant=variant, **options)
     load_weights(model, state_dict(structure, bgr=bgr))
     model.eval()
@@ -142,6 +144,15 @@ def read_keras(source: str | os.PathLike[str] | Any, *, normalization: str | Non
     biases = sum(1 for u in structure.units() if u.bn is not None and u.conv.config.get("use_bias", True))
     if biases:
         notes.append(f"{biases} conv biases folded into the following batch norms' running means")
+    kept = sum(1 for s in structure.stages for b in s if b.shortcut is not None and b.shortcut.bn is None)
+    if kept:
+        notes.append(f"{kept} projection shortcuts without batch norm: 1x1 convolutions with their biases "
+                     "(projection_bn=False)")
+    if structure.whole_map_pool is not None:
+        pool = structure.whole_map_pool
+        k = "x".join(map(str, _pair(pool.config["pool_size"])))
+        notes.append(f"{pool.name}: AveragePooling2D over the whole {k} map + Flatten read as the global average "
+                     "pool (the same function at the input size below)")
     notes.append(f"batch-norm epsilon {', '.join(f'{e:g}' for e in eps)} folded into the running variances "
                  "(PyTorch's is 1e-5)")
     if structure.tf_padding:
@@ -150,9 +161,22 @@ def read_keras(source: str | os.PathLike[str] | Any, *, normalization: str | Non
     if structure.softmax:
         notes.append("the Keras model ends in a softmax: resnets returns the logits before it, and predict's "
                      "softmax gives the same probabilities")
+    size = structure.input_size
+    trained: dict[str, Any] = {}
+    if size is not None and size[0] == size[1]:
+        # as a training record: input side and resize (fit_images for readers older than those), from Keras
+        trained = {"input_size": size[0], "resize": size[0], "fit_images": size[0], "from": "keras"}
+        notes.append(f"input size {size[0]}x{size[1]} recorded: predict, eval, serve and export feed "
+                     f"{size[0]}x{size[1]} images (shorter side to {size[0]}, centre crop)")
+    else:
+        default = 32 if structure.family == "cifar" else 224
+        what = "has no fixed input size" if size is None else f"takes {size[0]}x{size[1]}, not a square"
+        notes.append(f"the Keras graph {what}: no input size recorded; predict, serve and export feed the "
+                     f"family's {default}x{default}")
     meta = {"source": Path(where).name, "head_softmax": structure.softmax, "normalization": norm_name,
-            "bgr_folded": bgr, "applications_layout": structure.applications_layout}
-    return KerasImport(model, structure, where, notes, meta)
+            "bgr_folded": bgr, "applications_layout": structure.applications_layout,
+            "input_size": list(size) if size is not None else None}
+    return KerasImport(model, structure, where, notes, meta, trained)
 
 
 def load_keras(source: str | os.PathLike[str] | Any, *, normalization: str | None = None) -> ResNetBase:
@@ -171,14 +195,21 @@ def import_keras(source: str | os.PathLike[str], out: str | os.PathLike[str], *,
 
     out_path = check_out_file(out, replace=force, suffix=".safetensors")
     result = read_keras(source, normalization=normalization)
-    save_weights(result.model, out_path, classes=classes, extra={"keras": result.metadata})
+    extra: dict[str, Any] = {"keras": result.metadata}
+    if result.trained:
+        extra["trained"] = result.trained
+    save_weights(result.model, out_path, classes=classes, extra=extra)
     return result
 
 
 def export_keras(weights: str | os.PathLike[str] | LoadedModel, *, out: str | os.PathLike[str] | None = None,
-                 model_name: str | None = None, force: bool = False, check_size: int | None = None) -> ExportResult:
+                 model_name: str | None = None, force: bool = False, check_size: int | None = None,
+                 preprocessing: str = "none", softmax: bool = False) -> ExportResult:
     """Write a resnets ResNet as a ``.keras`` file; checked against PyTorch before it is kept (see
-    :mod:`resnets.keras.write`; ``check_size``: the check inputs' side, default the family's input size)."""
+    :mod:`resnets.keras.write`; ``check_size``: the check inputs' side, default the weights' input size).
+    ``preprocessing`` (``none``, ``caffe``, ``tf``, ``torch``) and ``softmax``: what the Keras model takes and
+    returns; by default the resnets model's normalised input and logits."""
     from .write import export_keras as _export
 
-    return _export(weights, out=out, model_name=model_name, force=force, check_size=check_size)
+    return _export(weights, out=out, model_name=model_name, force=force, check_size=check_size,
+                   preprocessing=preprocessing, softmax=softmax)

@@ -65,13 +65,30 @@ def model_name(structure: Structure) -> tuple[str, dict[str, Any], str | None]:
         options["tf_padding"] = structure.tf_padding
     if structure.in_chans != 3:
         options["in_chans"] = structure.in_chans
+    first_conv = structure.stages[0][0].units[0].conv
+    if not structure.projection_bn and structure.family != "cifar":
+        shortcut = next(b.shortcut for s in structure.stages for b in s if b.shortcut is not None)
+        raise NotAResNet(f"{shortcut.conv}: a projection without batch norm in an ImageNet-style net (7x7 stem); "
+                         "resnets builds those for CIFAR-style nets (keras.io's resnet_v1), so expected a "
+                         "BatchNormalization after it")
+    if structure.cifar_v2:
+        n = blocks[0]
+        if len(set(blocks)) != 1 or n not in CIFAR_DEPTHS.values():
+            raise NotAResNet(f"{first_conv}: keras.io's resnet_v2 with {'-'.join(map(str, blocks))} blocks; "
+                             "expected the same count per stage, n in "
+                             f"{', '.join(map(str, sorted(CIFAR_DEPTHS.values())))} (resnets' CIFAR depths 6n+2)")
+        note = (f"keras.io resnet_v2 of depth {9 * n + 2} (9n+2, n={n}): built as resnet{6 * n + 2} (its n={n} "
+                "blocks per stage) with variant keras-cifar-v2")
+        return f"resnet{6 * n + 2}", options, note
     if structure.family == "cifar":
         n = blocks[0]
         depth = 6 * n + 2
         if kind != "basic" or len(set(blocks)) != 1 or n not in CIFAR_DEPTHS.values():
-            raise NotAResNet(f"{structure.stages[0][0].units[0].conv}: a CIFAR-style net (3x3 stem) with "
+            raise NotAResNet(f"{first_conv}: a CIFAR-style net (3x3 stem) with "
                              f"{'-'.join(map(str, blocks))} {kind} blocks; expected basic blocks, the same count per "
                              f"stage, depth 6n+2 in {', '.join(map(str, sorted(CIFAR_DEPTHS)))}")
+        if not structure.projection_bn:
+            options["projection_bn"] = False
         return f"resnet{depth}", {**options, "shortcut": "B"}, None
     layers = 2 + (3 if kind == "bottleneck" else 2) * sum(blocks)
     same = [d for d, (k, b) in IMAGENET_DEPTHS.items() if k == kind and list(b) == blocks]
@@ -125,6 +142,9 @@ def state_dict(structure: Structure, *, bgr: bool) -> dict[str, torch.Tensor]:
 
     def put(prefix_conv: str, prefix_bn: str, unit: Unit, swap: bool = False) -> None:
         out[f"{prefix_conv}.weight"] = _conv(unit, swap)
+        if unit.bn is None:  # a projection without batch norm keeps its bias
+            out[f"{prefix_conv}.bias"] = _bias(unit.conv)
+            return
         for key, value in _bn(unit).items():
             out[f"{prefix_bn}.{key}"] = value
 
@@ -134,7 +154,9 @@ def state_dict(structure: Structure, *, bgr: bool) -> dict[str, torch.Tensor]:
         _v2_state(structure, out, bgr)
     else:
         put("conv1", "bn1", structure.stem, bgr)
-    for i, stage in enumerate([] if structure.v2 else structure.stages):
+    if structure.cifar_v2:
+        _cifar_v2_state(structure, out)
+    for i, stage in enumerate([] if structure.post_bn is not None else structure.stages):
         for j, block in enumerate(stage):
             base = f"layer{i + 1}.{j}"
             for k, unit in enumerate(block.units):
@@ -170,6 +192,35 @@ def _v2_state(structure: Structure, out: dict[str, np.ndarray], bgr: bool) -> No
             base = f"layer{i + 1}.{j}"
             for key, value in _bn_op(block.pre_bn, channels, None).items():
                 out[f"{base}.bn1.{key}"] = value
+            for k, unit in enumerate(block.units):
+                out[f"{base}.conv{k + 1}.weight"] = _conv(unit)
+                for key, value in _bn(unit).items():
+                    out[f"{base}.bn{k + 2}.{key}"] = value
+            out[f"{base}.conv3.weight"] = _numpy(block.last_conv.layer.kernel).transpose(3, 2, 0, 1)
+            out[f"{base}.conv3.bias"] = _bias(block.last_conv)
+            if block.projection is not None:
+                out[f"{base}.downsample.0.weight"] = _numpy(block.projection.layer.kernel).transpose(3, 2, 0, 1)
+                out[f"{base}.downsample.0.bias"] = _bias(block.projection)
+            channels = 4 * block.width
+    assert structure.post_bn is not None
+    for key, value in _bn_op(structure.post_bn, channels, None).items():
+        out[f"final_bn.{key}"] = value
+
+
+def _cifar_v2_state(structure: Structure, out: dict[str, np.ndarray]) -> None:
+    """keras.io's ``resnet_v2`` (variant ``keras-cifar-v2``) after the stem: each block's pre-activation batch norm
+    (none in the first), the 1x1 and 3x3 biases folded into the batch norms after them, the last 1x1's and the
+    projection's biases kept, the final batch norm."""
+    from .graph import CifarV2Block
+
+    channels = structure.stem.filters
+    for i, stage in enumerate(structure.stages):
+        for j, block in enumerate(stage):
+            assert isinstance(block, CifarV2Block)
+            base = f"layer{i + 1}.{j}"
+            if block.pre_bn is not None:
+                for key, value in _bn_op(block.pre_bn, channels, None).items():
+                    out[f"{base}.bn1.{key}"] = value
             for k, unit in enumerate(block.units):
                 out[f"{base}.conv{k + 1}.weight"] = _conv(unit)
                 for key, value in _bn(unit).items():

@@ -39,7 +39,7 @@ class Unit:
     """A convolution, the batch norm after it, and whether a ReLU follows. ``pad``: how the conv pads."""
 
     conv: Op
-    bn: Op | None  # None only for a ResNetV2 stem, whose conv keeps its bias
+    bn: Op | None  # None for a ResNetV2 stem and a projection without BN (keras.io): the conv keeps its bias
     relu: bool
     kernel: int
     stride: int
@@ -76,6 +76,24 @@ class V2Block:
 
 
 @dataclass
+class CifarV2Block:
+    """A block of keras.io's CIFAR-10 ``resnet_v2``: BN-ReLU (``pre_bn``; None in the net's first block), the
+    1x1 (the stride) and 3x3 units, a last 1x1 with a bias, and where the shape changes a 1x1 projection with a
+    bias from the block's input."""
+
+    pre_bn: Op | None
+    units: list[Unit]
+    last_conv: Op
+    projection: Op | None
+    stride: int
+    width: int  # the output channels / 4, as resnets' widths
+    inner: int  # the 1x1 and 3x3 filters: the stage's input channels
+    kind: str = "bottleneck"
+    shortcut: None = None
+    stride_in_1x1: bool = True
+
+
+@dataclass
 class Structure:
     """A Keras ResNet as resnets sees it."""
 
@@ -83,17 +101,40 @@ class Structure:
     in_chans: int
     stem: Unit
     pool_pad: str | None  # the stem's max pool: "torch", "tf", or None (CIFAR: no pool)
-    stages: list[list[Block | V2Block]]
+    stages: list[list[Block | V2Block | CifarV2Block]]
     dense: Op
     softmax: bool  # the head ends in a softmax (resnets returns the logits before it)
     input_shape: tuple[Any, ...]
     applications_layout: bool  # ZeroPadding2D + 'valid' stem and batch-norm eps 1.001e-5, as keras.applications
-    post_bn: Op | None = None  # ResNetV2: the batch norm (and ReLU) after the last block
+    post_bn: Op | None = None  # pre-activation nets: the batch norm (and ReLU) after the last block
+    whole_map_pool: Op | None = None  # an AveragePooling2D over the whole last map, read as the global pool
 
     @property
     def v2(self) -> bool:
         """A keras.applications ResNetV2 layout (variant ``keras-v2``)."""
-        return self.post_bn is not None
+        return self.post_bn is not None and self.family == "imagenet"
+
+    @property
+    def cifar_v2(self) -> bool:
+        """keras.io's CIFAR-10 ``resnet_v2`` layout (variant ``keras-cifar-v2``)."""
+        return self.post_bn is not None and self.family == "cifar"
+
+    @property
+    def projection_bn(self) -> bool:
+        """False where the projection shortcuts have no batch norm (keras.io's ``resnet_v1``); NotAResNet if some
+        have one and some not."""
+        shortcuts = [b.shortcut for s in self.stages for b in s if b.shortcut is not None]
+        without = [u for u in shortcuts if u.bn is None]
+        if without and len(without) != len(shortcuts):
+            raise NotAResNet(f"{without[0].conv}: a projection without batch norm where other projections have one; "
+                             "expected one kind throughout")
+        return not without
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """The graph's fixed (height, width), or None where the input takes any size."""
+        h, w = self.input_shape[1:3]
+        return (int(h), int(w)) if isinstance(h, int) and isinstance(w, int) else None
 
     @property
     def kind(self) -> str:
@@ -133,7 +174,7 @@ class Structure:
 
     def bns(self) -> list[Op]:
         bns = [u.bn for u in self.units() if u.bn is not None]
-        bns += [b.pre_bn for s in self.stages for b in s if isinstance(b, V2Block)]
+        bns += [b.pre_bn for s in self.stages for b in s if isinstance(b, V2Block | CifarV2Block) and b.pre_bn]
         return bns + ([self.post_bn] if self.post_bn is not None else [])
 
 
@@ -231,6 +272,7 @@ class Reader:
     def __init__(self, graph: Graph) -> None:
         self.g = graph
         self.seen: set[str] = {graph.input.name}
+        self.whole_map_pool: Op | None = None
 
     def take(self, op: Op) -> Op:
         self.seen.add(op.name)
@@ -243,9 +285,10 @@ class Reader:
             return self.g.child(op, "a convolution or pooling layer"), _symmetric_pad(op)
         return op, None
 
-    def unit(self, op: Op, *, relu: bool | None) -> tuple[Unit, Op]:
+    def unit(self, op: Op, *, relu: bool | None, bn_optional: bool = False) -> tuple[Unit, Op]:
         """Conv2D -> BatchNormalization (-> ReLU): the unit and its last layer. ``relu``: required (True),
-        forbidden (False), or either (None)."""
+        forbidden (False), or either (None). ``bn_optional``: a conv straight into an Add may have no batch norm
+        (a projection shortcut as keras.io's CIFAR ResNet builds it; the conv's bias is kept)."""
         conv, explicit = self.padded(op)
         expect(conv, "Conv2D", "a Conv2D (a ResNet convolution)")
         c = conv.config
@@ -261,8 +304,12 @@ class Reader:
             raise NotAResNet(f"{conv}: expected data_format='channels_last'")
         pad = padding_of(conv, explicit, kernel[0], stride[0])
         self.take(conv)
-        bn = self.take(expect(self.g.child(conv, "a BatchNormalization"), "BatchNormalization",
-                              "a BatchNormalization after the convolution"))
+        after = self.g.child(conv, "a BatchNormalization")
+        if bn_optional and after.kind == "Add":
+            return Unit(conv, None, False, kernel[0], stride[0], int(c["filters"]), pad), conv
+        bn = self.take(expect(after, "BatchNormalization",
+                              f"a BatchNormalization after {conv.name} (each convolution of a post-activation "
+                              "ResNet is normalised before its ReLU or the Add)"))
         axis = bn.config.get("axis", -1)
         axis = axis[0] if isinstance(axis, list | tuple) and len(axis) == 1 else axis
         if axis not in (-1, 3):
@@ -280,13 +327,18 @@ class Reader:
         g = self.g
         shape = tuple(g.input.config.get("batch_shape") or g.input.config.get("batch_input_shape") or ())
         if len(shape) != 4:
-            raise NotAResNet(f"{g.input}: expected an image input (batch, height, width, channels), found {shape}")
+            raise NotAResNet(f"{g.input}: expected an image input (batch, height, width, channels), found {shape}: "
+                             "a ResNet convolves images")
         in_chans = shape[-1]
         if in_chans is None:
             raise NotAResNet(f"{g.input}: expected a known number of channels (channels_last)")
         first = g.child(g.input, "the stem convolution")
-        if self._is_v2():
-            return self.read_v2(first, shape, int(in_chans))
+        conv = g.ops[first.children[0]] if first.kind == "ZeroPadding2D" and len(first.children) == 1 else first
+        if conv.kind != "Conv2D":
+            raise NotAResNet(f"{conv}: expected the stem convolution (a Conv2D) reading the image input; a ResNet "
+                             "starts with one")
+        if [g.ops[k].kind for k in conv.children] != ["BatchNormalization"] and self._is_v2():
+            return self.read_v2(first, shape, int(in_chans))  # a stem conv without BN: keras.applications' V2
         stem, last = self.unit(first, relu=True)
         if stem.kernel == 7 and stem.stride == 2:
             family = "imagenet"
@@ -302,6 +354,12 @@ class Reader:
         else:
             raise NotAResNet(f"{stem.conv}: expected the stem convolution, 7x7 stride 2 (ImageNet ResNets) or "
                              f"3x3 stride 1 (CIFAR ResNets), found {stem.kernel}x{stem.kernel} stride {stem.stride}")
+        if self._preactivated(last):
+            if family != "cifar":
+                raise NotAResNet(f"{stem.conv}: pre-activation blocks (no ReLU after the Add) after a conv-BN-ReLU "
+                                 "7x7 stem; expected post-activation blocks here (keras.applications' ResNetV2 has "
+                                 "a stem conv without batch norm; keras.io's resnet_v2 a 3x3 stem)")
+            return self.read_cifar_v2(stem, last, shape, int(in_chans))
         blocks: list[Block] = []
         channels = stem.filters
         while True:
@@ -321,7 +379,8 @@ class Reader:
         unused = [op for op in g.ops.values() if op.name not in self.seen]
         if unused:
             raise NotAResNet(f"{unused[0]}: a layer outside the ResNet's path; expected none")
-        structure = Structure(family, int(in_chans), stem, pool_pad, stages, dense, softmax, shape, False)
+        structure = Structure(family, int(in_chans), stem, pool_pad, stages, dense, softmax, shape, False,
+                              whole_map_pool=self.whole_map_pool)
         eps = {float(bn.config.get("epsilon", 1e-3)) for bn in structure.bns()}
         structure.applications_layout = first.kind == "ZeroPadding2D" and eps == {1.001e-5}
         structure.tf_padding  # noqa: B018 - refuses blocks that mix paddings
@@ -335,13 +394,13 @@ class Reader:
             first = kids[0] if kids else start
             raise NotAResNet(f"{first}: expected a residual block: {start.name}'s output feeding both the block's "
                              f"first convolution and its shortcut (an Add, or a 1x1 projection), found "
-                             f"{len(kids)} consumer(s)")
+                             f"{len(kids)} consumer(s): a residual block adds its input to its branch's output")
         paths = []
         for kid in kids:
             units: list[Unit] = []
             op = kid
             while op.kind != "Add":
-                unit, last = self.unit(op, relu=None)
+                unit, last = self.unit(op, relu=None, bn_optional=True)
                 units.append(unit)
                 if not unit.relu:
                     op = g.child(last, "the block's Add")
@@ -357,7 +416,12 @@ class Reader:
             raise NotAResNet(f"{short[1].conv}: expected the shortcut to be the identity or one 1x1 projection")
         shortcut = short[0] if short else None
         if shortcut is not None and (shortcut.kernel != 1 or shortcut.relu):
-            raise NotAResNet(f"{shortcut.conv}: expected a 1x1 projection (conv + batch norm) on the shortcut")
+            raise NotAResNet(f"{shortcut.conv}: expected a 1x1 projection (conv, with or without a batch norm) on "
+                             "the shortcut")
+        for u in main:
+            if u.bn is None:
+                raise NotAResNet(f"{u.conv}: expected a BatchNormalization after it (each convolution of the "
+                                 "block's branch is normalised; only a 1x1 projection may go without)")
         for u in main[:-1]:
             if not u.relu:
                 raise NotAResNet(f"{u.bn}: expected a ReLU after it")
@@ -424,11 +488,37 @@ class Reader:
                     raise NotAResNet(f"{b.units[0].conv}: expected width {width} in this stage, found {b.width}")
         return stages
 
+    def whole_map(self, pool: Op) -> Op:
+        """An AveragePooling2D that covers the whole map (keras.io's ``AveragePooling2D(8)`` at 32x32): the global
+        average pool at the graph's input size; NotAResNet where it is not, or the input size is free."""
+        c = pool.config
+        size = _pair(c["pool_size"])
+        strides = _pair(c.get("strides") or c["pool_size"])
+        try:
+            h, w = tuple(pool.layer.input.shape)[1:3]
+        except (AttributeError, ValueError, TypeError):
+            h = w = None
+        if h is None or w is None:
+            raise NotAResNet(f"{pool}: an AveragePooling2D({size[0]}) is the global average pool only at a fixed "
+                             "input size, and the model's input has none; rebuild it with its input shape, e.g. "
+                             "keras.Input((32, 32, 3)), and load the weights into it")
+        if (int(h), int(w)) != size or (c.get("padding", "valid") != "valid" and strides != size):
+            raise NotAResNet(f"{pool}: pools {size[0]}x{size[1]} of a {h}x{w} map; expected the global average pool "
+                             "(a GlobalAveragePooling2D, or an AveragePooling2D over the whole map) before the "
+                             "classifier")
+        return pool
+
     def head(self, last: Op) -> tuple[Op, bool]:
-        """Global average pool -> (Flatten, Dropout) -> Dense (softmax or linear) -> (softmax)."""
+        """Global average pool (or an AveragePooling2D over the whole map, then Flatten) -> (Flatten, Dropout) ->
+        Dense (softmax or linear) -> (softmax)."""
         g = self.g
-        pool = self.take(expect(g.child(last, "the global average pool"), "GlobalAveragePooling2D",
-                                "a GlobalAveragePooling2D"))
+        pool = g.child(last, "the global average pool")
+        if pool.kind == "AveragePooling2D":
+            self.whole_map_pool = self.take(self.whole_map(pool))
+            expect(g.child(pool, "a Flatten"), "Flatten", "a Flatten after the whole-map average pool")
+        else:
+            self.take(expect(pool, "GlobalAveragePooling2D", "a GlobalAveragePooling2D (or an AveragePooling2D "
+                             "over the whole map, then Flatten): the global average pool a ResNet ends with"))
         op = g.child(pool, "the classifier")
         while op.kind in ("Flatten", "Dropout"):
             self.take(op)
@@ -461,6 +551,120 @@ class Reader:
             return False
         i = kinds.index("GlobalAveragePooling2D")
         return kinds[i + 1:i + 3] in (["Activation", "BatchNormalization"], ["ReLU", "BatchNormalization"])
+
+    def _preactivated(self, start: Op) -> bool:
+        """Whether the first Add after ``start`` feeds something other than one ReLU: pre-activation blocks."""
+        g, queue, seen = self.g, [start], {start.name}
+        while queue and len(seen) < 64:
+            op = queue.pop(0)
+            if op.kind == "Add":
+                kids = [g.ops[k] for k in op.children]
+                return not (len(kids) == 1 and is_relu(kids[0]))
+            for k in op.children:
+                if k not in seen:
+                    seen.add(k)
+                    queue.append(g.ops[k])
+        return False
+
+    def read_cifar_v2(self, stem: Unit, last: Op, shape: tuple[Any, ...], in_chans: int) -> Structure:
+        """keras.io's CIFAR-10 ``resnet_v2`` (variant ``keras-cifar-v2``): the conv-BN-ReLU 3x3 stem read, then
+        pre-activation bottlenecks, a final BN-ReLU and the pooled head."""
+        g = self.g
+        if stem.filters != 16:
+            raise NotAResNet(f"{stem.conv}: expected 16 filters in the stem, found {stem.filters}")
+        blocks: list[CifarV2Block] = []
+        channels = stem.filters
+        while True:
+            kids = [g.ops[k] for k in last.children]
+            if blocks and len(kids) == 1 and kids[0].kind == "BatchNormalization" and len(kids[0].children) == 1:
+                relu = g.ops[kids[0].children[0]]
+                if is_relu(relu) and [g.ops[k].kind for k in relu.children] in (
+                        ["GlobalAveragePooling2D"], ["AveragePooling2D"]):
+                    post_bn = self.take(kids[0])
+                    last = self.take(relu)
+                    break
+            block, last = self.block_cifar_v2(last, channels, first=not blocks)
+            channels = 4 * block.width
+            blocks.append(block)
+        stages: list[list[CifarV2Block]] = []
+        for b in blocks:
+            if not stages or b.projection is not None:
+                stages.append([])
+            stages[-1].append(b)
+        widths = STANDARD_WIDTHS["cifar"]
+        if len(stages) != len(widths):
+            raise NotAResNet(f"{stages[-1][0].units[0].conv}: expected {len(widths)} stages (each starting with a "
+                             f"projection; outputs {', '.join(str(4 * w) for w in widths)}), found {len(stages)}")
+        inner = stem.filters
+        for i, (stage, width) in enumerate(zip(stages, widths, strict=True)):
+            for b in stage:
+                stride = (1 if i == 0 else 2) if b is stage[0] else 1
+                if (b.width, b.inner, b.stride) != (width, inner, stride):
+                    raise NotAResNet(f"{b.units[0].conv}: expected {inner} inner and {4 * width} output filters, "
+                                     f"stride {stride} (keras.io's resnet_v2: the stage's input channels inside, "
+                                     f"x4 then x2 out), found {b.inner} and {4 * b.width}, stride {b.stride}")
+            inner = 4 * width
+        dense, softmax = self.head(last)
+        unused = [op for op in g.ops.values() if op.name not in self.seen]
+        if unused:
+            raise NotAResNet(f"{unused[0]}: a layer outside the ResNet's path; expected none")
+        structure = Structure("cifar", in_chans, stem, None, stages, dense, softmax,  # type: ignore[arg-type]
+                              shape, False, post_bn, self.whole_map_pool)
+        return structure
+
+    def block_cifar_v2(self, x: Op, channels: int, *, first: bool) -> tuple[CifarV2Block, Op]:
+        """(BN-ReLU,) 1x1, BN-ReLU, 3x3, BN-ReLU, 1x1 + bias into an Add with the shortcut from ``x`` itself: the
+        identity or a 1x1 projection with a bias. The net's first block has no BN-ReLU (the stem's serves)."""
+        g = self.g
+        kids = [g.ops[k] for k in x.children]
+        projections = [k for k in kids if k.kind == "Conv2D" and [g.ops[c].kind for c in k.children] == ["Add"]]
+        rest = [k for k in kids if k not in projections]
+        pre = [k for k in rest if k.kind == "BatchNormalization"]
+        if len(kids) != 2 or len(projections) > 1 or (first and len(rest) != 1) or (not first and len(pre) != 1):
+            what = "its first 1x1 convolution" if first else "its pre-activation BatchNormalization"
+            raise NotAResNet(f"{kids[0] if kids else x}: expected a residual block: {x.name}'s output feeding {what} "
+                             f"and the shortcut (the Add, or a 1x1 projection into it), found {len(kids)} consumer(s)")
+        pre_bn = None
+        if first:
+            main = rest[0]
+        else:
+            pre_bn = self.take(pre[0])
+            relu = g.child(pre_bn, "a ReLU")
+            if not is_relu(relu):
+                raise NotAResNet(f"{relu}: expected a ReLU after the pre-activation {pre_bn.name}")
+            main = g.child(self.take(relu), "the block's first 1x1 convolution")
+        u1, l1 = self.unit(main, relu=True)
+        u2, l2 = self.unit(g.child(l1, "the 3x3 convolution"), relu=True)
+        conv3 = self.take(expect(g.child(l2, "the last 1x1 convolution"), "Conv2D",
+                                 "the block's last 1x1 convolution (before the Add, in a pre-activation block)"))
+        c3 = conv3.config
+        inner, out = u1.filters, int(c3["filters"])
+        if (u1.kernel, u2.kernel, u2.stride, u2.filters) != (1, 3, 1, inner) or _pair(c3["kernel_size"]) != (1, 1) \
+                or _pair(c3["strides"]) != (1, 1) or c3.get("activation") not in (None, "linear") or out % 4:
+            raise NotAResNet(f"{u1.conv}: expected a pre-activation bottleneck: 1x1 ({inner}, the stride), 3x3 "
+                             f"({inner}), 1x1 (linear, a multiple of 4 filters)")
+        add = expect(g.child(conv3, "the block's Add"), "Add", "the block's Add")
+        stride = u1.stride
+        projection = projections[0] if projections else None
+        if projection is not None:
+            p = projection.config
+            if _pair(p["kernel_size"]) != (1, 1) or _pair(p["strides"]) != (stride, stride) \
+                    or int(p["filters"]) != out or p.get("activation") not in (None, "linear") \
+                    or g.ops[projection.children[0]].name != add.name:
+                raise NotAResNet(f"{projection}: expected a linear 1x1 projection to {out} channels, stride {stride}, "
+                                 f"into {add.name}")
+            if stride == 1 and channels == out:
+                raise NotAResNet(f"{projection}: a projection where the shape does not change; expected the identity")
+            self.take(projection)
+        elif stride != 1 or channels != out:
+            raise NotAResNet(f"{add}: an identity shortcut where the block changes shape ({channels} -> {out} "
+                             f"channels, stride {stride}); expected a 1x1 projection")
+        elif x.name not in add.parents:
+            raise NotAResNet(f"{add}: expected the shortcut from {x.name} into it")
+        if len(add.parents) != 2:
+            raise NotAResNet(f"{add}: expected two inputs, the branch and the shortcut")
+        self.take(add)
+        return CifarV2Block(pre_bn, [u1, u2], conv3, projection, stride, out // 4, inner), add
 
     def read_v2(self, first: Op, shape: tuple[Any, ...], in_chans: int) -> Structure:
         """keras.applications ResNet50V2/101V2/152V2 (and nets built the same way), variant ``keras-v2``."""

@@ -1,9 +1,13 @@
 """resnets ResNets as Keras models: a functional graph in keras.applications' layout and names, the same weights.
 
 Covered: the post-activation nets, ImageNet (variants v1 and v1.5, ``blocks=`` and ``tf_padding`` included)
-and CIFAR (option A or B shortcuts), and the plain baselines. The Keras model takes what the resnets model
-takes, channels last: an N x H x W x C image already normalised (the weights' mean and std), and returns the
-logits. Option A's zero-padding shortcut becomes a frozen 1x1 convolution of ones and zeros (exact).
+and CIFAR (option A or B shortcuts, with or without the projection's batch norm), and the plain baselines. By
+default the Keras model takes what the resnets model takes, channels last: an N x H x W x C image already
+normalised (the weights' mean and std), and returns the logits. ``preprocessing`` (``caffe``, ``tf``,
+``torch``: keras.applications' ``preprocess_input`` modes) makes it take that input instead, and ``softmax``
+return probabilities: the contract of a Keras pipeline. The conversion is a per-channel ``Rescaling`` before
+conv1 (none where it is the identity) and, for caffe's BGR, conv1's input channels reversed; both exact.
+Option A's zero-padding shortcut becomes a frozen 1x1 convolution of ones and zeros (exact).
 The file is written to a temporary path, loaded back with Keras' safe loader and compared with PyTorch on
 random inputs; it is renamed into place only when the outputs agree.
 """
@@ -24,14 +28,73 @@ from ..errors import UserError
 from ..models.blocks import BasicBlock, Bottleneck, TFSameConv2d, ZeroPadShortcut
 from ..models.resnet import CifarResNet, ResNet, ResNetBase
 from . import require_keras
+from .convert import CAFFE_MEAN_BGR
 
 if TYPE_CHECKING:
     from ..infer.export import ExportResult
     from ..infer.loading import LoadedModel
 
 
+#: What the exported Keras model may take: the resnets model's own normalised input, or a ``preprocess_input`` mode.
+KERAS_PREPROCESSING = ("none", "caffe", "tf", "torch")
+_TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # Keras' "torch" mode
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).numpy()
+
+
+def keras_input(images: np.ndarray, preprocessing: str, mean: Any, std: Any) -> np.ndarray:
+    """0..255 RGB images (N, H, W, 3; float) as a Keras model exported with ``preprocessing`` takes them:
+    ``none`` the weights' own normalisation, else keras.applications' ``preprocess_input`` mode."""
+    x = np.asarray(images, np.float64)
+    if preprocessing == "caffe":
+        return (x[..., ::-1] - np.array(CAFFE_MEAN_BGR)).astype(np.float32)
+    if preprocessing == "tf":
+        return (x / 127.5 - 1.0).astype(np.float32)
+    if preprocessing == "torch":
+        return ((x / 255.0 - np.array(_TORCH_MEAN)) / np.array(_TORCH_STD)).astype(np.float32)
+    if preprocessing == "none":
+        return ((x / 255.0 - np.asarray(mean)) / np.asarray(std)).astype(np.float32)
+    raise UserError(f"unknown Keras preprocessing {preprocessing!r}; choose one of {', '.join(KERAS_PREPROCESSING)}")
+
+
+def input_affine(preprocessing: str, mean: Any, std: Any) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(scale, offset, reverse)``: the resnets input is ``u * scale + offset`` per channel of the Keras input
+    ``u`` (in its own channel order), then channels reversed when ``reverse`` (caffe's BGR); float64."""
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    if preprocessing == "none":
+        return np.ones(len(mean)), np.zeros(len(mean)), False
+    if len(mean) != 3:
+        raise UserError(f"--keras-preprocessing {preprocessing} is for RGB images; this net takes {len(mean)} "
+                        "channels (use none)")
+    if preprocessing == "caffe":  # u = bgr255 - m_bgr: x01 = (u + m_bgr) / 255, in BGR order
+        m, s = mean[::-1], std[::-1]
+        return 1.0 / (255.0 * s), (np.array(CAFFE_MEAN_BGR) / 255.0 - m) / s, True
+    if preprocessing == "tf":  # u = x255 / 127.5 - 1: x01 = (u + 1) / 2
+        return 0.5 / std, (0.5 - mean) / std, False
+    if preprocessing == "torch":  # u = (x01 - m_t) / s_t
+        return np.array(_TORCH_STD) / std, (np.array(_TORCH_MEAN) - mean) / std, False
+    raise UserError(f"unknown Keras preprocessing {preprocessing!r}; choose one of {', '.join(KERAS_PREPROCESSING)}")
+
+
+def contract(preprocessing: str, softmax: bool, mean: Any, std: Any, num_classes: int, size: int) -> str:
+    """What an exported Keras model takes and returns, in one line."""
+    takes = {
+        "none": (f"(x / 255 - mean) / std, mean {_floats(mean)}, std {_floats(std)} (the resnets weights' "
+                 "normalisation), RGB"),
+        "caffe": "keras.applications.resnet.preprocess_input(x) (mode 'caffe': BGR, ImageNet means subtracted)",
+        "tf": "x / 127.5 - 1 (preprocess_input mode 'tf'), RGB",
+        "torch": "(x / 255 - ImageNet mean) / ImageNet std (preprocess_input mode 'torch'), RGB",
+    }[preprocessing]
+    returns = (f"softmax probabilities over {num_classes} classes" if softmax
+               else f"logits over {num_classes} classes (no softmax)")
+    return (f"the Keras model takes {takes}, channels last (N x H x W x 3; x: the 0..255 pixels); returns "
+            f"{returns}; trained or imported at {size}x{size}, so feed it that size")
+
+
+def _floats(values: Any) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
 
 
 class _Writer:
@@ -42,8 +105,9 @@ class _Writer:
         self.L = keras.layers
         self.pending: list[tuple[Any, list[np.ndarray]]] = []
 
-    def conv(self, x: Any, conv: nn.Conv2d, name: str) -> Any:
-        """``conv`` as Keras: stride-1 or tf-padded 'same', else ZeroPadding2D + 'valid' (PyTorch's padding)."""
+    def conv(self, x: Any, conv: nn.Conv2d, name: str, reverse_input: bool = False) -> Any:
+        """``conv`` as Keras: stride-1 or tf-padded 'same', else ZeroPadding2D + 'valid' (PyTorch's padding);
+        with its bias if it has one; ``reverse_input``: its input channels in reverse order (BGR input)."""
         k, s = conv.kernel_size[0], conv.stride[0]
         pad = 0 if isinstance(conv, TFSameConv2d) else int(conv.padding[0])  # type: ignore[index]
         if isinstance(conv, TFSameConv2d) or (s == 1 and pad == (k - 1) // 2):
@@ -52,8 +116,12 @@ class _Writer:
             if pad:
                 x = self.L.ZeroPadding2D(pad, name=f"{name}_pad")(x)
             padding = "valid"
-        layer = self.L.Conv2D(conv.out_channels, k, strides=s, padding=padding, use_bias=False, name=name)
-        self.pending.append((layer, [_np(conv.weight).transpose(2, 3, 1, 0)]))  # OIHW -> HWIO
+        bias = getattr(conv, "bias", None)
+        layer = self.L.Conv2D(conv.out_channels, k, strides=s, padding=padding, use_bias=bias is not None, name=name)
+        kernel = _np(conv.weight).transpose(2, 3, 1, 0)  # OIHW -> HWIO
+        if reverse_input:
+            kernel = np.ascontiguousarray(kernel[:, :, ::-1])
+        self.pending.append((layer, [kernel] + ([_np(bias)] if bias is not None else [])))
         return layer(x)
 
     def bn(self, x: Any, bn: nn.BatchNorm2d, name: str) -> Any:
@@ -74,6 +142,8 @@ class _Writer:
                                   trainable=False, name=f"{name}_0_zeropad")
             self.pending.append((layer, [kernel]))
             return layer(x)
+        if isinstance(down, nn.Sequential) and len(down) == 1 and isinstance(down[0], nn.Conv2d):
+            return self.conv(x, down[0], f"{name}_0_conv")  # a projection without batch norm (projection_bn=False)
         if not (isinstance(down, nn.Sequential) and len(down) == 2):
             raise UserError(f"Keras export: unsupported shortcut {type(down).__name__}")
         conv, bn = down[0], down[1]
@@ -96,11 +166,16 @@ class _Writer:
             y = self.L.Add(name=f"{name}_add")([short, y])
         return self.relu(y, f"{name}_out")
 
-    def build(self, model: ResNetBase) -> Any:
+    def build(self, model: ResNetBase, preprocessing: str = "none", softmax: bool = False,
+              normalization: tuple[Any, Any] = ((0.0,) * 3, (1.0,) * 3)) -> Any:
         keras, L = self.keras, self.L
         card = model.card
         inp = keras.Input((None, None, int(model.conv1.in_channels)), name="images")  # type: ignore[union-attr]
-        x = self.conv(inp, model.conv1, "conv1_conv")  # type: ignore[arg-type]
+        scale, offset, reverse = input_affine(preprocessing, *normalization)
+        x = inp
+        if not (np.allclose(scale, 1, rtol=0, atol=1e-7) and np.allclose(offset, 0, rtol=0, atol=1e-7)):
+            x = L.Rescaling([float(v) for v in scale], offset=[float(v) for v in offset], name="preprocess")(x)
+        x = self.conv(x, model.conv1, "conv1_conv", reverse_input=reverse)  # type: ignore[arg-type]
         x = self.relu(self.bn(x, model.bn1, "conv1_bn"), "conv1_relu")  # type: ignore[arg-type]
         if isinstance(model, ResNet):
             pool = model.maxpool
@@ -113,7 +188,8 @@ class _Writer:
             for j, block in enumerate(getattr(model, stage_name)):
                 x = self.block(x, block, f"conv{i + 2}_block{j + 1}")
         x = L.GlobalAveragePooling2D(name="avg_pool")(x)
-        dense = L.Dense(card.num_classes, name="logits")
+        dense = L.Dense(card.num_classes, activation="softmax" if softmax else None,
+                        name="predictions" if softmax else "logits")
         self.pending.append((dense, [_np(model.fc.weight).T, _np(model.fc.bias)]))
         out = dense(x)
         net = keras.Model(inp, out, name=card.name or "resnet")
@@ -122,8 +198,11 @@ class _Writer:
         return net
 
 
-def to_keras(model: ResNetBase) -> Any:
-    """A Keras functional model computing ``model`` (eval mode) on channels-last input; see the module doc."""
+def to_keras(model: ResNetBase, preprocessing: str = "none", softmax: bool = False,
+             normalization: tuple[Any, Any] | None = None) -> Any:
+    """A Keras functional model computing ``model`` (eval mode) on channels-last input; see the module doc.
+    ``normalization``: ``(mean, std)`` the net's input is normalised with (default: its card's), which a
+    ``preprocessing`` converts to."""
     keras = require_keras()
     card = model.card
     label = f"{card.name or type(model).__name__} ({card.variant})"
@@ -132,7 +211,13 @@ def to_keras(model: ResNetBase) -> Any:
                         "ResNet-D's average-pool shortcuts and pre-activation nets are not written")
     if isinstance(model, ResNet) and not isinstance(model.conv1, nn.Conv2d):
         raise UserError(f"Keras export: {label} has a deep stem; not written")
-    return _Writer(keras).build(model.eval())
+    if normalization is None:
+        if preprocessing != "none" and not card.normalization:
+            raise UserError(f"Keras preprocessing {preprocessing}: the model records no input normalisation to "
+                            "convert from; use none")
+        norm = card.normalization or {"mean": (0.0,) * 3, "std": (1.0,) * 3}
+        normalization = (norm["mean"], norm["std"])
+    return _Writer(keras).build(model.eval(), preprocessing, softmax, normalization)
 
 
 def keras_logits(net: Any, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -146,10 +231,13 @@ def keras_logits(net: Any, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def export_keras(weights: str | os.PathLike[str] | LoadedModel, *, out: str | os.PathLike[str] | None = None,
-                 model_name: str | None = None, force: bool = False, check_size: int | None = None) -> ExportResult:
+                 model_name: str | None = None, force: bool = False, check_size: int | None = None,
+                 preprocessing: str = "none", softmax: bool = False) -> ExportResult:
     """Write ``weights``' model as a ``.keras`` file (default: beside the weights), checked: loaded back with
-    Keras' safe loader and compared with PyTorch on random inputs (side ``check_size``, default the family's
-    input size) at batch sizes 1 and 3; ExportCheckError (nothing written) beyond ``ATOL + RTOL * max |logits|``.
+    Keras' safe loader and compared with PyTorch on random inputs (side ``check_size``, default the weights'
+    input size) at batch sizes 1 and 3; ExportCheckError (nothing written) beyond ``ATOL + RTOL * max |outputs|``.
+    ``preprocessing``/``softmax``: the contract it takes and returns (see the module doc and :func:`contract`);
+    with a preprocessing, the check inputs are random 0..255 images, preprocessed as Keras would.
     A default-named file that exists is replaced only with ``force``."""
     from ..infer.export import ATOL, CHECK_BATCHES, RTOL, ExportCheckError, ExportResult
     from ..infer.loading import load_for_inference
@@ -162,12 +250,26 @@ def export_keras(weights: str | os.PathLike[str] | LoadedModel, *, out: str | os
     if out_path.suffix != ".keras":
         raise UserError(f"--out {out_path}: a Keras model file must end in .keras")
     check_out_file(out_path, replace=force or out is not None, suffix=".keras")
-    net = to_keras(model)
+    if preprocessing not in KERAS_PREPROCESSING:
+        raise UserError(f"unknown Keras preprocessing {preprocessing!r}; choose one of "
+                        f"{', '.join(KERAS_PREPROCESSING)}")
+    net = to_keras(model, preprocessing, softmax, (loaded.mean, loaded.std))
     size = check_size or loaded.input_size
     gen = torch.Generator().manual_seed(0)
-    inputs = [torch.randn(b, int(net.input_shape[-1]), size, size, generator=gen) for b in CHECK_BATCHES]
+    if preprocessing == "none":
+        nets = [torch.randn(b, int(net.input_shape[-1]), size, size, generator=gen) for b in CHECK_BATCHES]
+        inputs = nets
+    else:  # 0..255 images: resnets normalises them, Keras gets them preprocessed its way
+        raw = [torch.rand(b, size, size, 3, generator=gen, dtype=torch.float64) * 255 for b in CHECK_BATCHES]
+        mean = torch.tensor(loaded.mean, dtype=torch.float64).view(1, 1, 1, -1)
+        std = torch.tensor(loaded.std, dtype=torch.float64).view(1, 1, 1, -1)
+        nets = [((r / 255 - mean) / std).permute(0, 3, 1, 2).float() for r in raw]
+        inputs = [torch.from_numpy(keras_input(r.numpy(), preprocessing, loaded.mean, loaded.std)).permute(0, 3, 1, 2)
+                  for r in raw]
     with torch.inference_mode():
-        refs = [model(x) for x in inputs]
+        refs = [model(x) for x in nets]
+        if softmax:
+            refs = [torch.softmax(r, 1) for r in refs]
     with tempfile.TemporaryDirectory(prefix="resnets-keras-") as tmp:
         written = Path(tmp) / "model.keras"
         net.save(str(written))

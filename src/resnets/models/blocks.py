@@ -83,13 +83,14 @@ class ZeroPadShortcut(nn.Module):
 
 
 def make_shortcut(
-    in_channels: int, out_channels: int, stride: int, kind: str, preact: bool = False
+    in_channels: int, out_channels: int, stride: int, kind: str, preact: bool = False, projection_bn: bool = True
 ) -> nn.Module | None:
     """The shortcut of a block whose shape changes, or None where the identity fits.
 
     ``kind``: ``"A"`` zero padding, ``"B"`` 1x1 projection + BN, ``"D"`` 2x2 average pool then 1x1 + BN
     (Bag of Tricks; timm's layout ``downsample.1``/``downsample.2``). Pre-activation blocks project
-    without a BN, since the block's input is already normalised.
+    without a BN, since the block's input is already normalised. ``projection_bn=False`` (kind ``"B"``): a 1x1
+    projection with a bias and no BN (keras.io's CIFAR-10 ``resnet_v1``), ``downsample.0``.
     """
     if stride == 1 and in_channels == out_channels:
         return None
@@ -97,18 +98,23 @@ def make_shortcut(
         return ZeroPadShortcut(in_channels, out_channels, stride)
     if preact:
         return nn.Sequential(conv1x1(in_channels, out_channels, stride))
+    if kind == "B" and not projection_bn:
+        return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=True))
     if kind == "B":
         return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
     if kind == "D":
         pool: nn.Module = (
             nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
         )
+        if not projection_bn:
+            raise ValueError("projection_bn=False is a 1x1 projection shortcut's option (shortcut 'B'), not 'D''s")
         return nn.Sequential(pool, conv1x1(in_channels, out_channels), nn.BatchNorm2d(out_channels))
     raise ValueError(f"unknown shortcut kind {kind!r}; use 'A', 'B' or 'D'")
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions (ResNet-18/34 and the CIFAR nets); stride on the first."""
+    """Two 3x3 convolutions (ResNet-18/34 and the CIFAR nets); stride on the first. ``projection_bn=False``: a
+    projection shortcut is a 1x1 with a bias and no batch norm (see :func:`make_shortcut`)."""
 
     expansion = 1
 
@@ -121,6 +127,7 @@ class BasicBlock(nn.Module):
         residual: bool = True,
         stride_in_1x1: bool = False,
         tf_padding: bool = False,
+        projection_bn: bool = True,
     ) -> None:
         super().__init__()
         del stride_in_1x1  # only bottlenecks have a 1x1 to put the stride on
@@ -131,7 +138,8 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.residual = residual
-        self.downsample = make_shortcut(in_channels, out_channels, stride, shortcut) if residual else None
+        self.downsample = (make_shortcut(in_channels, out_channels, stride, shortcut, projection_bn=projection_bn)
+                           if residual else None)
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,6 +167,7 @@ class Bottleneck(nn.Module):
         residual: bool = True,
         stride_in_1x1: bool = False,
         tf_padding: bool = False,
+        projection_bn: bool = True,
     ) -> None:
         super().__init__()
         out_channels = width * self.expansion
@@ -170,7 +179,8 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.residual = residual
-        self.downsample = make_shortcut(in_channels, out_channels, stride, shortcut) if residual else None
+        self.downsample = (make_shortcut(in_channels, out_channels, stride, shortcut, projection_bn=projection_bn)
+                           if residual else None)
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -344,4 +354,60 @@ class KerasV2Bottleneck(nn.Module):
         nn.init.zeros_(self.conv3.weight)
 
 
-Block = BasicBlock | Bottleneck | PreActBasicBlock | PreActBottleneck | KerasV2Bottleneck
+class KerasCifarV2Bottleneck(nn.Module):
+    """The block of keras.io's CIFAR-10 ``resnet_v2`` (pre-activation bottleneck, as that example builds it).
+
+    BN-ReLU (``bn1``; none in the net's first block, whose input is the stem's BN-ReLU: ``activate_input``),
+    1x1 (strided), BN-ReLU, 3x3, BN-ReLU, 1x1 with a bias; nothing after the addition. The inner width is the
+    stage's input channels (``inner``: 16, 64, 128 in the example), the output ``4 * width`` (64, 128, 256).
+    Shortcut: where the shape changes, a 1x1 projection with a bias from the block's input itself (not its
+    pre-activation); else the identity. ``_make_stage`` passes ``inner`` (``inner_is_stage_input``).
+    """
+
+    expansion = 4
+    inner_is_stage_input = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        stride: int = 1,
+        shortcut: str = "B",
+        residual: bool = True,
+        stride_in_1x1: bool = True,
+        activate_input: bool = True,
+        tf_padding: bool = False,
+        inner: int | None = None,
+    ) -> None:
+        super().__init__()
+        del shortcut, stride_in_1x1, tf_padding  # one layout: a stride-s 1x1 pads nothing either way
+        inner = inner or width
+        out_channels = width * self.expansion
+        self.bn1 = nn.BatchNorm2d(in_channels) if activate_input else None
+        self.conv1 = nn.Conv2d(in_channels, inner, 1, stride=stride, bias=False)  # its bias: folded into bn2
+        self.bn2 = nn.BatchNorm2d(inner)
+        self.conv2 = conv3x3(inner, inner)
+        self.bn3 = nn.BatchNorm2d(inner)
+        self.conv3 = nn.Conv2d(inner, out_channels, 1, bias=True)
+        self.relu = nn.ReLU(inplace=False)
+        self.residual = residual
+        changes = stride != 1 or in_channels != out_channels
+        self.downsample = (nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=True))
+                           if residual and changes else None)
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = x if self.bn1 is None else self.relu(self.bn1(x))
+        out = self.conv1(pre)
+        out = self.conv2(self.relu(self.bn2(out)))
+        out = self.conv3(self.relu(self.bn3(out)))
+        if self.residual:
+            out = out + (x if self.downsample is None else self.downsample(x))
+        return out
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.conv3.weight)
+
+
+Block = (BasicBlock | Bottleneck | PreActBasicBlock | PreActBottleneck | KerasV2Bottleneck
+         | KerasCifarV2Bottleneck)

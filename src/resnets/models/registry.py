@@ -83,7 +83,8 @@ def create_model(
     ``shortcut``. Structural options (nets imported from Keras, ``resnets.load_keras``): ``blocks``, other
     blocks per stage for an ImageNet net (e.g. ``create_model("resnet50", blocks=(3, 4, 5, 3))``: same block
     kind and widths), and ``tf_padding=True``, strided convolutions and pools padded as Keras ``"same"``
-    (or a list of the places: ``"conv1"``, ``"maxpool"``, ``"blocks"``).
+    (or a list of the places: ``"conv1"``, ``"maxpool"``, ``"blocks"``); for CIFAR nets ``projection_bn=False``,
+    projection shortcuts without batch norm (a 1x1 with a bias: keras.io's CIFAR-10 ``resnet_v1``).
     The returned model's ``card`` names it and records the options given (``model.spec``, the arguments that
     rebuild it).
     """
@@ -92,7 +93,7 @@ def create_model(
     entry = _entry(name)
     family = entry["family"]
     allowed = {"zero_init_residual", "in_chans"} | ({"shortcut"} if family == "cifar" else set())
-    structural = ["blocks", "tf_padding"] if family == "imagenet" else ["tf_padding"]
+    structural = ["blocks", "tf_padding"] if family == "imagenet" else ["tf_padding", "projection_bn"]
     unknown = set(options) - allowed - set(structural)
     if unknown:
         raise UserError(f"unknown option(s) {', '.join(sorted(unknown))} for {name}; "

@@ -16,6 +16,7 @@ from torch import nn
 from .blocks import (
     BasicBlock,
     Bottleneck,
+    KerasCifarV2Bottleneck,
     KerasV2Bottleneck,
     PreActBasicBlock,
     PreActBottleneck,
@@ -31,6 +32,8 @@ VARIANTS = ("v1.5", "v1", "d", "preact")
 #: ``"keras-v2"``, keras.applications' ResNet50V2/101V2/152V2 (see ``KerasV2Bottleneck``).
 IMPORT_VARIANTS = ("keras-v2",)
 ALL_VARIANTS = VARIANTS + IMPORT_VARIANTS
+#: The CIFAR nets' import variant: ``"keras-cifar-v2"``, keras.io's CIFAR-10 ``resnet_v2`` (``KerasCifarV2Bottleneck``).
+CIFAR_IMPORT_VARIANTS = ("keras-cifar-v2",)
 
 _POST_ACT = {"basic": BasicBlock, "bottleneck": Bottleneck}
 _PRE_ACT = {"basic": PreActBasicBlock, "bottleneck": PreActBottleneck}
@@ -61,7 +64,7 @@ def tf_padding_places(tf_padding: bool | Sequence[str]) -> set[str]:
 
 def _first_unit_options(variant: str, stage: int) -> dict[str, object] | None:
     """The net's first pre-activation unit takes the stem's BN-ReLU as its own (He et al. 2016, appendix)."""
-    return {"activate_input": False} if variant == "preact" and stage == 0 else None
+    return {"activate_input": False} if variant in ("preact", "keras-cifar-v2") and stage == 0 else None
 
 
 class ResNetBase(nn.Module):
@@ -112,7 +115,7 @@ class ResNetBase(nn.Module):
             self.stage_names.append(name)
             reduction *= stride
             self.feature_info.append({"module": name, "num_chs": channels, "reduction": reduction})
-        self.final_bn = nn.BatchNorm2d(channels) if variant in ("preact", "keras-v2") else None
+        self.final_bn = nn.BatchNorm2d(channels) if variant in ("preact", "keras-v2", "keras-cifar-v2") else None
         self.num_features = channels
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
@@ -133,6 +136,8 @@ class ResNetBase(nn.Module):
         strides = [stride] + [1] * (blocks - 1)
         if getattr(block, "stride_last", False):
             strides.reverse()
+        if getattr(block, "inner_is_stage_input", False):  # keras.io's resnet_v2: inner width = stage input
+            block_options = {**block_options, "inner": in_channels}
         layers = [block(in_channels, width, strides[0], **block_options, **(first_options or {}))]
         out_channels = width * block.expansion  # type: ignore[attr-defined]
         layers += [block(out_channels, width, s, **block_options) for s in strides[1:]]
@@ -294,6 +299,9 @@ class CifarResNet(ResNetBase):
     ``shortcut="A"`` (the paper's zero-padding identity, parameter-free) or ``"B"`` (1x1 projection).
     Depth is 6n + 2. ``variant="preact"``: the stem's BN-ReLU is the first unit's, then a final BN-ReLU.
     ``tf_padding``: strided 3x3 convolutions pad as Keras ``padding="same"`` (see ``ResNet``).
+    ``projection_bn=False`` (shortcut ``"B"``): projections are 1x1 convolutions with a bias and no batch norm, as
+    keras.io's CIFAR-10 ``resnet_v1``. ``variant="keras-cifar-v2"`` (imports only): keras.io's ``resnet_v2``,
+    ``KerasCifarV2Bottleneck`` stages with output channels 4x ``widths``, a final BN-ReLU.
     """
 
     def __init__(
@@ -308,17 +316,23 @@ class CifarResNet(ResNetBase):
         residual: bool = True,
         widths: Sequence[int] = (16, 32, 64),
         tf_padding: bool | Sequence[str] = False,
+        projection_bn: bool = True,
     ) -> None:
         super().__init__()
-        if variant not in ("v1", "v1.5", "preact"):
+        if variant not in ("v1", "v1.5", "preact") + CIFAR_IMPORT_VARIANTS:
             raise ValueError(f"CIFAR ResNets come in variants 'v1' and 'preact', not {variant!r}")
         if shortcut not in ("A", "B"):
             raise ValueError(f"unknown shortcut {shortcut!r}; use 'A' (zero padding) or 'B' (projection)")
+        if not projection_bn and (shortcut != "B" or variant not in ("v1", "v1.5")):
+            raise ValueError("projection_bn=False needs shortcut 'B' and a post-activation variant (v1)")
+        options: dict[str, object] = {} if projection_bn else {"projection_bn": False}
+        block: type[nn.Module] = (KerasCifarV2Bottleneck if variant in CIFAR_IMPORT_VARIANTS
+                                  else block_class("basic", variant))
         self.conv1 = conv3x3(in_chans, widths[0])
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         self.stem_names = ["conv1", "bn1", "relu"]
-        self._build(block_class("basic", variant), widths, [blocks_per_stage] * len(widths), num_classes,
+        self._build(block, widths, [blocks_per_stage] * len(widths), num_classes,
                     stem_width=widths[0], stem_reduction=1, variant=variant,
                     zero_init_residual=zero_init_residual, shortcut=shortcut, residual=residual,
-                    tf_padding="blocks" in tf_padding_places(tf_padding))
+                    tf_padding="blocks" in tf_padding_places(tf_padding), **options)
