@@ -57,8 +57,10 @@ def source(kind: str, tmp_path: Path) -> str:
     """A ``--data`` spec of ``kind``: small images in memory, a large-image folder (streamed), or shards."""
     if kind == "memory":
         return str(image_folder(tmp_path / "small", ("train", "test"), side=8))
-    if kind == "streamed":
-        return str(image_folder(tmp_path / "large", ("train", "val"), side=80))
+    if kind == "streamed":  # noise, not flat colours: a replayed batch with other crops or flips differs
+        from test_streamed_resume import noise_folder
+
+        return str(noise_folder(tmp_path / "large", train=4, val=4))
     from resnets.data.shards import write_shards
 
     write_shards(image_folder(tmp_path / "small", ("train", "test"), side=8), tmp_path / "shards", max_count=3,

@@ -60,3 +60,87 @@ def test_bad_images_found_in_workers_are_listed_once(tmp_path):
         assert sum(len(y) for _, y in loader) == 6
     assert sorted(p for p, _ in loader.bad_images) == [str(tmp_path / n / "bad.jpg") for n in ("a", "b")]
     assert all("Pillow" in reason or "Error" in reason for _, reason in loader.bad_images)
+
+
+# ---- streamed training batches: a pure function of (seed, epoch, sample index) ------------------------------
+
+
+def _open(root, workers: int):
+    from resnets.data.sources import TrainDataSpec, open_train
+
+    spec = TrainDataSpec(data=str(root), batch_size=4, image_size=24, resize=28, workers=workers, seed=7,
+                         progress=False)
+    return open_train(spec, torch.device("cpu"))
+
+
+def _epoch(train, epoch: int, start: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    train.set_epoch(epoch)
+    return [(x.clone(), y.clone()) for x, y in train.iter_from(start)]
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, u) and torch.equal(y, v) for (x, y), (u, v) in zip(a, b, strict=True))
+
+
+def test_streamed_batches_replay_on_textured_images_whatever_the_workers(tmp_path):
+    """Noise images (every crop and flip shows): the batches of an epoch are the same with 0 or 2 workers,
+    with workers fresh or kept from the epoch before, and ``iter_from(k)`` is the epoch's tail."""
+    from test_streamed_resume import noise_folder
+
+    root = noise_folder(tmp_path / "noise")
+    state = torch.get_rng_state()
+    alone = _open(root, 0)
+    try:
+        epoch1 = _epoch(alone.train, 1)
+        epoch2 = _epoch(alone.train, 2)
+    finally:
+        alone.close()
+    assert len(epoch1) == 4 and not any(torch.equal(x, u) for (x, _), (u, _) in zip(epoch1, epoch2, strict=True))
+    workers = _open(root, 2)
+    try:
+        _epoch(workers.train, 0)  # the persistent workers serve epoch 0 first
+        assert _same(_epoch(workers.train, 1), epoch1)
+        assert _same(_epoch(workers.train, 2, start=2), epoch2[2:])  # a resumed epoch: its tail
+        assert _same(_epoch(workers.train, 1, start=1), epoch1[1:])
+    finally:
+        workers.close()
+    assert torch.equal(torch.get_rng_state(), state)  # the global generator is not what augments
+
+
+def test_streamed_augmentation_is_a_function_of_seed_epoch_and_index(tmp_path):
+    """The same sample, asked for twice, is augmented the same way; in another epoch, differently."""
+    from test_streamed_resume import noise_folder
+
+    opened = _open(noise_folder(tmp_path / "noise"), 0)
+    loader = opened.train.loader
+    sampler, dataset = loader.sampler, loader.dataset
+    sampler.set_position(1)
+    first = dict(iter(sampler))
+    sampler.set_position(2)
+    second = dict(iter(sampler))
+    assert sorted(first) == sorted(second) == list(range(len(dataset)))
+    assert list(first) != list(second)  # another order
+    index = 5
+    again = dataset[(index, first[index])][0]
+    assert torch.equal(dataset[(index, first[index])][0], again)
+    assert not torch.equal(dataset[(index, second[index])][0], again)
+    opened.close()
+
+
+def test_a_resumed_streamed_epoch_decodes_only_the_batches_it_yields(tmp_path, monkeypatch):
+    """Skipping is free: ``iter_from(3)`` of a 4-batch epoch decodes the last batch's 4 images, not 16."""
+    from resnets.data import streaming
+    from test_streamed_resume import noise_folder
+
+    decoded: list[str] = []
+
+    def counting(paths, **kwargs):
+        decoded.extend(map(str, paths))
+        return decode_files(paths, **kwargs)
+
+    decode_files = streaming.decode_files
+    monkeypatch.setattr(streaming, "decode_files", counting)
+    opened = _open(noise_folder(tmp_path / "noise"), 0)
+    tail = _epoch(opened.train, 1, start=3)
+    assert len(tail) == 1 and len(decoded) == 4
+    opened.close()
