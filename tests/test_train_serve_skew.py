@@ -219,6 +219,12 @@ def test_every_path_gives_the_answer_of_the_network_fed_at_its_training_size(
     # and the weights record the side the net trained at, and the shorter side before its centre crop
     record = read_metadata(trained["weights"])["trained"]
     assert (record["input_size"], record["resize"]) == (size, 73 if trained["name"] == "streamed" else size)
+    # and the Triton repository's config says that preprocessing
+    from resnets.infer import load_for_inference
+    from resnets.infer.triton import config_text
+
+    config = config_text(load_for_inference(trained["weights"]))
+    assert f"resize shorter side to {record['resize']} (bilinear, antialiased), centre crop {size}x{size}" in config
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
