@@ -18,6 +18,7 @@ from resnets.cli import main
 from resnets.data.images import MAX_IMAGE_PIXELS, BadImageError
 from resnets.data.shards import (
     ShardBatches,
+    ShardLimits,
     ShardSet,
     eval_loader,
     eval_transform,
@@ -228,16 +229,16 @@ def test_oversized_member_is_refused_or_skipped(folder: Path, tmp_path: Path) ->
     transform = eval_transform([0.5] * 3, [0.25] * 3)
     pattern = r"^bad image .*train-000000\.tar:\d+\.png: member of \d+ bytes exceeds the limit of 4096 bytes"
     with pytest.raises(BadImageError, match=pattern) as err:
-        list(eval_loader(shards, 4, transform=transform, max_member_bytes=4096))
+        list(eval_loader(shards, 4, transform=transform, limits=ShardLimits(member_bytes=4096)))
     assert "\n" not in str(err.value)
     with pytest.raises(BadImageError, match=pattern):
-        list(ShardBatches(shards, 5, pad=0, flip=False, max_member_bytes=4096))
-    loader = eval_loader(shards, 4, transform=transform, max_member_bytes=4096, skip_bad_images=True)
+        list(ShardBatches(shards, 5, pad=0, flip=False, limits=ShardLimits(member_bytes=4096)))
+    loader = eval_loader(shards, 4, transform=transform, limits=ShardLimits(member_bytes=4096), skip_bad_images=True)
     with pytest.warns(UserWarning, match="skipping bad image .*exceeds the limit of 4096 bytes"):
         labels = [int(y) for _, ys in loader for y in ys]
     assert len(labels) == 24 and loader.dataset.skipped == 1
     with pytest.warns(UserWarning, match="exceeds the limit"):
-        batches = list(ShardBatches(shards, 5, pad=0, flip=False, max_member_bytes=4096, skip_bad_images=True))
+        batches = list(ShardBatches(shards, 5, pad=0, flip=False, limits=ShardLimits(member_bytes=4096), skip_bad_images=True))
     assert [len(y) for _, y in batches] == [5] * 5  # the stream refills each batch
     assert len(list(eval_loader(shards, 1, transform=transform))) == 25  # the default limit takes it
 
@@ -309,3 +310,130 @@ def test_shard_loaders_pin_memory_for_cuda(folder: Path, tmp_path: Path, device:
     monkeypatch.setattr(shards_module, "DataLoader", spy)
     x, y = next(iter(bundle.train.iter_from(0)))
     assert made == [pinned] and x.shape[0] == 6 and x.dtype == torch.float32 and len(y) == 6
+
+
+# ---- what a crafted shard may cost: members, samples, decompressed bytes, the shuffle buffer, index.json ----
+
+
+def _compressed_tar(path: Path, members: list[tuple[str, bytes]], compression: str = "gz") -> Path:
+    with tarfile.open(path, f"w:{compression}") as t:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_a_member_or_a_sample_over_the_member_cap_is_a_bad_image_naming_shard_member_and_flag(tmp_path: Path) -> None:
+    big = random.Random(1).randbytes(3 << 20)  # 3 MiB, incompressible
+    members = [("000.png", _png((1, 2, 3))), ("000.cls", b"0"), ("001.png", big), ("001.cls", b"0"),
+               ("002.png", big[: 600 << 10]), ("002.jpg", big[: 600 << 10]), ("002.cls", b"0"),
+               ("003.png", _png((4, 5, 6))), ("003.cls", b"0")]
+    shard = _compressed_tar(tmp_path / "big.tar.gz", members)
+    shards = ShardSet([str(shard)], "train", ["a"], 4, [4])
+    transform = eval_transform([0.5] * 3, [0.25] * 3)
+    limits = ShardLimits(member_bytes=1 << 20)
+    with pytest.raises(BadImageError, match=r"^bad image .*big\.tar\.gz:001\.png: member of 3145728 bytes exceeds "
+                                            r"the limit of 1048576 bytes \(raise it with --max-member-mb\)$") as err:
+        list(eval_loader(shards, 8, transform=transform, limits=limits))
+    assert "\n" not in str(err.value)
+    loader = eval_loader(shards, 8, transform=transform, limits=limits, skip_bad_images=True)
+    with pytest.warns(UserWarning) as caught:
+        labels = [int(y) for _, ys in loader for y in ys]
+    assert labels == [0, 0] and loader.dataset.skipped == 2
+    messages = [str(w.message) for w in caught]
+    assert any(re.search(r"big\.tar\.gz:002\.jpg: the sample's members reach \d+ bytes, over the limit of 1048576 "
+                         r"bytes for one sample \(raise it with --max-member-mb\)", m) for m in messages), messages
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+def test_a_shard_decompressing_past_the_shard_cap_is_refused_before_the_member_is_read(
+        tmp_path: Path, compression: str) -> None:
+    # 8 MiB of zeros compress to a few kB; the WebDataset-metadata member is skipped, yet was decompressed
+    members = [("000.png", _png((1, 2, 3))), ("000.cls", b"0"), ("__bomb__", bytes(8 << 20)),
+               ("001.png", _png((4, 5, 6))), ("001.cls", b"0")]
+    shard = _compressed_tar(tmp_path / f"bomb.tar.{compression}", members, compression)
+    assert shard.stat().st_size < 64 << 10
+    limits = ShardLimits(shard_bytes=4 << 20)
+    pattern = (rf"^shard .*bomb\.tar\.{compression}: member __bomb__ ends 8,39\d,\d{{3}} bytes into the decompressed tar, "
+               r"over the limit of 4,194,304 bytes per shard; the shard is damaged or crafted, or raise the limit "
+               r"with --max-shard-gb$")
+    shards = ShardSet([str(shard)], "train", ["a"], 2, [2])
+    transform = eval_transform([0.5] * 3, [0.25] * 3)
+    with pytest.raises(UserError, match=pattern):
+        list(eval_loader(shards, 8, transform=transform, limits=limits, skip_bad_images=True))
+    with pytest.raises(UserError, match=pattern):
+        open_shards(str(shard), limits)  # no index.json: the counting scan is capped too
+    with pytest.raises(UserError, match=pattern):
+        list(ShardBatches(shards, 2, pad=0, flip=False, limits=limits))
+    assert [int(y) for _, ys in eval_loader(shards, 8, transform=transform) for y in ys] == [0, 0]  # default: 4 GiB
+
+
+def test_the_shuffle_buffer_holds_at_most_its_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import resnets.data.shards as shards_module
+
+    rng = random.Random(2)
+    small = [(f"{i:03d}.png", rng.randbytes(100)) for i in range(20)]
+    large = [(f"{i:03d}.png", rng.randbytes(10_000)) for i in range(20, 60)]  # after the small ones
+    members = [m for name, data in small + large for m in ((name, data), (name[:3] + ".cls", b"0"))]
+    shard = _compressed_tar(tmp_path / "mixed.tar.gz", members)
+    real = shards_module._samples
+    read: list[int] = []
+
+    def counting(urls: object, limits: object = None) -> object:
+        for sample in real(urls, limits):  # type: ignore[arg-type]
+            read.append(shards_module._sample_bytes(sample))
+            yield sample
+
+    monkeypatch.setattr(shards_module, "_samples", counting)
+
+    def peak_held(limits: ShardLimits | None) -> int:
+        read.clear()
+        stream = shards_module.stream_samples([str(shard)], seed=3, limits=limits)
+        peak, given, keys = 0, 0, []
+        for _ in range(60):
+            sample = next(stream)
+            keys.append(sample["__key__"])
+            given += shards_module._sample_bytes(sample)
+            peak = max(peak, sum(read) - given)  # read from the shard, not yet handed on: in the buffer
+        assert sorted(keys) == [f"{i:03d}" for i in range(60)]  # every sample once per pass
+        return peak
+
+    assert peak_held(None) > 300_000  # the default 256 MiB holds the whole shard (512 samples)
+    assert peak_held(ShardLimits(buffer_bytes=30_000)) <= 30_000 + 10_011  # the cap and one sample
+
+
+def test_index_json_reads_are_capped(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    write_shards(folder, out, max_count=10, log=lambda _: None)
+    index = json.loads((out / "index.json").read_text())
+    index["padding"] = "x" * (17 << 20)  # 17 MiB, over the 16 MiB cap
+    (out / "index.json").write_text(json.dumps(index))
+    for spec in (str(out), str(out / "train-{000000..000002}.tar")):
+        with pytest.raises(UserError, match=r"index\.json is larger than 16,777,216 bytes, the limit for a shard "
+                                            r"index .*write the shards again$"):
+            open_shards(spec)
+    (out / "index.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match=r"index\.json is not valid JSON: ") as err:
+        open_shards(str(out))
+    assert "\n" not in str(err.value)
+
+
+def test_train_flags_set_the_shard_limits(folder: Path, tmp_path: Path) -> None:
+    from resnets.cli import build_parser
+    from resnets.data.sources import TrainDataSpec, open_train
+    from resnets.train import resolve_config
+
+    args = build_parser().parse_args(["train", "--max-member-mb", "2", "--shuffle-buffer-mb", "8",
+                                      "--max-shard-gb", "1"])
+    assert (args.max_member_mb, args.shuffle_buffer_mb, args.max_shard_gb) == (2, 8, 1)
+    out = tmp_path / "shards"
+    write_shards(folder, out, max_count=4, log=lambda _: None)
+    cfg = resolve_config({"data": str(out), "batch_size": 6, "epochs": 1, "max_member_mb": 2, "shuffle_buffer_mb": 8,
+                          "max_shard_gb": 1})
+    bundle = open_train(TrainDataSpec.of(cfg), torch.device("cpu"))
+    want = ShardLimits(member_bytes=2 << 20, buffer_bytes=8 << 20, shard_bytes=1 << 30)
+    assert bundle.train.limits == want and bundle.val.dataset.limits == want
+    assert ShardLimits.of(resolve_config({})) == ShardLimits()  # the documented defaults
+    with pytest.raises(UserError, match=r"^--max-member-mb must be a whole number of at least 1, not 0$"):
+        ShardLimits.of(TrainDataSpec(max_member_mb=0))

@@ -16,13 +16,19 @@ again in a new order. The order is a pure function of (seed, epoch, rank, world 
 
 Untrusted input: a shard name read from ``index.json`` must be a plain file name inside the shard folder
 (:func:`check_shard_name`), so a data file can never name a ``pipe:`` command, a URL or a path elsewhere; only
-a spec typed by the user may. A tar member is read into memory only if it is at most ``max_member_bytes``
-(:data:`MAX_MEMBER_BYTES`) and its name is a relative path; images decode under the image-folder pixel limit.
-Other members are bad images: refused, or skipped (with a warning, counted) under ``skip_bad_images``.
+a spec typed by the user may. What reading a shard may cost is capped (:class:`ShardLimits`; ``resnets train``
+flags raise each cap): a tar member is read into memory only if its name is a relative path and it, and its
+sample's members together, hold at most :data:`MAX_MEMBER_BYTES` (``--max-member-mb``); other members are bad
+images: refused, or skipped (with a warning, counted) under ``skip_bad_images``. A shard that decompresses to more
+than :data:`MAX_SHARD_BYTES` (``--max-shard-gb``), counted before each member is read or skipped, is refused; the
+shuffle buffer holds at most :data:`SHUFFLE_BUFFER` samples and :data:`SHUFFLE_BUFFER_BYTES` per stream
+(``--shuffle-buffer-mb``); ``index.json`` is read only up to :data:`MAX_INDEX_BYTES`. Images decode under the
+image-folder pixel limit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -53,11 +59,54 @@ INDEX_NAME = "index.json"
 FORMAT = "resnets-shards-1"
 #: Images up to this side are "small" (CIFAR-style augmentation, data-set mean/std); larger are ImageNet-style.
 SMALL_IMAGE_MAX_SIDE = 64
+#: The shuffle buffer's samples per stream (one stream per loader worker).
 SHUFFLE_BUFFER = 512
-#: Largest tar member read into memory, in bytes: 4 bytes per pixel at the image-folder pixel limit (256 MiB).
-MAX_MEMBER_BYTES = 4 * MAX_IMAGE_PIXELS
+#: ... and its bytes per stream, the samples' members counted (256 MiB; ``resnets train --shuffle-buffer-mb``).
+SHUFFLE_BUFFER_BYTES = 256 << 20
+#: Largest tar member read into memory, and the most one sample's members may hold together, in bytes (64 MiB,
+#: a 64-Mpixel photograph's JPEG several times over; ``resnets train --max-member-mb``).
+MAX_MEMBER_BYTES = 64 << 20
+#: The most one shard may decompress to, in bytes, headers and skipped members included (4 GiB, four times the
+#: shards ``resnets shard`` writes; ``resnets train --max-shard-gb``): a gzip/bz2/xz bomb costs no more CPU.
+MAX_SHARD_BYTES = 4 << 30
 #: Largest long-name or pax header a shard may hold (tarfile reads them into memory whole).
 MAX_TAR_HEADER_BYTES = 1 << 20
+#: Largest ``index.json`` read, in bytes (an index of 100,000 shards is about 4 MB).
+MAX_INDEX_BYTES = 16 << 20
+_MIB, _GIB = 1 << 20, 1 << 30
+
+
+@dataclass(frozen=True)
+class ShardLimits:
+    """What reading shards may cost, in bytes: ``member_bytes`` (a tar member, and a sample's members together),
+    ``buffer_bytes`` (the shuffle buffer of one stream), ``shard_bytes`` (one shard, decompressed).
+    ``ShardLimits.of(config)`` reads ``resnets train``'s ``max_member_mb``, ``shuffle_buffer_mb`` and
+    ``max_shard_gb``."""
+
+    member_bytes: int = MAX_MEMBER_BYTES
+    buffer_bytes: int = SHUFFLE_BUFFER_BYTES
+    shard_bytes: int = MAX_SHARD_BYTES
+
+    def __post_init__(self) -> None:
+        for name, flag in (("member_bytes", "--max-member-mb"), ("buffer_bytes", "--shuffle-buffer-mb"),
+                           ("shard_bytes", "--max-shard-gb")):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise UserError(f"{flag} must be a whole number of at least 1, not {value!r}")
+
+    @classmethod
+    def of(cls, config: Any) -> ShardLimits:
+        """The limits of ``config`` (a ``TrainConfig``, ``TrainDataSpec`` or any object with those attributes)."""
+        def whole(name: str, default: int, unit: int) -> int:
+            value = getattr(config, name, None)
+            value = default // unit if value is None else value
+            if type(value) is not int or value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be a whole number of at least 1, not {value!r}")
+            return value * unit
+
+        return cls(whole("max_member_mb", MAX_MEMBER_BYTES, _MIB), whole("shuffle_buffer_mb", SHUFFLE_BUFFER_BYTES,
+                                                                         _MIB),
+                   whole("max_shard_gb", MAX_SHARD_BYTES, _GIB))
 
 
 # ---- writing --------------------------------------------------------------------------------------------
@@ -293,27 +342,38 @@ def _read_index(base: str) -> dict[str, Any] | None:
     """``index.json`` at ``base`` (a folder or URL prefix), or None if there is none."""
     if not base:
         return None
+    where = _join(base, INDEX_NAME)
     if not _URL.match(base) or base.startswith("file:"):
         path = Path(base.removeprefix("file:")) / INDEX_NAME
         if not path.is_file():
             return None
-        text = path.read_text()
+        if path.stat().st_size > MAX_INDEX_BYTES:
+            raise _index_too_large(where)
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_INDEX_BYTES + 1)
     else:
         from webdataset.gopen import gopen
 
         try:
-            with gopen(_join(base, INDEX_NAME)) as f:
-                text = f.read().decode()
+            with gopen(where) as f:
+                raw = f.read(MAX_INDEX_BYTES + 1)
         except Exception:  # noqa: BLE001 - any failure to fetch means "no index"
             return None
+    if len(raw) > MAX_INDEX_BYTES:
+        raise _index_too_large(where)
     try:
-        index = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{_join(base, INDEX_NAME)} is not valid JSON: {exc}") from None
+        index = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{where} is not valid JSON: {str(exc).splitlines()[0][:160]}") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise UserError(f"{_join(base, INDEX_NAME)} is not a resnets shard index")
     _check_index(index, _join(base, INDEX_NAME))
     return index
+
+
+def _index_too_large(where: str) -> UserError:
+    return UserError(f"{where} is larger than {MAX_INDEX_BYTES:,} bytes, the limit for a shard index "
+                     "(resnets.data.shards.MAX_INDEX_BYTES); it is not one resnets shard wrote: write the shards again")
 
 
 def _split_of(urls: list[str], index: dict[str, Any]) -> str | None:
@@ -334,8 +394,9 @@ def _from_entry(urls: list[str], split: str, index: dict[str, Any], base: str) -
                     tuple(size) if size else None, train.get("mean"), train.get("std"), index, base)
 
 
-def open_shards(spec: str) -> ShardSet:
-    """The shards a spec names, with class names and counts from ``index.json`` beside them (or a scan)."""
+def open_shards(spec: str, limits: ShardLimits | None = None) -> ShardSet:
+    """The shards a spec names, with class names and counts from ``index.json`` beside them (or a scan, under
+    ``limits``)."""
     text = str(spec)
     if Path(text).is_dir():
         index = _read_index(text)
@@ -354,15 +415,15 @@ def open_shards(spec: str) -> ShardSet:
         if split is None:
             raise UserError(f"{text}: shards not listed in {_join(base, INDEX_NAME)}")
         return _from_entry(urls, split, index, base)
-    return scan_shards(urls)
+    return scan_shards(urls, limits=limits)
 
 
-def scan_shards(urls: list[str], split: str = "train", *, max_member_bytes: int = MAX_MEMBER_BYTES) -> ShardSet:
+def scan_shards(urls: list[str], split: str = "train", *, limits: ShardLimits | None = None) -> ShardSet:
     """A ShardSet from reading every shard once (no ``index.json``): counts, and classes ``0..max label``."""
     counts, top = [], -1
     for url in urls:
         n = 0
-        for sample in _samples([url], max_member_bytes):
+        for sample in _samples([url], limits):
             top = max(top, _label(sample))
             n += 1
         counts.append(n)
@@ -397,6 +458,10 @@ class _HeaderTooLarge(Exception):
     pass
 
 
+class _ShardTooLarge(Exception):
+    pass
+
+
 class _CappedTarInfo(tarfile.TarInfo):
     """A tar header that refuses long-name and pax headers over :data:`MAX_TAR_HEADER_BYTES`."""
 
@@ -407,46 +472,76 @@ class _CappedTarInfo(tarfile.TarInfo):
         return super()._proc_member(tarfile_)  # type: ignore[misc]
 
 
-def _member_problem(info: tarfile.TarInfo, max_bytes: int) -> str | None:
-    """Why the member ``info`` must not be read, or None."""
+def _member_problem(info: tarfile.TarInfo, max_bytes: int, sample_bytes: int) -> str | None:
+    """Why the member ``info`` must not be read, or None; ``sample_bytes``: its sample's members so far, it too."""
     name = info.name
     if not name or name.startswith("/") or "\\" in name or "\0" in name or ".." in PurePosixPath(name).parts:
         return "member name is not a relative path inside the shard"
     if info.size > max_bytes:
-        return f"member of {info.size} bytes exceeds the limit of {max_bytes} bytes"
+        return f"member of {info.size} bytes exceeds the limit of {max_bytes} bytes (raise it with --max-member-mb)"
+    if sample_bytes > max_bytes:
+        return (f"the sample's members reach {sample_bytes} bytes, over the limit of {max_bytes} bytes for one "
+                "sample (raise it with --max-member-mb)")
     return None
 
 
-def _tar_files(urls: Sequence[str], max_member_bytes: int) -> Iterator[dict[str, Any]]:
-    """WebDataset's file records (fname, data, url; ``{}`` after each shard); unsafe members as BadMember."""
+def _tar_files(urls: Sequence[str], limits: ShardLimits) -> Iterator[dict[str, Any]]:
+    """WebDataset's file records (fname, data, url; ``{}`` after each shard); unsafe members as BadMember.
+
+    Each member's end in the decompressed stream is checked against ``limits.shard_bytes`` before the member is
+    read or skipped, so a compression bomb costs at most that much decompression."""
     from webdataset.gopen import gopen
+    from webdataset.tariterators import base_plus_ext
 
     for url in urls:
         stream = gopen(url, "rb")
+        whole = False
         try:
             tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_CappedTarInfo)
+            key, held = None, 0
             for info in tar:
+                end = info.offset_data + max(info.size, 0)
+                if end > limits.shard_bytes:
+                    raise _ShardTooLarge(f"member {info.name[:200]} ends {end:,} bytes into the decompressed tar, "
+                                         f"over the limit of {limits.shard_bytes:,} bytes per shard")
                 if not info.isreg() or re.match(r"__[^/]*__($|/)", info.name):  # WebDataset's metadata
                     continue
-                problem = _member_problem(info, max_member_bytes)
+                prefix = base_plus_ext(info.name)[0]
+                if prefix != key:
+                    key, held = prefix, 0
+                held += info.size + len(info.name)
+                problem = _member_problem(info, limits.member_bytes, held)
                 member = tar.extractfile(info) if problem is None else None
                 data = member.read() if member is not None else BadMember(problem or "cannot read member")
                 yield {"fname": info.name, "data": data, "__url__": url}
                 tar.members = []
+            whole = True
         except _HeaderTooLarge as exc:
             raise UserError(f"shard {url}: {exc}; the shard is damaged or crafted, write it again") from None
+        except _ShardTooLarge as exc:
+            raise UserError(f"shard {url}: {exc}; the shard is damaged or crafted, or raise the limit with "
+                            "--max-shard-gb") from None
         except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
             raise UserError(f"cannot read shard {url} ({exc or type(exc).__name__}): not a whole tar file; write it "
                             "again with resnets shard, or give --data a CIFAR archive by its own name") from None
+        finally:
+            if not whole:  # an error, or the reader stopped early: close without raising over it
+                with contextlib.suppress(Exception):
+                    stream.close()
         stream.close()
         yield {}
 
 
-def _samples(urls: Sequence[str], max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict[str, Any]]:
+def _samples(urls: Sequence[str], limits: ShardLimits | None = None) -> Iterator[dict[str, Any]]:
     """The samples (dicts of key, url and member bytes or :class:`BadMember`) of ``urls``, in order."""
     from webdataset.tariterators import group_by_keys
 
-    return group_by_keys(_tar_files(urls, max_member_bytes))
+    return group_by_keys(_tar_files(urls, limits or ShardLimits()))
+
+
+def _sample_bytes(sample: dict[str, Any]) -> int:
+    """The bytes a sample holds: its members' data and names (the URL is shared by the shard's samples)."""
+    return sum(len(k) + (len(v) if isinstance(v, (bytes, str)) else 0) for k, v in sample.items() if k != "__url__")
 
 
 def _check_members(sample: dict[str, Any]) -> None:
@@ -496,21 +591,34 @@ def rank_shards(urls: Sequence[str], seed: int, epoch: int, rank: int, world_siz
 
 
 def stream_samples(urls: Sequence[str], seed: int, buffer: int = SHUFFLE_BUFFER, *,
-                   max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[dict[str, Any]]:
-    """Endless samples of ``urls``: pass ``p`` reads them in a (seed, p) order through a seeded shuffle buffer."""
+                   limits: ShardLimits | None = None) -> Iterator[dict[str, Any]]:
+    """Endless samples of ``urls``: pass ``p`` reads them in a (seed, p) order through a seeded shuffle buffer
+    of at most ``buffer`` samples and ``limits.buffer_bytes`` bytes: a sample that does not fit takes a random
+    one's place, and random ones leave until the rest fits again (the buffer holds at most one sample more)."""
+    limits = limits or ShardLimits()
     for p in range(1 << 62):
         rng = random.Random(derive_seed("shards", seed, p))
         order = list(urls)
         if p:
             rng.shuffle(order)
         pool: list[dict[str, Any]] = []
-        for sample in _samples(order, max_member_bytes):
-            if len(pool) < buffer:
+        held = 0
+        for sample in _samples(order, limits):
+            size = _sample_bytes(sample)
+            if len(pool) < buffer and (not pool or held + size <= limits.buffer_bytes):
                 pool.append(sample)
+                held += size
                 continue
             i = rng.randrange(len(pool))
+            held += size - _sample_bytes(pool[i])
             pool[i], sample = sample, pool[i]
             yield sample
+            while held > limits.buffer_bytes and len(pool) > 1:  # larger samples came in: let some go
+                i = rng.randrange(len(pool))
+                pool[i], pool[-1] = pool[-1], pool[i]
+                out = pool.pop()
+                held -= _sample_bytes(out)
+                yield out
         rng.shuffle(pool)
         yield from pool
 
@@ -530,10 +638,10 @@ class _TrainStream(IterableDataset):
 
     def __init__(self, shards: list[str], *, per_rank: int, steps: int, start: int, streams: int, seed: int,
                  transform: Callable[[torch.Tensor], torch.Tensor], skip_bad_images: bool,
-                 max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
+                 limits: ShardLimits | None = None) -> None:
         self.shards, self.per_rank, self.steps, self.start = shards, per_rank, steps, start
         self.streams, self.seed, self.transform, self.skip_bad_images = streams, seed, transform, skip_bad_images
-        self.max_member_bytes, self.skipped = max_member_bytes, 0
+        self.limits, self.skipped = limits or ShardLimits(), 0
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
@@ -546,7 +654,7 @@ class _TrainStream(IterableDataset):
         stream = first % stride
         position = first // stride  # batches of this stream already consumed
         samples = stream_samples(self.shards[stream::stride] or self.shards,
-                                 derive_seed("shards", self.seed, stream), max_member_bytes=self.max_member_bytes)
+                                 derive_seed("shards", self.seed, stream), limits=self.limits)
         for _ in range(position * self.per_rank):
             next(samples)
         for b in range(first, self.steps, stride):
@@ -611,15 +719,15 @@ class ShardBatches(TrainBatches):
     Each rank yields ``batch_size // world_size`` images per step (``batch_size`` is the global batch), as
     float tensors, normalised and augmented: CIFAR-style (pad, crop, flip) for small images, else
     ``transform`` (e.g. ImageNet's random-resized crop) making images of side ``image_size`` (``full_size``;
-    default: the shards' image height, :data:`SMALL_IMAGE_MAX_SIDE` if it varies). Tar members over
-    ``max_member_bytes`` are not read.
+    default: the shards' image height, :data:`SMALL_IMAGE_MAX_SIDE` if it varies). ``limits``: what reading
+    may cost (:class:`ShardLimits`; its defaults if None).
     """
 
     def __init__(self, shards: ShardSet, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
                  workers: int = 0, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  pad: int = 4, flip: bool = True, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  image_size: int | None = None, skip_bad_images: bool = False,
-                 max_member_bytes: int = MAX_MEMBER_BYTES, pin_memory: bool = False) -> None:
+                 limits: ShardLimits | None = None, pin_memory: bool = False) -> None:
         if batch_size % world_size:
             raise UserError(f"the global batch size {batch_size} must be divisible by the number of processes "
                             f"{world_size}")
@@ -629,7 +737,7 @@ class ShardBatches(TrainBatches):
         self.mean = list(mean or shards.mean or IMAGENET_MEAN)
         self.std = list(std or shards.std or IMAGENET_STD)
         self.transform = transform or small_image_transform(pad, flip, self.mean, self.std)
-        self.skip_bad_images, self.max_member_bytes = skip_bad_images, max_member_bytes
+        self.skip_bad_images, self.limits = skip_bad_images, limits or ShardLimits()
         self.pin_memory = pin_memory  # CUDA: page-locked batches, so the copy to the GPU overlaps compute
         self.epoch = 0
 
@@ -650,7 +758,7 @@ class ShardBatches(TrainBatches):
         stream = _TrainStream(mine, per_rank=self.batch_size // self.world_size, steps=len(self),
                               start=max(0, start), streams=max(1, workers),
                               seed=derive_seed("shards", self.seed, self.epoch, self.rank), transform=self.transform,
-                              skip_bad_images=self.skip_bad_images, max_member_bytes=self.max_member_bytes)
+                              skip_bad_images=self.skip_bad_images, limits=self.limits)
         if workers == 0:
             yield from stream
             return
@@ -666,10 +774,10 @@ class _EvalStream(IterableDataset):
 
     def __init__(self, urls: list[str], batch_size: int, rank: int, world_size: int,
                  transform: Callable[[torch.Tensor], torch.Tensor], skip_bad_images: bool,
-                 max_member_bytes: int = MAX_MEMBER_BYTES) -> None:
+                 limits: ShardLimits | None = None) -> None:
         self.urls, self.batch_size, self.rank, self.world_size = urls, batch_size, rank, world_size
         self.transform, self.skip_bad_images = transform, skip_bad_images
-        self.max_member_bytes, self.skipped = max_member_bytes, 0
+        self.limits, self.skipped = limits or ShardLimits(), 0
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
@@ -677,7 +785,7 @@ class _EvalStream(IterableDataset):
         parts, part = self.world_size * workers, self.rank + self.world_size * worker
         images: list[torch.Tensor] = []
         labels: list[int] = []
-        for i, sample in enumerate(_samples(self.urls, self.max_member_bytes)):
+        for i, sample in enumerate(_samples(self.urls, self.limits)):
             if i % parts != part:
                 continue
             try:
@@ -697,8 +805,8 @@ class _EvalStream(IterableDataset):
 
 def eval_loader(shards: ShardSet, batch_size: int, *, rank: int = 0, world_size: int = 1, workers: int = 0,
                 transform: Callable[[torch.Tensor], torch.Tensor], skip_bad_images: bool = False,
-                max_member_bytes: int = MAX_MEMBER_BYTES, pin_memory: bool = False) -> DataLoader:
-    """Evaluation batches of this rank's share of ``shards`` (each sample on exactly one rank); ``pin_memory``
-    for a CUDA consumer."""
-    stream = _EvalStream(shards.urls, batch_size, rank, world_size, transform, skip_bad_images, max_member_bytes)
+                limits: ShardLimits | None = None, pin_memory: bool = False) -> DataLoader:
+    """Evaluation batches of this rank's share of ``shards`` (each sample on exactly one rank), read under
+    ``limits`` (:class:`ShardLimits`); ``pin_memory`` for a CUDA consumer."""
+    stream = _EvalStream(shards.urls, batch_size, rank, world_size, transform, skip_bad_images, limits)
     return DataLoader(stream, batch_size=None, num_workers=max(0, workers), pin_memory=pin_memory)

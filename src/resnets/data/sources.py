@@ -105,6 +105,9 @@ class TrainDataSpec:
     image_size: int = 224
     resize: int = 256
     progress: bool = True
+    max_member_mb: int = 64  # shards: see resnets.data.shards.ShardLimits
+    shuffle_buffer_mb: int = 256
+    max_shard_gb: int = 4
 
     @classmethod
     def of(cls, config: Any) -> TrainDataSpec:
@@ -295,7 +298,8 @@ def _open_shards(spec: TrainDataSpec, device: torch.device, rank: int, world_siz
                      ("test_images", "every test sample is streamed; write shards of fewer images")):
         if getattr(spec, key):
             raise UserError(f"--{key.replace('_', '-')} does not apply to shards ({spec.data}): {why}")
-    train_set = wd.open_shards(spec.data)
+    limits = wd.ShardLimits.of(spec)
+    train_set = wd.open_shards(spec.data, limits)
     test_set = wd.sibling_split(train_set)
     if test_set is None:
         raise UserError(f"{spec.data}: no val or test split in an index.json beside the shards "
@@ -314,10 +318,10 @@ def _open_shards(spec: TrainDataSpec, device: torch.device, rank: int, world_siz
     train = wd.ShardBatches(train_set, spec.batch_size, seed=spec.seed, rank=rank, world_size=world_size,
                             workers=spec.workers, mean=mean, std=std, pad=spec.pad, flip=spec.flip,
                             transform=train_tf, image_size=None if small else spec.image_size,
-                            skip_bad_images=spec.skip_bad_images, pin_memory=pin)
+                            skip_bad_images=spec.skip_bad_images, limits=limits, pin_memory=pin)
     val = wd.eval_loader(test_set, max(spec.batch_size // world_size, 256), rank=rank, world_size=world_size,
                          workers=min(spec.workers, 2), transform=eval_tf, skip_bad_images=spec.skip_bad_images,
-                         pin_memory=pin)
+                         limits=limits, pin_memory=pin)
     desc = (f"{spec.data} (streamed shards): {train_set.total} train / {test_set.total} {test_set.split} images, "
             f"{len(train_set.classes)} classes")
     return TrainData(train, val, list(train_set.classes), mean, std, None, desc, _held_out(spec),

@@ -66,6 +66,13 @@ class TrainConfig:
     cache_dir: str | None = option(None, flag="--cache-dir")
     skip_bad_images: bool = option(False, flag="--skip-bad-images", cli="on")
     download: bool = option(False, "download cifar10/cifar100 if missing", flag="--download", cli="on")
+    # what reading WebDataset shards may cost (resnets.data.shards.ShardLimits); raise for unusual data
+    max_member_mb: int = option(64, "shards: the most MiB a tar member, and a sample's members together, may hold "
+                                "(default 64; a larger one is a bad image)", flag="--max-member-mb", metavar="MIB")
+    shuffle_buffer_mb: int = option(256, "shards: the shuffle buffer's MiB per loader worker (default 256; at most "
+                                    "512 samples)", flag="--shuffle-buffer-mb", metavar="MIB")
+    max_shard_gb: int = option(4, "shards: the most GiB one shard may decompress to (default 4)",
+                               flag="--max-shard-gb", metavar="GIB")
     # a fixed seeded subset of the training images
     train_images: int | None = option(None, "train on N images only (quick runs)", flag="--train-images",
                                       metavar="N")
