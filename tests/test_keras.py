@@ -381,6 +381,19 @@ def test_keras_io_cifar10_resnets_import_exactly(tmp_path: Path, capsys: pytest.
           f"probabilities {rel_error(probs, probs_k):.3g}")
     assert rel_error(logits, logits_k) <= KERAS_IO_TOL and rel_error(probs, probs_k) <= KERAS_IO_TOL
     assert (probs.argmax(1) == probs_k.argmax(1)).all()
+    # predict (its fast path folds the stem's batch norm) on a 32x32 image file: Keras' probabilities
+    from PIL import Image
+
+    pixels = images[:1].astype(np.uint8)
+    Image.fromarray(pixels[0]).save(tmp_path / "one.png")
+    capsys.readouterr()
+    assert main(["predict", "--weights", str(weights), str(tmp_path / "one.png"), "--format", "json", "--topk", "10",
+                 "--precision", "fp32", "--no-progress"]) == 0
+    ours = np.zeros(10)
+    for t in json.loads(capsys.readouterr().out)[0]["top"]:
+        ours[t["index"]] = t["prob"]
+    theirs = model.predict(pixels.astype("float32") / 255.0, verbose=0)[0]
+    assert np.abs(ours - theirs).max() <= 1e-4 and ours.argmax() == theirs.argmax()
     if version == 1:  # the projections keep their biases; with a BN-less 1x1 the bias matters
         assert "2 projection shortcuts without batch norm" in out
         assert float(net.layer2[0].downsample[0].bias.detach().abs().max()) > 0.1
