@@ -66,8 +66,15 @@ def test_a_streamed_run_with_workers_resumes_bit_identically(noise: Path, tmp_pa
     assert not torch.equal(cut["model"]["conv1.weight"], resumed["model"]["conv1.weight"])  # it trained on
 
 
+def _children(pid: int) -> list[int]:
+    """The process ids of ``pid``'s children (Linux: /proc; empty elsewhere)."""
+    listing = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in listing.read_text().split()] if listing.is_file() else []
+
+
 def test_a_streamed_run_exits_soon_after_its_result(noise: Path, tmp_path: Path) -> None:
-    """A 2-worker streamed run, as a command: the process ends within 10 s of printing its result."""
+    """A 2-worker streamed run, as a command: its loader workers are gone by the time it prints its result,
+    and the process ends within 10 s of that line."""
     command = [sys.executable, "-c", "import sys; from resnets.cli import main; sys.exit(main(sys.argv[1:]))",
                *streamed_args(noise, tmp_path / "run")]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -76,6 +83,7 @@ def test_a_streamed_run_exits_soon_after_its_result(noise: Path, tmp_path: Path)
         for line in proc.stdout:
             if line.startswith("best test accuracy"):
                 printed = time.monotonic()
+                assert _children(proc.pid) == []  # the training and evaluation workers were stopped
                 break
         else:
             pytest.fail("the run printed no result line")
