@@ -120,3 +120,18 @@ def test_a_trainer_is_freed_without_the_garbage_collector(noise: Path, tmp_path:
             break
         time.sleep(0.1)
     assert multiprocessing.active_children() == []
+
+
+def test_a_callback_that_sets_stop_checkpoints_and_stops(tmp_path: Path) -> None:
+    """``state.stop`` (now the trainer's ``stop_requested``) still ends the run after that step."""
+    from resnets.train import train
+
+    cfg = resolve_config({"model": "resnet20", "data": "sample", "train_images": 128, "test_images": 64,
+                          "batch_size": 32, "epochs": 2, "progress": False, "out": str(tmp_path / "run")})
+
+    def stop_at_3(state: TrainState) -> None:
+        state.stop = state.step == 3
+
+    result = train(cfg, on_step=[stop_at_3], log=lambda _: None)
+    assert result.interrupted and result.step == 3
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3
