@@ -18,6 +18,7 @@ import math
 import os
 import pickle
 import struct
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ SPEC_LIMITS = {"num_classes": 100_000, "in_chans": 1024, "blocks": 100, "input_s
 #: The spec keys checked one by one (type and bound); any other key may only hold true/false or a short name
 #: (``create_model`` refuses an option it does not know), so a new numeric option needs its bound here.
 _SPEC_KEYS = {"name", "variant", "num_classes", "shortcut", "zero_init_residual", "in_chans", "blocks",
-              "tf_padding"}
+              "tf_padding"}  # shortcut_pad ("after"/"both") is a short name: checked by create_model
 #: safetensors dtype names and their sizes in bytes.
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
                 "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
@@ -330,11 +331,70 @@ def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[
     return _unwrap(obj, str(source) if not isinstance(source, Mapping) else "the state dict")
 
 
+class StateDict(dict):  # type: ignore[type-arg]
+    """A state dict (``{name: tensor}``) that remembers what its checkpoint said of its origin: ``best_prec1``,
+    an entry of akamaster/pytorch_resnet_cifar10's checkpoints, beside the weights."""
+
+    best_prec1 = False
+    source = ""  # the file it was read from, to name in messages
+
+
+def akamaster_layout(state: Mapping[str, Any]) -> str | None:
+    """Why ``state`` is akamaster/pytorch_resnet_cifar10's CIFAR net, or None: a CIFAR net (3x3 stem of 16) with
+    parameter-free (option A) shortcuts and either its ``linear.`` head or its checkpoints' ``best_prec1``."""
+    stem = state.get("conv1.weight")
+    if stem is None or tuple(stem.shape)[:1] != (16,) or tuple(stem.shape)[2:] != (3, 3) \
+            or "layer3.0.conv1.weight" not in state or "layer4.0.conv1.weight" in state:
+        return None
+    if any(".shortcut." in k or ".downsample." in k for k in state):
+        return None  # projection shortcuts: option B, nothing to place
+    linear = "linear.weight" in state and "fc.weight" not in state
+    best = getattr(state, "best_prec1", False)
+    if not (linear or best):
+        return None
+    return " and ".join(w for w, on in (("a linear. head", linear), ("a best_prec1 entry", best)) if on)
+
+
+def _place_zero_padding(model: nn.Module, state: Mapping[str, Any], source: object,
+                        shortcut_pad: str | None, say: Any) -> None:
+    """Set the option-A shortcuts of ``model`` to ``shortcut_pad``, or, when None and the model's card does not
+    fix it, to akamaster's placement (both sides) if ``state`` is that repository's net (saying so in one line)."""
+    from .models.blocks import ZeroPadShortcut, check_shortcut_pad
+
+    shortcuts = [m for m in model.modules() if isinstance(m, ZeroPadShortcut)]
+    if not shortcuts:
+        if shortcut_pad not in (None, "after"):
+            raise UserError(f"shortcut_pad={shortcut_pad!r} places option A's zeros, but this model has no option-A "
+                            "shortcuts")
+        return
+    card = model.card if isinstance(model, ResNetBase) else None
+    if shortcut_pad is None:
+        if card is not None and "shortcut_pad" in card.options:
+            return  # chosen when the model was built
+        why = akamaster_layout(state)
+        if why is None:
+            return
+        shortcut_pad = "both"
+        where = source if isinstance(source, str | os.PathLike) else getattr(state, "source", "") or "the weights"
+        (say or (lambda line: print(line, file=sys.stderr)))(
+            f"{where}: akamaster/pytorch_resnet_cifar10's layout ({why}, option-A shortcuts): computed as its "
+            "code does, the new channels zero-padded on both sides (shortcut_pad='both'; force with shortcut_pad)")
+    try:
+        for m in shortcuts:
+            m.pad = check_shortcut_pad(shortcut_pad, m.extra_channels)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if card is not None:
+        card.options["shortcut_pad"] = shortcut_pad
+
+
 def load_weights(
     model: nn.Module,
     source: str | os.PathLike[str] | Mapping[str, Any],
     *,
     reinit_head: bool = False,
+    shortcut_pad: str | None = None,
+    say: Any = None,
 ) -> nn.Module:
     """Load weights into ``model`` exactly; a mismatch names the keys and shapes that differ.
 
@@ -343,9 +403,15 @@ def load_weights(
     A different number of classes is an error unless ``reinit_head=True``, which keeps the model's fresh
     head (fine-tuning). Earlier resnets pre-activation weights (with ``layer1.0.bn1``) are refused with that
     reason: that net had an extra BN-ReLU, so no weights of the current one compute the same function.
+
+    Option-A zero padding: ``shortcut_pad`` (``"after"``, ``"both"``) sets where the shortcuts put their zeros;
+    None keeps the model's, except that weights laid out as akamaster/pytorch_resnet_cifar10's (see
+    :func:`akamaster_layout`) load into a model built without a placement as that code computes them (both
+    sides), said in one line to ``say`` (default: stderr).
     """
     own = model.state_dict()
-    state = _fit_names(read_state_dict(source), own)
+    raw = read_state_dict(source)
+    state = _fit_names(raw, own)
     head = _head_keys(model)
     if reinit_head:
         state = {k: v for k, v in state.items() if k not in head}
@@ -376,6 +442,7 @@ def load_weights(
             parts.append("these look like ResNet-D weights (timm's resnet50d): load them with --variant d "
                          "(create_model(name, variant='d'))")
         raise UserError(f"weights do not fit {name}: " + "; ".join(parts))
+    _place_zero_padding(model, raw, source, shortcut_pad, say)
     model.load_state_dict(state, strict=not reinit_head)
     return model
 
@@ -395,7 +462,10 @@ def _unwrap(obj: Any, where: str) -> dict[str, torch.Tensor]:
         raise UserError(f"{where} holds no state dict (keys: {_some([str(k) for k in obj])})")
     while prefix := next((p for p in _PREFIXES if all(k.startswith(p) for k in state)), None):
         state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
+    out = StateDict(state)
+    out.best_prec1 = "best_prec1" in obj or bool(getattr(obj, "best_prec1", False))
+    out.source = getattr(obj, "source", "") or ("" if where == "the state dict" else where)
+    return out
 
 
 def _find_state(obj: Mapping[Any, Any], where: str, depth: int) -> dict[str, torch.Tensor]:

@@ -65,25 +65,46 @@ def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
 
 
-class ZeroPadShortcut(nn.Module):
-    """The paper's option A: identity on the old channels, subsampled by ``stride``, zeros for the new ones."""
+#: Where option A's zero channels go: ``"after"`` the subsampled identity (resnets' own), or half ``"both"``
+#: before and after it (akamaster/pytorch_resnet_cifar10: ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p))``).
+SHORTCUT_PADS = ("after", "both")
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+
+class ZeroPadShortcut(nn.Module):
+    """The paper's option A: identity on the old channels, subsampled by ``stride``, zeros for the new ones.
+
+    ``pad``: where the zeros go (:data:`SHORTCUT_PADS`); ``"both"`` needs an even number of new channels. It is
+    part of the function (a net trained with one placement gives other logits with the other), so the model
+    card records it (``shortcut_pad``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, pad: str = "after") -> None:
         super().__init__()
         self.extra_channels = out_channels - in_channels
         self.stride = stride
+        self.pad = check_shortcut_pad(pad, self.extra_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
             x = x[:, :, :: self.stride, :: self.stride]
-        return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+        before = self.extra_channels // 2 if self.pad == "both" else 0
+        return F.pad(x, (0, 0, 0, 0, before, self.extra_channels - before))
 
     def extra_repr(self) -> str:
-        return f"stride={self.stride}, extra_channels={self.extra_channels}"
+        return f"stride={self.stride}, extra_channels={self.extra_channels}, pad={self.pad}"
+
+
+def check_shortcut_pad(pad: str, extra_channels: int = 0) -> str:
+    """``pad`` if it is a :data:`SHORTCUT_PADS` placement that fits ``extra_channels``; else ValueError."""
+    if pad not in SHORTCUT_PADS:
+        raise ValueError(f"shortcut_pad={pad!r}: use 'after' (resnets') or 'both' (akamaster's CIFAR nets)")
+    if pad == "both" and extra_channels % 2:
+        raise ValueError(f"shortcut_pad='both' splits the new channels in two halves, not {extra_channels}")
+    return pad
 
 
 def make_shortcut(
-    in_channels: int, out_channels: int, stride: int, kind: str, preact: bool = False, projection_bn: bool = True
+    in_channels: int, out_channels: int, stride: int, kind: str, preact: bool = False, projection_bn: bool = True,
+    pad: str = "after",
 ) -> nn.Module | None:
     """The shortcut of a block whose shape changes, or None where the identity fits.
 
@@ -95,7 +116,7 @@ def make_shortcut(
     if stride == 1 and in_channels == out_channels:
         return None
     if kind == "A":
-        return ZeroPadShortcut(in_channels, out_channels, stride)
+        return ZeroPadShortcut(in_channels, out_channels, stride, pad)
     if preact:
         return nn.Sequential(conv1x1(in_channels, out_channels, stride))
     if kind == "B" and not projection_bn:
@@ -114,7 +135,8 @@ def make_shortcut(
 
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions (ResNet-18/34 and the CIFAR nets); stride on the first. ``projection_bn=False``: a
-    projection shortcut is a 1x1 with a bias and no batch norm (see :func:`make_shortcut`)."""
+    projection shortcut is a 1x1 with a bias and no batch norm (see :func:`make_shortcut`); ``shortcut_pad``: where
+    an option-A shortcut puts its zero channels."""
 
     expansion = 1
 
@@ -128,6 +150,7 @@ class BasicBlock(nn.Module):
         stride_in_1x1: bool = False,
         tf_padding: bool = False,
         projection_bn: bool = True,
+        shortcut_pad: str = "after",
     ) -> None:
         super().__init__()
         del stride_in_1x1  # only bottlenecks have a 1x1 to put the stride on
@@ -138,8 +161,8 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.residual = residual
-        self.downsample = (make_shortcut(in_channels, out_channels, stride, shortcut, projection_bn=projection_bn)
-                           if residual else None)
+        self.downsample = (make_shortcut(in_channels, out_channels, stride, shortcut, projection_bn=projection_bn,
+                                         pad=shortcut_pad) if residual else None)
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

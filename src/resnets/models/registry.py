@@ -76,7 +76,9 @@ def create_model(
     **options: Any,
 ) -> ResNetBase:
     """Build a ResNet by name (see ``list_models()``), freshly initialised, or with ``weights``: started from
-    trained weights (see ``from_weights``), e.g. ``create_model("resnet18", weights=FILE, num_classes=5)``.
+    trained weights (see ``from_weights``), e.g. ``create_model("resnet18", weights=FILE, num_classes=5)``, or
+    from known weights by name (``resnets.pretrained``; ``create_model("resnet50", weights="resnet50.tv2_in1k")``
+    or torchvision's tag, ``weights="IMAGENET1K_V2"``), downloaded once into the cache and checked.
 
     ImageNet nets default to ``num_classes=1000`` and ``variant="v1.5"``; CIFAR nets to 10 classes,
     ``variant="v1"`` and ``shortcut="A"``. Options: ``zero_init_residual``, ``in_chans``, and for CIFAR nets
@@ -84,16 +86,24 @@ def create_model(
     blocks per stage for an ImageNet net (e.g. ``create_model("resnet50", blocks=(3, 4, 5, 3))``: same block
     kind and widths), and ``tf_padding=True``, strided convolutions and pools padded as Keras ``"same"``
     (or a list of the places: ``"conv1"``, ``"maxpool"``, ``"blocks"``); for CIFAR nets ``projection_bn=False``,
-    projection shortcuts without batch norm (a 1x1 with a bias: keras.io's CIFAR-10 ``resnet_v1``).
+    projection shortcuts without batch norm (a 1x1 with a bias: keras.io's CIFAR-10 ``resnet_v1``), and
+    ``shortcut_pad="both"``, option A's zero channels half before and half after the identity (akamaster's nets).
     The returned model's ``card`` names it and records the options given (``model.spec``, the arguments that
     rebuild it).
     """
     if weights is not None:
+        from ..pretrained import resolve_name
+
+        entry = resolve_name(weights, name)
+        if entry is not None:  # a name from the pretrained table (resnets weights list): fetched, checked, cached
+            from ..pretrained.build import build
+
+            return build(entry, num_classes=num_classes, variant=variant, **options)
         return from_weights(name, weights, num_classes=num_classes, variant=variant, **options)
     entry = _entry(name)
     family = entry["family"]
     allowed = {"zero_init_residual", "in_chans"} | ({"shortcut"} if family == "cifar" else set())
-    structural = ["blocks", "tf_padding"] if family == "imagenet" else ["tf_padding", "projection_bn"]
+    structural = ["blocks", "tf_padding"] if family == "imagenet" else ["tf_padding", "projection_bn", "shortcut_pad"]
     unknown = set(options) - allowed - set(structural)
     if unknown:
         raise UserError(f"unknown option(s) {', '.join(sorted(unknown))} for {name}; "
@@ -135,10 +145,12 @@ def weighted_layers(kind: str, blocks: Any) -> int:
 
 
 def from_weights(name: str, weights: str | os.PathLike[str], *, num_classes: int | None = None,
-                 variant: str | None = None, **options: Any) -> ResNetBase:
+                 variant: str | None = None, say: Any = None, **options: Any) -> ResNetBase:
     """``name`` with trained ``weights``: a resnets .safetensors (its variant, class names and normalisation
     come along) or a torchvision/timm ``.pth``/state dict, read safely. With ``num_classes`` other than the
-    weights', the head is a fresh one (fine-tuning); UserError for weights of another architecture."""
+    weights', the head is a fresh one (fine-tuning); UserError for weights of another architecture. Option-A
+    weights laid out as akamaster's load as that code computes (see ``load_weights``; ``shortcut_pad=`` forces
+    a placement); ``say`` gets that one line."""
     from ..weights import load_weights, read_metadata, read_state_dict
 
     try:
@@ -157,7 +169,7 @@ def from_weights(name: str, weights: str | os.PathLike[str], *, num_classes: int
     trained = int(head.shape[0]) if head is not None and head.ndim == 2 else None
     model = create_model(name, num_classes=num_classes or trained, variant=variant, **options)
     fresh_head = num_classes is not None and trained is not None and num_classes != trained
-    load_weights(model, state, reinit_head=fresh_head)
+    load_weights(model, state, reinit_head=fresh_head, say=say)
     if meta is not None:
         model.card.normalization = meta.get("normalization")
         model.card.classes = None if fresh_head else meta.get("classes")

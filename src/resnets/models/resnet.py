@@ -23,6 +23,7 @@ from .blocks import (
     TFSameConv2d,
     TFSameMaxPool2d,
     ZeroPadMaxPool2d,
+    check_shortcut_pad,
     conv3x3,
 )
 from .card import ModelCard
@@ -301,7 +302,9 @@ class CifarResNet(ResNetBase):
     ``tf_padding``: strided 3x3 convolutions pad as Keras ``padding="same"`` (see ``ResNet``).
     ``projection_bn=False`` (shortcut ``"B"``): projections are 1x1 convolutions with a bias and no batch norm, as
     keras.io's CIFAR-10 ``resnet_v1``. ``variant="keras-cifar-v2"`` (imports only): keras.io's ``resnet_v2``,
-    ``KerasCifarV2Bottleneck`` stages with output channels 4x ``widths``, a final BN-ReLU.
+    ``KerasCifarV2Bottleneck`` stages with output channels 4x ``widths``, a final BN-ReLU. ``shortcut_pad``
+    (shortcut ``"A"``): where the zero channels go, ``"after"`` the identity or half on ``"both"`` sides
+    (akamaster/pytorch_resnet_cifar10's nets; see :class:`~resnets.models.blocks.ZeroPadShortcut`).
     """
 
     def __init__(
@@ -317,6 +320,7 @@ class CifarResNet(ResNetBase):
         widths: Sequence[int] = (16, 32, 64),
         tf_padding: bool | Sequence[str] = False,
         projection_bn: bool = True,
+        shortcut_pad: str = "after",
     ) -> None:
         super().__init__()
         if variant not in ("v1", "v1.5", "preact") + CIFAR_IMPORT_VARIANTS:
@@ -326,6 +330,11 @@ class CifarResNet(ResNetBase):
         if not projection_bn and (shortcut != "B" or variant not in ("v1", "v1.5")):
             raise ValueError("projection_bn=False needs shortcut 'B' and a post-activation variant (v1)")
         options: dict[str, object] = {} if projection_bn else {"projection_bn": False}
+        if check_shortcut_pad(shortcut_pad) != "after":
+            if shortcut != "A" or variant not in ("v1", "v1.5"):
+                raise ValueError(f"shortcut_pad={shortcut_pad!r} places option A's zeros: it needs shortcut 'A' and "
+                                 "a post-activation variant (v1)")
+            options["shortcut_pad"] = shortcut_pad
         block: type[nn.Module] = (KerasCifarV2Bottleneck if variant in CIFAR_IMPORT_VARIANTS
                                   else block_class("basic", variant))
         self.conv1 = conv3x3(in_chans, widths[0])
