@@ -137,3 +137,57 @@ def test_download_checks_md5(tmp_path, served_dir, monkeypatch):
         open_data("cifar10", cache_dir=tmp_path / "cache")
     splits = open_data("cifar10", cache_dir=tmp_path / "cache", download=True)
     assert len(splits.train) == 15 and (tmp_path / "cache" / "cifar" / "cifar-10-python.tar.gz").is_file()
+
+
+def _one_line(exc: pytest.ExceptionInfo[UserError]) -> str:
+    assert "\n" not in str(exc.value)
+    return str(exc.value)
+
+
+def test_oversized_archive_members_are_refused_before_they_are_read(tmp_path):
+    members = _official_members()
+    members["cifar-10-batches-py/data_batch_2"] = bytes(49 << 20)  # 49 MiB: the official batches are 31 MB
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    _write_targz(archive, members)
+    assert archive.stat().st_size < 1 << 20
+    with pytest.raises(UserError, match=r"^archive .*cifar-10-python\.tar\.gz: cifar-10-batches-py/data_batch_2 "
+                                        r"holds 51,380,224 bytes, over the 50,331,648-byte limit for a "
+                                        r"cifar-10-batches-py member .*download it again \(resnets train --data "
+                                        r"cifar10 --download\)$") as exc:
+        load_cifar(archive, "cifar10", True)
+    _one_line(exc)
+    assert len(load_cifar(archive, "cifar10", False)) == 4  # the test split does not read that member
+    members = _official_members()
+    members["cifar-10-batches-py/batches.meta"] += bytes(2 << 20)  # class names padded to 2 MiB
+    _write_targz(archive, members)
+    with pytest.raises(UserError, match=r"batches\.meta holds 2,097,\d+ bytes, over the 1,048,576-byte limit"):
+        load_cifar(archive, "cifar10", False)
+    # the extracted folder: the same caps, checked by the file's size
+    folder = tmp_path / "x" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name, data in _official_members().items():
+        (folder / name.rsplit("/", 1)[-1]).write_bytes(data)
+    (folder / "test_batch").write_bytes(bytes(49 << 20))
+    with pytest.raises(UserError, match=r"cifar-10-batches-py: test_batch holds 51,380,224 bytes, over the "):
+        load_cifar(tmp_path / "x", "cifar10", False)
+
+
+def test_an_archive_that_decompresses_past_its_cap_or_has_a_huge_header_is_refused(tmp_path, monkeypatch):
+    import resnets.data.cifar as cifar
+
+    members = {"cifar-10-batches-py/padding": bytes(8 << 20), **_official_members()}  # skipped, yet decompressed
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    _write_targz(archive, members)
+    monkeypatch.setattr(cifar, "MAX_ARCHIVE_BYTES", 4 << 20)
+    with pytest.raises(UserError, match=r"^archive .*: member cifar-10-batches-py/padding ends 8,389,120 bytes into "
+                                        r"the decompressed tar, over the limit of 4,194,304 bytes; it is not the "
+                                        r"official archive") as exc:
+        load_cifar(archive, "cifar10", False)
+    _one_line(exc)
+    monkeypatch.undo()
+    assert len(load_cifar(archive, "cifar10", False)) == 4  # under the real 512 MiB
+    with tarfile.open(archive, "w:gz", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/" + "n" * (2 << 20))  # a 2 MiB GNU long name
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(UserError, match=r"a \d+-byte tar header exceeds the limit of 1048576 bytes"):
+        load_cifar(archive, "cifar10", False)

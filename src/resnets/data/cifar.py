@@ -2,7 +2,9 @@
 
 The official files are pickles. They are read with an unpickler that refuses every global except the few
 numpy names an ndarray needs, so a tampered archive cannot run code. Archives are read in one streaming
-pass, without extracting to disk.
+pass, without extracting to disk, and under caps: a member is read only if it is no larger than its data set's
+largest official one allows (``max_member_bytes``: 48 MiB for CIFAR-10, 192 MiB for CIFAR-100; its class names
+1 MiB), and the archive may decompress to at most :data:`MAX_ARCHIVE_BYTES`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from ..errors import UserError
 from ..outputs import atomic_write
 from .cache import md5_file, resolve_cache_dir
+from .tars import CappedTarInfo, HeaderTooLarge, StreamTooLarge, check_end
 from .tensors import ImageTensors
 
 #: Where the official archives are downloaded from; ``$RESNETS_CIFAR_URL`` or ``base_url=`` override it.
@@ -34,11 +37,17 @@ DATASETS: dict[str, dict[str, Any]] = {
     "cifar10": {"archive": "cifar-10-python.tar.gz", "md5": "c58f30108f718f92721af3b95e74349a",
                 "folder": "cifar-10-batches-py", "train": [f"data_batch_{i}" for i in range(1, 6)],
                 "test": ["test_batch"], "meta": "batches.meta", "labels": b"labels",
-                "names": b"label_names"},
+                "names": b"label_names", "max_member_bytes": 48 << 20},
     "cifar100": {"archive": "cifar-100-python.tar.gz", "md5": "eb9058c3a382ffc7106e4002c42a8d85",
                  "folder": "cifar-100-python", "train": ["train"], "test": ["test"], "meta": "meta",
-                 "labels": b"fine_labels", "names": b"fine_label_names"},
+                 "labels": b"fine_labels", "names": b"fine_label_names", "max_member_bytes": 192 << 20},
 }
+# The official members are at most 31,035,704 bytes (CIFAR-10's batches of 10,000 images) and 155,249,918 bytes
+# (CIFAR-100's train, 50,000 images); their class names under 2 kB.
+#: Largest class-name member (``batches.meta``, ``meta``) read.
+MAX_META_BYTES = 1 << 20
+#: The most an archive may decompress to, in bytes: the official tars are 178 MB and 185 MB.
+MAX_ARCHIVE_BYTES = 512 << 20
 
 # The only globals an official CIFAR pickle (or one re-pickled by Python 3 / current numpy) needs:
 # numpy's ndarray reconstruction, and _codecs.encode, which protocol-2 pickles from Python 3 use for bytes.
@@ -96,7 +105,15 @@ def _names(meta: dict[bytes, Any], key: bytes, source: str) -> list[str]:
 
 
 def _read_members(location: Path, spec: dict[str, Any], wanted: list[str]) -> dict[str, bytes]:
-    """Raw bytes of the wanted member files from an archive or an extracted folder."""
+    """Raw bytes of the wanted member files from an archive or an extracted folder, each read under its cap."""
+    def cap(name: str) -> int:
+        return MAX_META_BYTES if name == spec["meta"] else spec["max_member_bytes"]
+
+    def too_large(where: str, size: int, name: str, shown: str) -> UserError:
+        return UserError(f"{where}: {shown} holds {size:,} bytes, over the {cap(name):,}-byte limit for a "
+                         f"{spec['folder']} member (the official ones are smaller): it is not the official file; "
+                         f"download it again (resnets train --data {_name_of(spec)} --download)")
+
     if location.is_dir():
         folder = location / spec["folder"] if (location / spec["folder"]).is_dir() else location
         out = {}
@@ -104,24 +121,36 @@ def _read_members(location: Path, spec: dict[str, Any], wanted: list[str]) -> di
             path = folder / name
             if not path.is_file():
                 raise UserError(f"{path} not found (expected the official {spec['folder']} folder)")
+            if path.stat().st_size > cap(name):
+                raise too_large(str(folder), path.stat().st_size, name, name)
             out[name] = path.read_bytes()
         return out
     out = {}
     try:
-        with tarfile.open(location, "r|gz") as tar:
+        with tarfile.open(location, "r|gz", tarinfo=CappedTarInfo) as tar:
             for member in tar:
+                check_end(member, MAX_ARCHIVE_BYTES)
                 base = member.name.rsplit("/", 1)[-1]
                 if member.isfile() and base in wanted and base not in out:
+                    if member.size > cap(base):
+                        raise too_large(f"archive {location}", member.size, base, member.name[:200])
                     fobj = tar.extractfile(member)
                     assert fobj is not None
                     out[base] = fobj.read()
+    except (HeaderTooLarge, StreamTooLarge) as exc:
+        raise UserError(f"archive {location}: {exc}; it is not the official archive: download it again "
+                        f"(resnets train --data {_name_of(spec)} --download)") from None
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise UserError(f"cannot read archive {location} ({exc or type(exc).__name__}): it is damaged or "
-                        "incomplete; download it again (resnets train --data cifar10 --download)") from None
+                        f"incomplete; download it again (resnets train --data {_name_of(spec)} --download)") from None
     missing = [n for n in wanted if n not in out]
     if missing:
         raise UserError(f"archive {location} lacks {', '.join(missing)}")
     return out
+
+
+def _name_of(spec: dict[str, Any]) -> str:
+    return next((name for name, entry in DATASETS.items() if entry["folder"] == spec["folder"]), "cifar10")
 
 
 def find_cifar(root: Path, name: str) -> Path | None:

@@ -54,6 +54,7 @@ from .folder import find_classes, scan_split
 from .images import MAX_IMAGE_PIXELS, BadImageError, decode_rgb
 from .normalization import IMAGENET_MEAN, IMAGENET_STD
 from .sources import TrainBatches
+from .tars import CappedTarInfo, HeaderTooLarge, StreamTooLarge, check_end
 
 INDEX_NAME = "index.json"
 FORMAT = "resnets-shards-1"
@@ -69,8 +70,6 @@ MAX_MEMBER_BYTES = 64 << 20
 #: The most one shard may decompress to, in bytes, headers and skipped members included (4 GiB, four times the
 #: shards ``resnets shard`` writes; ``resnets train --max-shard-gb``): a gzip/bz2/xz bomb costs no more CPU.
 MAX_SHARD_BYTES = 4 << 30
-#: Largest long-name or pax header a shard may hold (tarfile reads them into memory whole).
-MAX_TAR_HEADER_BYTES = 1 << 20
 #: Largest ``index.json`` read, in bytes (an index of 100,000 shards is about 4 MB).
 MAX_INDEX_BYTES = 16 << 20
 _MIB, _GIB = 1 << 20, 1 << 30
@@ -454,24 +453,6 @@ class BadMember:
     reason: str
 
 
-class _HeaderTooLarge(Exception):
-    pass
-
-
-class _ShardTooLarge(Exception):
-    pass
-
-
-class _CappedTarInfo(tarfile.TarInfo):
-    """A tar header that refuses long-name and pax headers over :data:`MAX_TAR_HEADER_BYTES`."""
-
-    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
-                         tarfile.SOLARIS_XHDTYPE) and self.size > MAX_TAR_HEADER_BYTES:
-            raise _HeaderTooLarge(f"a {self.size}-byte tar header exceeds the limit of {MAX_TAR_HEADER_BYTES} bytes")
-        return super()._proc_member(tarfile_)  # type: ignore[misc]
-
-
 def _member_problem(info: tarfile.TarInfo, max_bytes: int, sample_bytes: int) -> str | None:
     """Why the member ``info`` must not be read, or None; ``sample_bytes``: its sample's members so far, it too."""
     name = info.name
@@ -497,13 +478,10 @@ def _tar_files(urls: Sequence[str], limits: ShardLimits) -> Iterator[dict[str, A
         stream = gopen(url, "rb")
         whole = False
         try:
-            tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_CappedTarInfo)
+            tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=CappedTarInfo)
             key, held = None, 0
             for info in tar:
-                end = info.offset_data + max(info.size, 0)
-                if end > limits.shard_bytes:
-                    raise _ShardTooLarge(f"member {info.name[:200]} ends {end:,} bytes into the decompressed tar, "
-                                         f"over the limit of {limits.shard_bytes:,} bytes per shard")
+                check_end(info, limits.shard_bytes)
                 if not info.isreg() or re.match(r"__[^/]*__($|/)", info.name):  # WebDataset's metadata
                     continue
                 prefix = base_plus_ext(info.name)[0]
@@ -516,10 +494,10 @@ def _tar_files(urls: Sequence[str], limits: ShardLimits) -> Iterator[dict[str, A
                 yield {"fname": info.name, "data": data, "__url__": url}
                 tar.members = []
             whole = True
-        except _HeaderTooLarge as exc:
+        except HeaderTooLarge as exc:
             raise UserError(f"shard {url}: {exc}; the shard is damaged or crafted, write it again") from None
-        except _ShardTooLarge as exc:
-            raise UserError(f"shard {url}: {exc}; the shard is damaged or crafted, or raise the limit with "
+        except StreamTooLarge as exc:
+            raise UserError(f"shard {url}: {exc} per shard; the shard is damaged or crafted, or raise the limit with "
                             "--max-shard-gb") from None
         except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
             raise UserError(f"cannot read shard {url} ({exc or type(exc).__name__}): not a whole tar file; write it "
