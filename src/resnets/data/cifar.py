@@ -46,7 +46,7 @@ DATASETS: dict[str, dict[str, Any]] = {
 # (CIFAR-100's train, 50,000 images); their class names under 2 kB.
 #: Largest class-name member (``batches.meta``, ``meta``) read.
 MAX_META_BYTES = 1 << 20
-#: The most an archive may decompress to, in bytes: the official tars are 178 MB and 185 MB.
+#: The most an archive may decompress to, in bytes: the official tars are about 186 MB each.
 MAX_ARCHIVE_BYTES = 512 << 20
 
 # The only globals an official CIFAR pickle (or one re-pickled by Python 3 / current numpy) needs:
