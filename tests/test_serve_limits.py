@@ -280,3 +280,35 @@ def test_undecodable_image_reason_is_the_servers_own(client: httpx.Client, image
     assert reply.status_code == 400
     assert reply.json()["detail"] == "cannot read image <body>: the image data is corrupt or in a form this " \
                                      "server cannot decode"
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P+transparency", "LA", "I;16", "1", "CMYK"])
+def test_every_mode_reduced_matches_the_predict_paths_preprocessing(photos: list[Path], mode: str) -> None:
+    """The photo enlarged to 3000 x 3516 in each mode the reduced decode converts strip by strip: the
+    network input is within 4 levels (of 255) of predict's (the image decoded whole, resized in float32), 6
+    for a dithered 1-bit image."""
+    from resnets.data import decode_rgb
+    from resnets.infer.loading import preprocess
+    from resnets.serve.decoding import decode_resized
+
+    big = Image.open(photos[1]).convert("RGB")
+    if mode == "RGBA" or mode == "LA":
+        shade = Image.linear_gradient("L").resize(big.size)  # alpha from 0 to 255 down the image
+        im = big.convert(mode[0] if mode == "LA" else "RGB")
+        im.putalpha(shade)
+    elif mode == "P+transparency":
+        im = big.convert("P")
+        im.info["transparency"] = 0
+    elif mode == "I;16":
+        im = Image.fromarray(np.asarray(big.convert("L"), np.uint16) * 257)
+    else:
+        im = big.convert(mode)
+    buffer = io.BytesIO()
+    im.save(buffer, "TIFF" if mode == "CMYK" else "PNG", **({"transparency": 0} if mode.startswith("P") else {}))
+    data = buffer.getvalue()
+    mean, std = [0.5] * 3, [1 / 255] * 3  # in levels of 255
+    want = preprocess(decode_rgb(data), "imagenet", mean, std)
+    got = preprocess(decode_resized(data, mode, 256, 25_000_000), "imagenet", mean, std)
+    assert got.shape == want.shape == (3, 224, 224)
+    tolerance = 6 if mode == "1" else 4  # a dithered bilevel image: nothing but the highest frequencies
+    assert (got - want).abs().max() <= tolerance, float((got - want).abs().max())

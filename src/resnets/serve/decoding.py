@@ -27,7 +27,10 @@ LOG = logging.getLogger("resnets.serve")
 REDUCING_GAP = 4
 _ORIENTATION = 0x0112
 _TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
-_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+#: The mode each decoded mode is reduced in ("P": RGBA with transparency, else RGB); to_rgb_array then applies
+#: the rules of resnets.data.images to the small image ("I" is scaled as 16-bit, as "I;16" is).
+_REDUCIBLE = {"PA": "RGBA", "1": "L", "I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I"}
+_STRIP_ROWS = 256  # rows converted and reduced at a time
 
 
 def resized_size(height: int, width: int, resize: int) -> tuple[int, int]:
@@ -94,20 +97,24 @@ def decode_resized(data: bytes, name: str | None, resize: int, max_pixels: int) 
 
 def _reduced(im: Image.Image, wanted: tuple[int, int]) -> Image.Image:
     """``im`` box-reduced by the largest integer factor that keeps it at least ``wanted`` (itself when none
-    does, or when its mode cannot be reduced)."""
+    does). It is converted to a mode Pillow can reduce strip by strip, so no full-size converted copy exists
+    beside the decoded image; each output row depends only on its own input rows, so the strips give what one
+    ``reduce`` of the whole image gives."""
     factor = min(im.width // wanted[0], im.height // wanted[1])
     if factor < 2:
         return im
+    mode = _REDUCIBLE.get(im.mode, im.mode)
     if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    elif im.mode == "PA":
-        im = im.convert("RGBA")
-    elif im.mode == "1":
-        im = im.convert("L")
-    elif im.mode in _SIXTEEN_BIT:
-        im = im.convert("I")  # to_rgb_array scales "I" as 16-bit, as it does "I;16"
+        mode = "RGBA" if "transparency" in im.info else "RGB"
+    rows = factor * max(1, _STRIP_ROWS // factor)
+    out: Image.Image | None = None
     try:
-        return im.reduce(factor)
+        for top in range(0, im.height, rows):
+            strip = im.crop((0, top, im.width, min(im.height, top + rows)))
+            small = (strip if strip.mode == mode else strip.convert(mode)).reduce(factor)
+            if out is None:
+                out = Image.new(small.mode, (-(-im.width // factor), -(-im.height // factor)))
+            out.paste(small, (0, top // factor))
     except ValueError:  # a mode Pillow cannot reduce: resized whole
         return im
-
+    return out if out is not None else im
