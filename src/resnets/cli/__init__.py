@@ -18,7 +18,7 @@ from ..errors import ERROR_FILE_ENV, UserError
 
 # Sub-command modules, in the order ``resnets --help`` lists them.
 COMMAND_MODULES = ("demo", "summary", "train", "eval", "shard", "predict", "embed", "search", "explain", "export",
-                   "import_keras", "serve", "bench", "experiment")
+                   "import_keras", "serve", "bench", "experiment", "weights")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -11,8 +11,9 @@ if TYPE_CHECKING:
 
 def add_weights_args(p: argparse.ArgumentParser) -> None:
     """The ``--weights``/``--model`` pair shared by the inference commands."""
-    p.add_argument("--weights", required=True, metavar="FILE",
-                   help="a resnets .safetensors file or run folder, or a torchvision/timm .pth with --model")
+    p.add_argument("--weights", required=True, metavar="FILE|NAME",
+                   help="a resnets .safetensors file or run folder, a torchvision/timm .pth with --model, or a "
+                        "weights name (resnets weights list; fetched once, checked)")
     p.add_argument("--model", default=None, metavar="NAME",
                    help="architecture of a foreign .pth (e.g. resnet50); ImageNet names and normalisation")
     p.add_argument("--variant", default=None, metavar="NAME",

@@ -81,8 +81,14 @@ def preprocess(image: torch.Tensor, family: str, mean: Sequence[float], std: Seq
 
 def resolve_weights_path(weights: str | os.PathLike[str], model_name: str | None = None) -> Path:
     """The weights file ``weights`` names: a run folder means its ``best.safetensors`` (else
-    ``final.safetensors``); a run's training checkpoint (``last.pt``, ``best.pt``) without ``model_name`` is a
+    ``final.safetensors``); a known weights name (``resnets weights list``) its checked file in the cache,
+    downloaded if missing; a run's training checkpoint (``last.pt``, ``best.pt``) without ``model_name`` is a
     UserError pointing at the run's ``best.safetensors``."""
+    from ..pretrained import fetch, resolve_name
+
+    entry = resolve_name(weights, model_name)
+    if entry is not None:
+        return Path(fetch(entry))
     path = Path(weights).expanduser()
     if path.is_dir():
         found = next((path / n for n in ("best.safetensors", "final.safetensors") if (path / n).is_file()), None)
@@ -108,9 +114,19 @@ def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name
     ``.pth``/checkpoint (then ImageNet names and normalisation when it has 1000 classes)."""
     if isinstance(weights, LoadedModel):
         return weights
-    from ..models import create_model, model_family
+    from ..models import create_model
+    from ..pretrained import resolve_name
     from ..weights import load_model, load_weights, read_metadata
 
+    entry = resolve_name(weights, model_name)
+    if entry is not None:  # a known weights name: its file fetched and checked, fed as its source evaluates it
+        from ..pretrained.build import build
+        from ..pretrained.fetch import fetch
+
+        path = fetch(entry)
+        model = build(entry, variant=variant)
+        _NAMED_SIZES[str(path.resolve())] = (entry.crop, entry.resize)
+        return _loaded(model, path, entry.crop, entry.resize)
     path = resolve_weights_path(weights, model_name)
     is_resnets = _has_resnets_metadata(path, read_metadata)
     input_size = resize = 0  # the family's, unless the weights were trained at another size
@@ -135,6 +151,18 @@ def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name
         classes_in = int(head.shape[0]) if head is not None and head.ndim == 2 else None
         model = create_model(model_name, variant=variant, num_classes=classes_in)
         load_weights(model, state)  # a fresh card: no class names or normalisation
+    return _loaded(model, path, input_size, resize)
+
+
+#: Fetched weights names' files -> (input side, resize) their table entry records (see ``trained_sizes``).
+_NAMED_SIZES: dict[str, tuple[int, int]] = {}
+
+
+def _loaded(model: ResNetBase, path: Path, input_size: int, resize: int) -> LoadedModel:
+    """``model`` (from ``path``) in eval mode with its class names (ImageNet's for 1,000 classes without any),
+    normalisation (its card's, else the family's) and input sizes."""
+    from ..models import model_family
+
     model.eval()
     card = model.card
     name = card.name
@@ -193,8 +221,13 @@ def _trained_sizes(trained: dict[str, object]) -> tuple[int, int]:
 
 
 def trained_sizes(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """``recorded_sizes`` of a resnets weights file's training record; (0, 0) for any other file."""
+    """``recorded_sizes`` of a resnets weights file's training record, or the sizes a fetched weights name's
+    entry records; (0, 0) for any other file."""
     from ..weights import read_metadata
+
+    named = _NAMED_SIZES.get(str(Path(path).resolve()))
+    if named is not None:
+        return named
 
     try:
         trained = read_metadata(path).get("trained") or {}

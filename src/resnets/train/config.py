@@ -79,9 +79,10 @@ class TrainConfig:
     test_images: int | None = option(None, "evaluate on N images only", flag="--test-images", metavar="N")
     recipe: str = option("cifar-fast", "the recipe under the other settings (``resnets train --recipe``)")
     # fine-tuning: start from trained weights, keep stages fixed, give the backbone a smaller LR
-    init: str | None = option(None, "start from these weights: a resnets .safetensors (its architecture and "
-                              "normalisation) or a torchvision/timm .pth state dict (name it with --model); the "
-                              "head is replaced when the classes differ", flag="--init", metavar="FILE")
+    init: str | None = option(None, "start from these weights: a weights name (resnets weights list), a resnets "
+                              ".safetensors (its architecture and normalisation) or a torchvision/timm .pth state "
+                              "dict (name it with --model); the head is replaced when the classes differ",
+                              flag="--init", metavar="FILE|NAME")
     freeze: list[str] = option(default_factory=list, help="stages whose weights stay fixed and whose batch norms "
                                "stay in eval mode, comma-separated: conv1, conv2_x ... conv5_x, or backbone",
                                flag="--freeze", metavar="STAGES")
@@ -384,8 +385,19 @@ def _with_init_architecture(merged: dict[str, Any]) -> dict[str, Any]:
     """``merged`` with the architecture of the ``init`` weights: a resnets file's own (model, variant, shortcut);
     a plain state dict needs ``model`` given. UserError for a missing file, a ``.pth`` without ``model`` or a
     ``model``/``variant`` other than the file's."""
+    from ..pretrained import resolve_name
     from ..weights import read_metadata
 
+    entry = resolve_name(merged["init"], merged.get("model"))
+    if entry is not None:  # a known weights name (resnets weights list): its architecture is the table's
+        if merged.get("variant", entry.variant) != entry.variant:
+            raise UserError(f"--init {entry.name} is a {entry.arch} of variant {entry.variant}, not "
+                            f"{merged['variant']!r}: drop --variant")
+        shortcut = entry.options.get("shortcut")
+        if shortcut and merged.get("shortcut", shortcut) != shortcut:
+            raise UserError(f"--init {entry.name} has shortcut {shortcut}, not {merged['shortcut']!r}: drop --shortcut")
+        return {"model": entry.arch, "variant": entry.variant, **({"shortcut": shortcut} if shortcut else {}),
+                **merged}
     path = Path(merged["init"]).expanduser()
     if not path.is_file():
         raise UserError(f"--init {path}: no such file; give a resnets .safetensors or a torchvision/timm .pth")
