@@ -289,7 +289,9 @@ def test_a_spec_of_2049g_parameters_is_refused_in_one_line_before_anything_is_bu
     # resnet50 with 10^9 classes: 2,049 G parameters (the fc alone is 2048 x 10^9), over 8 TB as float32
     huge = _craft(tmp_path / "huge.safetensors", _resnet20_tensors(),
                   {"format_version": 1, "spec": {"name": "resnet50", "variant": "v1.5", "num_classes": 10**9}})
-    for call in (lambda: load_model(huge), lambda: read_metadata(huge)):
+    from resnets.infer.loading import load_for_inference
+
+    for call in (lambda: load_model(huge), lambda: read_metadata(huge), lambda: load_for_inference(huge)):
         _one_line_error(call, r"huge.safetensors: its spec's num_classes 1000000000 is not a whole number from "
                               r"1 to 100,000; the file is damaged or crafted")
     deep = _craft(tmp_path / "deep.safetensors", _resnet20_tensors(),
@@ -365,7 +367,8 @@ def test_malformed_metadata_and_headers_are_one_line_errors(tmp_path: Path) -> N
     for extra, match in (({"classes": ["a", "b"]}, "its classes are not one name per class"),
                          ({"normalization": {"mean": [0.5], "std": "x"}}, "its normalization is not"),
                          ({"trained": {"image_size": 10**6}}, "its trained image_size 1000000 is not a side from 1"),
-                         ({"trained": {"fit_images": "32"}}, "its trained fit_images 32 is not a side")):
+                         ({"trained": {"fit_images": "32"}}, "its trained fit_images 32 is not a side"),
+                         ({"trained": {"input_size": 224, "resize": 10**5}}, "its trained resize 100000 is not a side")):
         bad = _craft(tmp_path / "bad.safetensors", tensors, {**good, **extra})
         _one_line_error(lambda: load_model(bad), match)  # noqa: B023 - called at once
     ok = _craft(tmp_path / "ok.safetensors", tensors, {**good, "trained": {"image_size": None, "fit_images": 64}})

@@ -116,7 +116,7 @@ def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name
         return weights
     from ..models import create_model
     from ..pretrained import resolve_name
-    from ..weights import load_model, load_weights, read_metadata
+    from ..weights import load_model, load_weights, metadata_text, read_metadata
 
     entry = resolve_name(weights, model_name)
     if entry is not None:  # a known weights name: its file fetched and checked, fed as its source evaluates it
@@ -128,7 +128,7 @@ def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name
         _NAMED_SIZES[str(path.resolve())] = (entry.crop, entry.resize)
         return _loaded(model, path, entry.crop, entry.resize)
     path = resolve_weights_path(weights, model_name)
-    is_resnets = _has_resnets_metadata(path, read_metadata)
+    is_resnets = _has_resnets_metadata(path, metadata_text)  # a damaged one is then refused with its reason
     input_size = resize = 0  # the family's, unless the weights were trained at another size
     if is_resnets:
         trained = read_metadata(path).get("trained")
