@@ -121,7 +121,7 @@ def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name
     entry = resolve_name(weights, model_name)
     if entry is not None:  # a known weights name: its file fetched and checked, fed as its source evaluates it
         from ..pretrained.build import build
-        from ..pretrained.fetch import fetch
+        from ..pretrained.retrieve import fetch
 
         path = fetch(entry)
         model = build(entry, variant=variant)

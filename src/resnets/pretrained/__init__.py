@@ -1,5 +1,5 @@
 """Pretrained weights by name: the table (:mod:`.table`), where files live (:mod:`.cache`), careful downloads
-(:mod:`.download`, :mod:`.fetch`) and the one step from a name to a ready model (:mod:`.build`).
+(:mod:`.download`, :mod:`.retrieve`) and the one step from a name to a ready model (:mod:`.build`).
 
 ``resnets.create_model("resnet50", weights="resnet50.tv2_in1k")``, ``--weights NAME``, ``--init NAME`` and
 ``resnets weights get NAME`` all go through :func:`fetch`. See docs/weights.md.
@@ -13,8 +13,8 @@ __all__ = ["Entry", "entries", "fetch", "find", "lookup", "registered", "resolve
 
 
 def fetch(entry: Entry, **kwargs: object):  # noqa: ANN201 - a Path; kept light: no import before it is needed
-    """The checked local file of ``entry`` (see :func:`resnets.pretrained.fetch.fetch`)."""
-    from .fetch import fetch as _fetch
+    """The checked local file of ``entry`` (see :func:`resnets.pretrained.retrieve.fetch`)."""
+    from .retrieve import fetch as _fetch
 
     return _fetch(entry, **kwargs)  # type: ignore[arg-type]
 

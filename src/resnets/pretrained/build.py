@@ -27,7 +27,7 @@ def build(entry: Entry, *, num_classes: int | None = None, variant: str | None =
     """``entry``'s model with its trained weights, in eval mode. ``num_classes`` other than the weights': a fresh
     head (fine-tuning). ``options`` override the entry's ``create_model`` options (e.g. ``shortcut_pad``)."""
     from ..errors import UserError
-    from .fetch import fetch
+    from .retrieve import fetch
 
     if variant is not None and variant != entry.variant:
         raise UserError(f"weights {entry.name} are of variant {entry.variant}, not {variant}; leave out the variant")
