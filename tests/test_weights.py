@@ -195,7 +195,11 @@ def test_cifar_repository_checkpoint_with_linear_head_loads(tmp_path: Path) -> N
     assert "module.linear.weight" in state and not any(".fc." in k or k.startswith("fc.") for k in state)
     path = tmp_path / "resnet20-12fca82f.th"
     torch.save({"epoch": 200, "best_prec1": 91.73, "state_dict": state}, path)
-    target = load_weights(create_model("resnet20"), path)
+    target = load_weights(create_model("resnet20"), path, say=lambda line: None)
+    assert target.card.spec["shortcut_pad"] == "both"  # that repository pads option A on both sides (issue 27)
+    for m in source.modules():
+        if hasattr(m, "extra_channels"):
+            m.pad = "both"
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(_logits(target, x), _logits(source, x))
     with pytest.raises(UserError, match="10-class head but the model has 100 classes"):
