@@ -316,3 +316,17 @@ def test_hub_entries_offline_checked_by_their_blob_name(caches, monkeypatch):
     blob.write_bytes(b"weights bytez")  # damaged: its SHA-256 is no longer its name
     with pytest.raises(UserError, match="does not match the SHA-256 it is named by: damaged; offline"):
         fetch(entry)
+
+
+def test_train_init_name_takes_the_tables_architecture(server, caches):
+    from resnets.train.config import resolve_config
+
+    body, _ = _weights()
+    entry = _entry(server, body, options={"shortcut": "A"})
+    with registered(entry):
+        cfg = resolve_config(typed={"init": entry.name, "data": "sample"})
+        assert (cfg.model, cfg.variant, cfg.shortcut, cfg.recipe) == ("resnet20", "v1", "A", "finetune")
+        with pytest.raises(UserError, match="are for resnet20, not resnet56"):
+            resolve_config(typed={"init": entry.name, "model": "resnet56"})
+    with pytest.raises(UserError, match="unknown weights 'resnet20.nothere'"):
+        resolve_config(typed={"init": "resnet20.nothere"})
