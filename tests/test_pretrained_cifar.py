@@ -107,3 +107,34 @@ def test_resnets_own_option_a_weights_stay_padded_after(tmp_path, capsys):
     again = resnets.create_model("resnet20", weights=path)
     assert "shortcut_pad" not in again.card.spec and again.layer2[0].downsample.pad == "after"
     assert capsys.readouterr().err == ""
+
+
+def test_predict_detects_or_forces_the_placement(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from resnets.cli import main
+    from resnets.data import read_rgb
+
+    state = akamaster_state(20, 5)
+    path = tmp_path / "resnet20-12fca82f.th"
+    torch.save({"state_dict": state, "best_prec1": 90.0}, path)
+    image = tmp_path / "x.png"
+    g = torch.Generator().manual_seed(2)
+    Image.fromarray(torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8).numpy()).save(image)
+
+    def probs(*extra: str) -> list[float]:
+        assert main(["predict", "--weights", str(path), "--model", "resnet20", str(image), "--format", "json",
+                     "--topk", "10", "--precision", "fp32", *extra]) == 0
+        top = json.loads(capsys.readouterr().out)[0]["top"]
+        return [p for _, p in sorted((t["index"], t["prob"]) for t in top)]
+
+    loaded = load_for_inference(path, "resnet20")
+    x = loaded.preprocess(read_rgb(str(image)))[None]
+    with torch.no_grad():
+        want = torch.softmax(akamaster_forward(state, x, 3), 1)[0].tolist()
+    capsys.readouterr()
+    assert max(abs(a - b) for a, b in zip(probs(), want, strict=True)) < 1e-5
+    assert max(abs(a - b) for a, b in zip(probs("--shortcut-pad", "both"), want, strict=True)) < 1e-5
+    assert max(abs(a - b) for a, b in zip(probs("--shortcut-pad", "after"), want, strict=True)) > 1e-3

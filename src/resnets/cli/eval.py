@@ -40,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
         out = plan_out(args.out, folder=True, may_hold_inputs=True,
                        inputs=[("the --weights file", resolve_weights_path(args.weights, args.model)),
                                ("the --data folder", args.data)])
-    report = evaluate(args.weights, args.data, tta=args.tta, device=args.device, precision=args.precision,
+    from .predict import loaded_weights
+
+    weights = loaded_weights(args) if args.shortcut_pad else args.weights
+    report = evaluate(weights, args.data, tta=args.tta, device=args.device, precision=args.precision,
                       batch_size=args.batch_size, out_dir=args.out, cache_dir=args.cache_dir,
                       skip_bad_images=args.skip_bad_images, workers=args.workers, max_images=args.max_images,
                       model_name=args.model, variant=args.variant, image_size=args.image_size,

@@ -9,8 +9,9 @@ if TYPE_CHECKING:
     from ..infer.loading import LoadedModel
 
 
-def add_weights_args(p: argparse.ArgumentParser) -> None:
-    """The ``--weights``/``--model`` pair shared by the inference commands."""
+def add_weights_args(p: argparse.ArgumentParser, *, shortcut_pad: bool = True) -> None:
+    """The ``--weights``/``--model`` pair shared by the inference commands (and ``--shortcut-pad`` where the
+    command loads through :func:`loaded_weights`)."""
     p.add_argument("--weights", required=True, metavar="FILE|NAME",
                    help="a resnets .safetensors file or run folder, a torchvision/timm .pth with --model, or a "
                         "weights name (resnets weights list; fetched once, checked)")
@@ -18,13 +19,18 @@ def add_weights_args(p: argparse.ArgumentParser) -> None:
                    help="architecture of a foreign .pth (e.g. resnet50); ImageNet names and normalisation")
     p.add_argument("--variant", default=None, metavar="NAME",
                    help="with --model: the architecture variant of the .pth (v1.5 default, v1, d, preact)")
+    if shortcut_pad:
+        p.add_argument("--shortcut-pad", choices=("after", "both"), default=None,
+                       help="CIFAR option-A weights: put the zero channels after the identity (resnets') or on both "
+                            "sides (akamaster's); default: detected from the checkpoint's layout")
 
 
 def loaded_weights(args: argparse.Namespace) -> LoadedModel:
     """The model that ``--weights``/``--model``/``--variant`` name, loaded (a run folder: its best weights)."""
     from ..infer.loading import load_for_inference
 
-    return load_for_inference(args.weights, args.model, variant=args.variant)
+    return load_for_inference(args.weights, args.model, variant=args.variant,
+                              shortcut_pad=getattr(args, "shortcut_pad", None))
 
 
 def add_precision_arg(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from .predict import add_precision_arg, add_weights_args
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="serve a model over HTTP (predict, embed, explain, KServe v2)")
-    add_weights_args(p)
+    add_weights_args(p, shortcut_pad=False)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine "
                    "only; any other needs --api-key-file or --no-auth)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one)")

@@ -108,10 +108,14 @@ def resolve_weights_path(weights: str | os.PathLike[str], model_name: str | None
 
 
 def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name: str | None = None, *,
-                       variant: str | None = None) -> LoadedModel:
+                       variant: str | None = None, shortcut_pad: str | None = None) -> LoadedModel:
     """Load ``weights``: a resnets safetensors file (rebuilt from its metadata) or a run folder (its
     ``best.safetensors``), or with ``model_name`` (and ``variant``, e.g. ``d`` or ``v1``) a torchvision/timm
-    ``.pth``/checkpoint (then ImageNet names and normalisation when it has 1000 classes)."""
+    ``.pth``/checkpoint (then ImageNet names and normalisation when it has 1000 classes), or a weights name
+    (``resnets weights list``: fetched, checked, fed at its entry's resize and crop).
+
+    ``shortcut_pad`` (``"after"``, ``"both"``): where a foreign ``.pth``'s or a weights name's option-A shortcuts put
+    their zeros; None: detected (akamaster's layout: both sides) or the entry's. A resnets file records its own."""
     if isinstance(weights, LoadedModel):
         return weights
     from ..models import create_model
@@ -124,7 +128,7 @@ def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name
         from ..pretrained.retrieve import fetch
 
         path = fetch(entry)
-        model = build(entry, variant=variant)
+        model = build(entry, variant=variant, **({"shortcut_pad": shortcut_pad} if shortcut_pad else {}))
         _NAMED_SIZES[str(path.resolve())] = (entry.crop, entry.resize)
         return _loaded(model, path, entry.crop, entry.resize)
     path = resolve_weights_path(weights, model_name)
@@ -140,6 +144,9 @@ def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name
         if variant and variant != card.variant:
             raise UserError(f"{path} holds a {card.name} of variant {card.variant}, "
                             f"not {variant}; leave out --variant")
+        if shortcut_pad and shortcut_pad != card.options.get("shortcut_pad", "after"):
+            raise UserError(f"{path} records its option-A placement (shortcut_pad "
+                            f"{card.options.get('shortcut_pad', 'after')!r}); leave out --shortcut-pad")
     elif model_name is None:
         raise UserError(f"{path} is not a resnets weights file; name its architecture with --model NAME "
                         "(e.g. --model resnet50 for torchvision's ImageNet weights)")
@@ -150,7 +157,7 @@ def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name
         head = state.get("fc.weight", state.get("linear.weight"))  # the head's size: the weights' classes
         classes_in = int(head.shape[0]) if head is not None and head.ndim == 2 else None
         model = create_model(model_name, variant=variant, num_classes=classes_in)
-        load_weights(model, state)  # a fresh card: no class names or normalisation
+        load_weights(model, state, shortcut_pad=shortcut_pad)  # a fresh card: no class names or normalisation
     return _loaded(model, path, input_size, resize)
 
 
