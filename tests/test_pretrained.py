@@ -330,3 +330,16 @@ def test_train_init_name_takes_the_tables_architecture(server, caches):
             resolve_config(typed={"init": entry.name, "model": "resnet56"})
     with pytest.raises(UserError, match="unknown weights 'resnet20.nothere'"):
         resolve_config(typed={"init": "resnet20.nothere"})
+
+
+def test_eval_with_a_name_reports_in_the_current_folder(server, caches, tmp_path, monkeypatch):
+    body, _ = _weights()
+    entry = _entry(server, body)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with registered(entry):
+        assert main(["eval", "--weights", entry.name, "--data", "sample", "--max-images", "20", "--no-progress",
+                     "--workers", "0"]) == 0
+    assert any(p.name.startswith("eval-") and p.suffix == ".json" for p in work.iterdir())
+    assert _checkpoints(caches) == [entry.file_name]  # nothing written beside the cached weights

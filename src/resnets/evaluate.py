@@ -135,7 +135,8 @@ def evaluate(
     torchvision/timm ``.pth``. ``data``: as for ``open_data``, a folder of class folders (a test set alone, or
     a ``test/``/``val/`` folder itself), or shards; the training split is never read. Returns the report:
     top1, top5, loss, per-class accuracy, confusion matrix, skipped images, classes missing from the data,
-    and where the files went (``out_dir``, default the weights' folder: ``eval-<data>[-<tta>].json`` and
+    and where the files went (``out_dir``, default the weights' folder, the current one for a weights name:
+    ``eval-<data>[-<tta>].json`` and
     ``...-confusion.png``). ``max_images`` scores a fixed seeded subset only, for quick checks.
     ``image_size`` (default: the side the weights record they were trained at, as predict and serve feed
     them) scales small images to that side (upscaled on the device if all one smaller square size; else
@@ -159,9 +160,13 @@ def evaluate(
         workers = default_workers()  # the cores this process may use, at most 4
     dev = resolve_device(device)
     choose_precision(precision, dev)  # a wrong name fails here, before any work
+    from .pretrained import resolve_name
+
+    named = resolve_name(weights, model_name)  # a weights name: the report goes to the current folder, not the cache
     loaded = load_for_inference(weights, model_name, variant=variant)
     weights = loaded.source
-    out = check_out_dir(out_dir if out_dir is not None else Path(weights).parent)  # before the work, not after
+    default_out = Path.cwd() if named is not None else Path(weights).parent
+    out = check_out_dir(out_dir if out_dir is not None else default_out)  # before the work, not after
     model = loaded.model.to(dev)
     classes = model.card.classes
     trained_side, trained_resize = trained_sizes(weights)  # (0, 0): the weights record none (a .pth)
