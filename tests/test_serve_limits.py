@@ -312,3 +312,28 @@ def test_every_mode_reduced_matches_the_predict_paths_preprocessing(photos: list
     assert got.shape == want.shape == (3, 224, 224)
     tolerance = 6 if mode == "1" else 4  # a dithered bilevel image: nothing but the highest frequencies
     assert (got - want).abs().max() <= tolerance, float((got - want).abs().max())
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("orientation", [1, 3, 6])
+def test_reduced_decode_samples_where_the_full_image_is_sampled(photos: list[Path], fmt: str,
+                                                                orientation: int) -> None:
+    """A 3001 x 3517 photo for a 32-pixel model: the reduced decode (1/8 DCT scale, or a box reduce by 11)
+    leaves a partial block in its last row and column, and the resize must sample the image where predict's
+    does; EXIF orientations 3 and 6 put that edge on another side of the picture."""
+    from resnets.data import decode_rgb
+    from resnets.infer.loading import preprocess
+    from resnets.serve.decoding import decode_resized
+
+    im = Image.open(photos[1]).convert("RGB").resize((3001, 3517), Image.Resampling.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    im.save(buffer, fmt, exif=exif, **({"quality": 95} if fmt == "JPEG" else {}))
+    data = buffer.getvalue()
+    mean, std = [0.5] * 3, [1 / 255] * 3  # in levels of 255
+    want = preprocess(decode_rgb(data), "cifar", mean, std)
+    got = preprocess(decode_resized(data, fmt, 32, 25_000_000), "cifar", mean, std)
+    assert got.shape == want.shape == (3, 32, 32)
+    bound = 3 if fmt == "PNG" else 7  # measured 1.6 and 4.5 (1/8-scale DCT); 5.4 and 12.5 sampling stretched
+    assert (got - want).abs().max() <= bound, float((got - want).abs().max())

@@ -134,8 +134,8 @@ def create_app(settings: ServeSettings, loaded: LoadedModel | Engine | None = No
         with state.batcher.arriving() as arrival:  # a batch forming meanwhile waits for these images
             uploads = await read_uploads(request, settings.max_body_bytes)
             with state.decode_slots.held():
-                tensors = await decode_all(uploads, engine.loaded, settings.max_pixels, state.decode_pool)
-            logits = await state.batcher.submit("logits", torch.stack(tensors), arrival)
+                batch = await decode_all(uploads, engine.loaded, settings.max_pixels, state.decode_pool)
+            logits = await state.batcher.submit("logits", batch, arrival)
         metrics.images.labels("/v1/predict").inc(len(uploads))
         k = min(topk, len(engine.loaded.classes))
         values, indices = torch.softmax(logits, dim=1).topk(k, dim=1)
@@ -153,8 +153,8 @@ def create_app(settings: ServeSettings, loaded: LoadedModel | Engine | None = No
         with state.batcher.arriving() as arrival:
             uploads = await read_uploads(request, settings.max_body_bytes)
             with state.decode_slots.held():
-                tensors = await decode_all(uploads, engine.loaded, settings.max_pixels, state.decode_pool)
-            vectors = await state.batcher.submit("embed", torch.stack(tensors), arrival)
+                batch = await decode_all(uploads, engine.loaded, settings.max_pixels, state.decode_pool)
+            vectors = await state.batcher.submit("embed", batch, arrival)
         metrics.images.labels("/v1/embed").inc(len(uploads))
         return {"model": engine.loaded.name, "time_ms": _ms(start), "dim": int(vectors.shape[1]),
                 "embeddings": vectors.tolist()}
