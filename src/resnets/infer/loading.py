@@ -6,8 +6,6 @@ import glob
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,19 +14,10 @@ import torch.nn.functional as F
 
 from ..data.normalization import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from ..errors import UserError
+from ..pretrained.classes import imagenet_classes
 
 if TYPE_CHECKING:
     from ..models import ResNetBase
-
-
-@cache
-def imagenet_classes() -> tuple[str, ...]:
-    """The 1000 ImageNet-1k class names in index order (shipped in ``resnets/assets``)."""
-    text = (resources.files("resnets") / "assets" / "imagenet_classes.txt").read_text(encoding="utf-8")
-    names = tuple(line for line in text.splitlines() if line)
-    if len(names) != 1000:
-        raise UserError(f"the shipped ImageNet class list has {len(names)} names, not 1000; reinstall resnets")
-    return names
 
 
 @dataclass

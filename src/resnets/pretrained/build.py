@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .table import CIFAR10_CLASSES, Entry
+from .classes import class_names
+from .table import Entry
 
 if TYPE_CHECKING:
     from ..models import ResNetBase
@@ -15,11 +16,7 @@ if TYPE_CHECKING:
 
 def entry_classes(entry: Entry) -> list[str]:
     """The class names of ``entry``'s head, in index order (ImageNet's 1,000 ship with resnets)."""
-    if entry.classes == "cifar10":
-        return list(CIFAR10_CLASSES)
-    from ..infer.loading import imagenet_classes
-
-    return list(imagenet_classes())
+    return class_names(entry.classes)
 
 
 def build(entry: Entry, *, num_classes: int | None = None, variant: str | None = None,
