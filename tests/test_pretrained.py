@@ -343,3 +343,28 @@ def test_eval_with_a_name_reports_in_the_current_folder(server, caches, tmp_path
                      "--workers", "0"]) == 0
     assert any(p.name.startswith("eval-") and p.suffix == ".json" for p in work.iterdir())
     assert _checkpoints(caches) == [entry.file_name]  # nothing written beside the cached weights
+
+
+def test_no_network_is_one_line_after_the_attempts(caches):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    entry = Entry("resnet20.nowhere", "resnet20", "v1", "tests", "none", f"http://127.0.0.1:{port}/w/x-1234abcd.pth",
+                  "sha256:1234abcd", classes="cifar10")
+    with pytest.raises(DownloadError, match=r"after 3 attempt\(s\): no connection .*nothing kept in .*checkpoints; "
+                                            r"to place it by hand") as err:
+        fetch(entry, limits=FAST, progress=False)
+    assert "\n" not in str(err.value) and _checkpoints(caches) == []
+
+
+def test_weights_list_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from resnets.cli import main; rc = main(['weights', 'list']); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "resnet50.a1_in1k" in done.stdout
