@@ -368,3 +368,24 @@ def test_weights_list_imports_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "resnet50.a1_in1k" in done.stdout
+
+
+def test_embed_and_search_with_a_name(server, caches, tmp_path, capsys):
+    from PIL import Image
+
+    body, _ = _weights(4, shortcut="B")  # projection shortcuts, as chenyaofo's: the entry's options say so
+    entry = _entry(server, body, options={"shortcut": "B"})
+    folder = tmp_path / "gallery"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(3)
+    for i in range(3):
+        Image.fromarray(torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8).numpy()).save(
+            folder / f"{i}.png")
+    index = tmp_path / "index.safetensors"
+    with registered(entry):
+        assert main(["embed", "--weights", entry.name, str(folder), "--out", str(index)]) == 0
+        capsys.readouterr()
+        assert main(["search", "--index", str(index), "--weights", entry.name, str(folder / "1.png"),
+                     "--format", "json", "--topk", "1"]) == 0
+    hits = json.loads(capsys.readouterr().out)[0]["hits"]
+    assert hits[0]["path"].endswith("1.png") and hits[0]["score"] > 0.999

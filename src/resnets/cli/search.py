@@ -10,7 +10,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--index", required=True, metavar="FILE", help="an index written by 'resnets embed'")
     p.add_argument("queries", nargs="+", metavar="QUERY", help="query images (files, folders, globs)")
     p.add_argument("--topk", type=int, default=5, help="results per query (default 5)")
-    p.add_argument("--weights", default=None, metavar="FILE",
+    p.add_argument("--weights", default=None, metavar="FILE|NAME",
                    help="weights file or run folder to embed the queries with (default: the ones the index "
                    "records)")
     p.add_argument("--model", default=None, metavar="NAME", help="architecture of a foreign .pth")
@@ -33,8 +33,12 @@ def run(args: argparse.Namespace) -> int:
         failed.append(path)
         print(f"resnets search: skipped {path}: {message}", file=sys.stderr)
 
-    # a run folder, as every command takes it: its best weights
-    weights = None if args.weights is None else str(resolve_weights_path(args.weights, args.model))
+    # a run folder, as every command takes it: its best weights; a weights name loaded (it names its model)
+    from ..infer.loading import load_for_inference
+    from ..pretrained import resolve_name
+
+    weights = None if args.weights is None else load_for_inference(args.weights, args.model) if resolve_name(
+        args.weights, args.model) else str(resolve_weights_path(args.weights, args.model))
     results = search(args.index, args.queries, topk=args.topk, weights=weights, model_name=args.model,
                      method=args.method, on_failure=report)
     if args.format == "json":
