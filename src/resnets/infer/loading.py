@@ -108,10 +108,14 @@ def load_for_inference(weights: str | os.PathLike[str] | LoadedModel, model_name
     if isinstance(weights, LoadedModel):
         return weights
     from ..models import create_model
-    from ..pretrained import resolve_name
+    from ..pretrained import cached_entry, resolve_name
     from ..weights import load_model, load_weights, metadata_text, read_metadata
 
-    entry = resolve_name(weights, model_name)
+    entry = resolve_name(weights, model_name) or cached_entry(weights)  # a name, or a named weight's cached file
+    if entry is not None and model_name and entry.arch != model_name:
+        from ..pretrained import lookup
+
+        lookup(entry.name, model_name)  # refused in one line: weights for another architecture
     if entry is not None:  # a known weights name: its file fetched and checked, fed as its source evaluates it
         from ..pretrained.build import build
         from ..pretrained.retrieve import fetch

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .table import Entry, entries, find, lookup, registered
 
-__all__ = ["Entry", "entries", "fetch", "find", "lookup", "registered", "resolve_name"]
+__all__ = ["Entry", "cached_entry", "entries", "fetch", "find", "lookup", "registered", "resolve_name"]
 
 
 def fetch(entry: Entry, **kwargs: object):  # noqa: ANN201 - a Path; kept light: no import before it is needed
@@ -33,3 +33,18 @@ def resolve_name(weights: object, arch: str | None = None) -> Entry | None:
     if entry is not None and arch is not None and entry.arch != arch:
         return lookup(entry.name, arch)  # refused: weights for another architecture
     return entry
+
+
+def cached_entry(path: object) -> Entry | None:
+    """The table entry whose cached file (torchvision's or Keras' cache) ``path`` is, or None: such a file, named
+    by its path (an index's record, a user's copy-paste), loads as its entry says."""
+    import os
+    from pathlib import Path
+
+    from .cache import cache_path
+
+    if not isinstance(path, str | os.PathLike) or not os.path.isfile(path):
+        return None
+    real = Path(path).resolve()
+    return next((e for e in reversed(entries()) if e.cache != "hf" and e.file_name == real.name
+                 and cache_path(e).resolve() == real), None)
