@@ -12,7 +12,8 @@ of ``--variants``; ``auto`` is what a user gets by default (``--precision auto``
 Same model (resnet20), batch 128, same machine, one run. Reports steady-state images/s (after warm-up steps) and
 the ratios; the one-off decode of the JPEGs is reported apart.
 
-    .venv/bin/python benchmarks/train_throughput.py [--data DIR] [--steps 40] [--warmup 5] [--variants auto,fp32-cl]
+    .venv/bin/python benchmarks/train_throughput.py [--data DIR] [--steps 40] [--warmup 5] [--rounds 1]
+        [--variants auto,fp32-cl]
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
     ap.add_argument("--variants", default="auto,fp32-cl", help=",".join(VARIANTS))
+    ap.add_argument("--rounds", type=int, default=1, help="alternate the in-memory reference and ours N times")
     ap.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/resnets"))
     args = ap.parse_args()
     if args.warmup < 1:
@@ -191,14 +193,16 @@ def main() -> None:
                             image_size=32, training=True, model_key="resnet20")
     ref = reference(root, args.steps, args.warmup, args.batch_size, args.workers)
     print(f"reference ImageFolder (DataLoader x{args.workers}, fp32, NCHW): {ref:.0f} images/s")
-    mem = in_memory(splits.train.images, splits.train.labels, args.steps, args.warmup, args.batch_size, auto)
-    print(f"reference in memory (uint8 tensors, crop + flip per batch, {auto} (what auto picks), channels_last): "
-          f"{mem:.0f} images/s")
-    del splits
-    for variant in args.variants.split(","):
-        ips, used = ours(spec, variant, args.steps, args.warmup, args.batch_size, args.cache_dir)
-        print(f"ours {variant:>16} ({used}): {ips:.0f} images/s  ({ips / ref:.2f}x ImageFolder, "
-              f"{ips / mem:.2f}x in memory{'' if used == auto else ', another precision'})")
+    for r in range(args.rounds):  # the in-memory reference and ours alternate, so a busy spell hits both
+        tag = f"[round {r + 1}] " if args.rounds > 1 else ""
+        mem = in_memory(splits.train.images, splits.train.labels, args.steps, args.warmup, args.batch_size, auto)
+        print(f"{tag}reference in memory (uint8 tensors, crop + flip per batch, {auto} (what auto picks), "
+              f"channels_last): {mem:.0f} images/s; load average {os.getloadavg()[0]:.1f}", flush=True)
+        for variant in args.variants.split(","):
+            ips, used = ours(spec, variant, args.steps, args.warmup, args.batch_size, args.cache_dir)
+            print(f"{tag}ours {variant:>16} ({used}): {ips:.0f} images/s  ({ips / ref:.2f}x ImageFolder, "
+                  f"{ips / mem:.2f}x in memory{'' if used == auto else ', another precision'}); "
+                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
     print(f"# load average {os.getloadavg()[0]:.1f} at end")
 
 
