@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..runtime import derive_seed
+from .augment import FLIP_MODES, apply_cutout, plan_cutout, plan_flips
 from .sources import TrainBatches
 from .tensors import ImageTensors
 
@@ -49,7 +50,8 @@ class DeviceBatches(TrainBatches):
     ``mean``/``std`` are per-channel in 0..1, e.g. ``data.mean()``/``data.std()`` of the training split.
     ``out_size``: resize every batch to this height (width in proportion) after cropping, e.g. to upscale
     small images on the device. ``full_size`` is ``out_size`` or the crop height; progressive resizing
-    (:meth:`set_image_size`) works.
+    (:meth:`set_image_size`) works. ``flip_mode``: ``"random"`` or ``"alternate"`` (each image's side swapped
+    every epoch) and ``cutout``: a square of that side zeroed in every training image (:mod:`.augment`).
     """
 
     resizable = True
@@ -58,13 +60,20 @@ class DeviceBatches(TrainBatches):
                  mean: Sequence[float], std: Sequence[float], pad: int = 4, flip: bool = True,
                  crop: int | tuple[int, int] | None = None, drop_last: bool | None = None,
                  generator: torch.Generator | None = None, seed: int = 0, channels_last: bool = True,
-                 dtype: torch.dtype = torch.float32, out_size: int | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, out_size: int | None = None, flip_mode: str = "random",
+                 cutout: int = 0) -> None:
         if batch_size <= 0:
             raise UserError(f"batch_size must be positive, got {batch_size}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise UserError(f"mean and std need 3 values (std > 0), got {mean} and {std}")
         if pad < 0:
             raise UserError(f"pad must be >= 0, got {pad}")
+        if flip_mode not in FLIP_MODES:
+            raise UserError(f"flip_mode must be one of {', '.join(FLIP_MODES)}, not {flip_mode!r}")
+        if cutout < 0:
+            raise UserError(f"cutout must be >= 0 pixels, got {cutout}")
+        self.flip_mode = flip_mode
+        self.cutout = cutout if train else 0
         self.device = torch.device(device)
         self.images = data.images.to(self.device)  # the whole uint8 set, moved once
         self.labels = data.labels.to(self.device)
@@ -108,7 +117,8 @@ class DeviceBatches(TrainBatches):
         self.image_size = None if size == ch else (size, max(1, round(size * cw / ch)))
 
     def _plan(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """This epoch's order, crop offsets (N x 2) and flip mask (N), drawn on the CPU from the epoch seed."""
+        """This epoch's order, crop offsets (N x 2) and flip mask (N), each by position in the order, drawn on
+        the CPU from the epoch seed (alternating flips: from the run's seed)."""
         n = len(self.labels)
         if not self.train:
             return torch.arange(n), None, None
@@ -119,8 +129,20 @@ class DeviceBatches(TrainBatches):
         max_dx = width + 2 * self.pad - self.crop[1]
         offsets = torch.stack([torch.randint(0, max_dy + 1, (n,), generator=g),
                                torch.randint(0, max_dx + 1, (n,), generator=g)], dim=1)
-        flips = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+        if not self.flip:
+            flips = torch.zeros(n, dtype=torch.bool)
+        elif self.flip_mode == "random":
+            flips = torch.rand(n, generator=g) < 0.5
+        else:  # by image, then put in this epoch's order
+            flips = plan_flips(n, self.flip_mode, seed=self.seed, epoch=self.epoch, generator=g)[order]
         return order, offsets, flips
+
+    def _cutout_plan(self) -> torch.Tensor | None:
+        """This epoch's cutout corners (N x 2, by position in the order), or None without cutout."""
+        if not self.cutout:
+            return None
+        g = torch.Generator().manual_seed(derive_seed("cutout", self.seed, self.epoch))
+        return plan_cutout(len(self.labels), self.cutout, *self.crop, g)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)
@@ -135,9 +157,12 @@ class DeviceBatches(TrainBatches):
         """
         per_rank = self.batch_size // world_size
         order, offsets, flips = self._plan()
+        corners = self._cutout_plan()
         order = order.to(self.device)
         if offsets is not None:
             offsets, flips = offsets.to(self.device), flips.to(self.device)
+        if corners is not None:
+            corners = corners.to(self.device)
         for b in range(max(0, start_batch), len(self)):
             first = b * self.batch_size + rank * per_rank
             sl = slice(first, first + per_rank)
@@ -145,6 +170,8 @@ class DeviceBatches(TrainBatches):
             batch = self.images[idx]
             if offsets is not None:
                 batch = self._augment(batch, offsets[sl], flips[sl])
+                if corners is not None:
+                    batch = apply_cutout(batch, corners[sl], self.cutout)
             elif self.crop != tuple(batch.shape[2:]):
                 batch = self._center_crop(batch)
             yield self._resize(self._normalise(batch)), self.labels[idx]

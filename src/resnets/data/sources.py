@@ -99,6 +99,8 @@ class TrainDataSpec:
     batch_size: int = 128
     pad: int = 4
     flip: bool = True
+    flip_mode: str = "random"  # or "alternate" (resnets.data.augment)
+    cutout: int = 0
     channels_last: bool = True
     seed: int = 0
     workers: int = 0
@@ -214,7 +216,7 @@ def _open_in_memory(spec: TrainDataSpec, device: torch.device, rank: int, world_
     generator = torch.Generator().manual_seed(spec.seed)
     batches = DeviceBatches(train_set, spec.batch_size, train=True, device=device, mean=mean, std=std,
                             pad=spec.pad, flip=spec.flip, generator=generator, channels_last=spec.channels_last,
-                            out_size=spec.fit_images)  # small images: upscaled here, on the device
+                            out_size=spec.fit_images, flip_mode=spec.flip_mode, cutout=spec.cutout)  # small images: upscaled here, on the device
     train: TrainBatches = batches
     if world_size > 1:  # each rank: its slice of every global batch, and of the test set
         train = RankBatches(batches, rank, world_size)

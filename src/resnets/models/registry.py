@@ -22,6 +22,9 @@ IMAGENET_DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
 # CIFAR family, paper section 4.2: depth 6n + 2, n blocks of two 3x3 layers per stage.
 CIFAR_DEPTHS: dict[int, int] = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18, 1202: 200}
 
+# The CIFAR-10 speed records' residual nets (models/cifar_speed.py), by the weighted layers their names count.
+SPEED_NETS = {"resnet9": 9, "resnet18-cifar": 18}
+
 # The paper's plain baselines: the same nets with every shortcut removed.
 PLAIN_IMAGENET_DEPTHS = (18, 34)
 PLAIN_CIFAR_DEPTHS = (20, 32, 44, 56, 110)
@@ -37,6 +40,8 @@ def _registry() -> dict[str, dict[str, Any]]:
         table[f"plain{depth}"] = {"family": "imagenet", "depth": depth, "residual": False}
     for depth in PLAIN_CIFAR_DEPTHS:
         table[f"plain{depth}"] = {"family": "cifar", "depth": depth, "residual": False}
+    for name, depth in SPEED_NETS.items():  # the CIFAR speed records' nets (models/cifar_speed.py)
+        table[name] = {"family": "cifar", "depth": depth, "residual": True, "speed": True}
     return table
 
 
@@ -101,6 +106,8 @@ def create_model(
             return build(entry, num_classes=num_classes, variant=variant, **options)
         return from_weights(name, weights, num_classes=num_classes, variant=variant, **options)
     entry = _entry(name)
+    if entry.get("speed"):
+        return _speed_net(name, num_classes, variant, options)
     family = entry["family"]
     allowed = {"zero_init_residual", "in_chans"} | ({"shortcut"} if family == "cifar" else set())
     structural = ["blocks", "tf_padding"] if family == "imagenet" else ["tf_padding", "projection_bn", "shortcut_pad"]
@@ -124,6 +131,25 @@ def create_model(
                                 residual=entry["residual"], **options)
     except ValueError as exc:
         raise UserError(f"{name}: {exc}") from None
+    model.card = replace(model.card, name=name, options=dict(options))
+    return model
+
+
+def _speed_net(name: str, num_classes: int | None, variant: str | None, options: dict[str, Any]) -> ResNetBase:
+    """``resnet9`` or ``resnet18-cifar`` (variant v1 only; options ``in_chans``, ``whiten``, and for
+    resnet18-cifar ``zero_init_residual``)."""
+    from .cifar_speed import ResNet9, ResNet18Cifar
+
+    allowed = {"in_chans", "whiten"} | ({"zero_init_residual"} if name == "resnet18-cifar" else set())
+    if name == "resnet9":
+        options = {k: v for k, v in options.items() if not (k == "zero_init_residual" and v is False)}
+    unknown = set(options) - allowed
+    if unknown:
+        raise UserError(f"unknown option(s) {', '.join(sorted(unknown))} for {name}; allowed: {', '.join(sorted(allowed))}")
+    if variant not in (None, "v1"):
+        raise UserError(f"{name} comes in one variant, v1; drop --variant {variant}")
+    cls = ResNet9 if name == "resnet9" else ResNet18Cifar
+    model: ResNetBase = cls(num_classes or 10, **options)
     model.card = replace(model.card, name=name, options=dict(options))
     return model
 

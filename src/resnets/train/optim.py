@@ -14,26 +14,30 @@ from .config import TrainConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool,
-                 lr_factors: Mapping[nn.Parameter, float] | None = None) -> list[dict[str, Any]]:
+                 lr_factors: Mapping[nn.Parameter, float] | None = None,
+                 norm_bias_lr_mult: float = 1.0) -> list[dict[str, Any]]:
     """Parameter groups by weight decay and learning-rate factor (``lr_factor``, 1 unless ``lr_factors`` gives
     one): weights that decay, and (unless ``decay_norm_and_bias``) norm weights and biases that don't.
 
-    A parameter of one dimension (BN scale and shift, every bias) is a "norm or bias" parameter.
+    A parameter of one dimension (BN scale and shift, every bias) is a "norm or bias" parameter; with
+    ``norm_bias_lr_mult`` its factor is multiplied by that and its weight decay divided by it (the speed
+    records' bias learning rates: the decay per step, lr times decay, stays the same).
     """
-    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    groups: dict[tuple[bool, float, float], list[nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
             decays = decay_norm_and_bias or p.ndim > 1
-            groups.setdefault((decays, (lr_factors or {}).get(p, 1.0)), []).append(p)
+            mult = norm_bias_lr_mult if p.ndim <= 1 else 1.0
+            groups.setdefault((decays, (lr_factors or {}).get(p, 1.0) * mult, mult), []).append(p)
     order = sorted(groups, key=lambda key: (not key[0], -key[1]))  # decaying first, then by factor
-    return [{"params": groups[key], "weight_decay": weight_decay if key[0] else 0.0, "lr_factor": key[1]}
+    return [{"params": groups[key], "weight_decay": weight_decay / key[2] if key[0] else 0.0, "lr_factor": key[1]}
             for key in order]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, lr_factors: Mapping[nn.Parameter, float] | None = None
                     ) -> torch.optim.Optimizer:
     """SGD with momentum over ``param_groups``, at the config's effective LR (times each group's factor)."""
-    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, lr_factors)
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, lr_factors, cfg.norm_bias_lr_mult)
     return torch.optim.SGD(groups, lr=cfg.effective_lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 

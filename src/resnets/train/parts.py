@@ -39,13 +39,18 @@ class Network:
     frozen stages)."""
 
     def __init__(self, cfg: TrainConfig, classes: list[str], env: D.DistEnv, image_side: int,
-                 init: LoadedModel | None = None, log: Callable[[str], None] = print) -> None:
+                 init: LoadedModel | None = None, log: Callable[[str], None] = print,
+                 whiten_images: torch.Tensor | None = None) -> None:
         self.device, self.env, self.compile = env.device, env, cfg.compile
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         if init is None:
-            options = {"shortcut": cfg.shortcut} if cfg.shortcut else {}  # recorded in the weights' spec
+            options: dict[str, Any] = {"shortcut": cfg.shortcut} if cfg.shortcut else {}  # in the weights' spec
+            if cfg.whiten:
+                options["whiten"] = True
             model = create_model(cfg.model, num_classes=len(classes), variant=cfg.variant,
                                  zero_init_residual=cfg.zero_init_residual, **options)
+            if whiten_images is not None:  # before the EMA copy is taken (a resumed run loads it instead)
+                model.init_whitening(whiten_images.to(torch.float64))  # type: ignore[operator]
         else:
             model = _fit_head(init, classes, log)
         self.model = model.to(self.device, memory_format=self.memory_format)
@@ -61,6 +66,7 @@ class Network:
         self.frozen: frozenset[str] = frozenset()
         self.forward = self._forward()
         self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema else None
+        self.ema_every = cfg.ema_every
 
     def _forward(self) -> nn.Module:
         """What a training step calls: the model (or its head, probing), under DDP with several processes
@@ -100,9 +106,9 @@ class Network:
                     if isinstance(m, nn.modules.batchnorm._BatchNorm):
                         m.eval()
 
-    def after_update(self) -> None:
-        """Follow an optimiser step (the EMA average)."""
-        if self.ema is not None:
+    def after_update(self, step: int) -> None:
+        """Follow optimiser step ``step`` (1-based): the EMA average, every ``ema_every`` steps."""
+        if self.ema is not None and step % self.ema_every == 0:
             self.ema.update(self.model)
 
     def state_dict(self) -> dict[str, Any]:

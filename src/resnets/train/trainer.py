@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.batches import progressive_image_size
+from ..data.augment import TTAModel
+from ..data.batches import DeviceBatches, progressive_image_size
 from ..data.mixing import mix_batch
 from ..data.sources import TrainData, TrainDataSpec, open_train
 from ..errors import UserError
@@ -150,7 +151,10 @@ class Trainer:
                             "small-image folders), not with streamed data; drop it")
         self.total_steps = total_steps_of(cfg, self.steps_per_epoch)
         self.num_epochs = -(-self.total_steps // self.steps_per_epoch)
-        self.network = Network(cfg, self.data.classes, env, self.data.train.full_size, init=init, log=self.log)
+        whiten = _whitening_images(self.data.train) if cfg.whiten and ckpt is None and init is None else None
+        self.network = Network(cfg, self.data.classes, env, self.data.train.full_size, init=init, log=self.log,
+                               whiten_images=whiten)
+        del whiten
         self.family = model_family(cfg.model)
         self.optim = Optimization(cfg, self.network.model, self.total_steps, self.steps_per_epoch)
         if (note := self.optim.schedule.warmup_note()) is not None:
@@ -274,7 +278,7 @@ class Trainer:
         else:
             optimizer.step()  # a non-finite loss is caught at the next read, before any checkpoint
         optimizer.zero_grad(set_to_none=True)
-        net.after_update()
+        net.after_update(self.clock.step + 1)
         self.clock.step += 1
         self.position.batch += 1
         self.meters.totals.add(loss_sum, correct, len(y), self.clock.step)
@@ -345,7 +349,8 @@ class Trainer:
         summary = ""
         if evaluate_now:
             net = self.network
-            val = D.combine_eval(env, evaluate_model(net.evaluated, self.data.val, num_classes=len(self.data.classes),
+            evaluated = TTAModel(net.evaluated, cfg.tta) if cfg.tta else net.evaluated
+            val = D.combine_eval(env, evaluate_model(evaluated, self.data.val, num_classes=len(self.data.classes),
                                                      device=net.device, autocast_dtype=net.amp_dtype,
                                                      channels_last=cfg.channels_last and not net.head_only))
             record.update(val_loss=val["loss"], val_acc=val["top1"], val_top5=val["top5"])
@@ -459,6 +464,19 @@ def _say_length_change(saved: TrainConfig, cfg: TrainConfig, step: int, total_st
     log(f"length changed from {old_total} to {total_steps} steps (run {done}): the {cfg.schedule} LR schedule "
         f"is recomputed over {total_steps} steps, so the LR at step {step} is {new_lr:.4g} (was {old_lr:.4g})"
         f"{'; final.safetensors will be replaced when it ends' if step >= old_total else ''}")
+
+
+WHITEN_IMAGES = 2000  # the training images whose 3x3 patches set the whitening layer
+
+
+def _whitening_images(train: Any) -> torch.Tensor:
+    """The first ``WHITEN_IMAGES`` training images, normalised and unaugmented (those of every rank: the whole
+    set is held by each), for the whitening layer; UserError for streamed data."""
+    batches = getattr(train, "inner", train)
+    if not isinstance(batches, DeviceBatches):
+        raise UserError("--whiten sets its layer from training images held in memory (CIFAR, small-image "
+                        "folders), not from streamed data; drop --whiten")
+    return next(iter(batches.unaugmented(WHITEN_IMAGES)))[0]
 
 
 def _quiet(message: str) -> None:
