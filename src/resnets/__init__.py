@@ -15,15 +15,17 @@ from .errors import UserError
 
 if TYPE_CHECKING:
     from .keras import load_keras
-    from .models import create_model, list_models
+    from .loading import create_model
+    from .models import list_models
     from .summary import ModelSummary, summary
     from .weights import load_model, load_weights, read_metadata, save_weights
 
 __version__ = "0.1.0"
 __all__ = ["UserError", "create_model", "list_models", "load_keras", "load_model", "load_weights", "read_metadata", "save_weights", "summary", "ModelSummary", "__version__"]
 
-#: Where each public name lives, imported when first asked for.
-_LAZY = {"create_model": "models", "list_models": "models", "ModelSummary": "summary", "summary": "summary",
+#: Where each public name lives, imported when first asked for (``create_model`` takes ``weights=``: the loading
+#: layer's, above ``resnets.models``, which builds fresh nets only).
+_LAZY = {"create_model": "loading", "list_models": "models", "ModelSummary": "summary", "summary": "summary",
          "load_model": "weights", "load_weights": "weights", "read_metadata": "weights", "save_weights": "weights",
          "load_keras": "keras"}
 

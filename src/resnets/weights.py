@@ -92,7 +92,7 @@ def save_weights(
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The resnets metadata of a safetensors file written by ``save_weights``, checked (see the module doc)."""
     path = _existing(path)
-    return _metadata(read_header(path), path)
+    return check_metadata(read_header(path), path)
 
 
 def metadata_text(path: str | os.PathLike[str]) -> str:
@@ -161,8 +161,9 @@ def _entry_problem(entry: Any, data_bytes: int) -> str | None:
     return None
 
 
-def _metadata(header: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The checked resnets metadata in ``header``; UserError in one line if it is missing or malformed."""
+def check_metadata(header: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checked resnets metadata in ``header`` (``read_header(path)``'s, so that a caller reads it once);
+    UserError in one line if it is missing or malformed."""
     raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
     if raw is None:
         raise UserError(f"{path} has no resnets metadata; build the model with create_model(...) "
@@ -236,15 +237,17 @@ def _card_problem(meta: dict[str, Any]) -> str | None:
     return None
 
 
-def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> ResNetBase:
+def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
+               header: dict[str, Any] | None = None) -> ResNetBase:
     """Rebuild a model from a ``save_weights`` file alone, its card's ``classes`` and ``normalization`` set.
 
     The spec is built on the meta device first and its tensors' names, shapes and dtypes compared with the
     file's header; only a file that matches is read into memory (a mismatch names the first tensor that differs).
+    ``header``: ``read_header(path)``'s result when the caller has it (the file's header is then not read again).
     """
     path = _existing(path)
-    header = read_header(path)
-    meta = _metadata(header, path)
+    header = read_header(path) if header is None else header
+    meta = check_metadata(header, path)
     model = _skeleton(meta["spec"])
     _check_tensors(model, header, path)
     state = _load_file(path)
@@ -310,8 +313,10 @@ def _spec_text(spec: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in spec.items())
 
 
-def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Tensors from a safetensors file, a ``.pth``/checkpoint (read without unpickling code) or a mapping.
+def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any], *,
+                    header: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file, a ``.pth``/checkpoint (read without unpickling code) or a mapping;
+    ``header``: a safetensors file's ``read_header`` result when the caller has it (then not read again).
 
     A checkpoint's weights are taken from ``state_dict``, ``model_state_dict``, ``model``, ``net`` or
     ``module``, nested up to three deep; other entries (epoch, optimizer, EMA copies) are ignored, and
@@ -323,7 +328,8 @@ def read_state_dict(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[
     else:
         path = _existing(source)
         if _is_safetensors(path):
-            read_header(path)  # bounded and checked before the tensors are read
+            if header is None:
+                read_header(path)  # bounded and checked before the tensors are read
             obj = _load_file(path)
         else:
             try:

@@ -1,4 +1,7 @@
-"""Export a model to ONNX (dynamic batch), TorchScript, a Triton model repository or Keras, checked before it is kept.
+"""Export a model, checked before it is kept: to ONNX (dynamic batch, optionally int8) or TorchScript
+(:mod:`resnets.infer.export_file`), a Triton model repository (:mod:`resnets.infer.triton`) or Keras
+(:mod:`resnets.keras.write`). This module only chooses the exporter; the exporters share their result and
+check types through :mod:`resnets.infer.export_result` and never import this module.
 
 The file is written to a temporary path, checked (ONNX through onnxruntime, TorchScript by running it) on
 random inputs at two batch sizes, and only renamed into place when the check passes. ``int8=True`` (ONNX
@@ -8,56 +11,19 @@ float32 PyTorch on real images instead: top-1 agreement and the logits' relative
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-import warnings
-from dataclasses import dataclass
-from pathlib import Path
-
-import torch
 
 from ..errors import UserError
-from ..outputs import atomic_write, check_out_file
-from .loading import LoadedModel, load_for_inference
-from .quantize import (
-    BATCH,
-    CALIBRATION_IMAGES,
-    CHECK_IMAGES,
-    MAX_REL_ERROR,
-    MIN_AGREEMENT,
-    Fidelity,
-    fidelity,
-    load_images,
-    onnx_session,
-    quantize_onnx,
-    run_session,
-)
+from ..loading import LoadedModel
+from .export_file import SUFFIX, export_file
+from .export_result import ATOL, CHECK_BATCHES, RTOL, ExportCheckError, ExportResult, require_onnx
+from .quantize import CALIBRATION_IMAGES, CHECK_IMAGES, MAX_REL_ERROR, MIN_AGREEMENT
+from .triton import export_triton
 
 FORMATS = ("onnx", "torchscript", "triton", "keras")
-SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}  # never a checkpoint's .pt
-CHECK_BATCHES = (1, 3)
-# Pass if max |ours - torch| <= ATOL + RTOL * max |torch| over both batches.
-ATOL, RTOL = 1e-4, 1e-4
 
-
-class ExportCheckError(RuntimeError):
-    """The exported model's outputs differ from PyTorch's beyond tolerance; nothing was written."""
-
-
-@dataclass
-class ExportResult:
-    """Where the model went, and how far its outputs were from PyTorch's on the check inputs."""
-
-    path: str
-    format: str
-    max_abs_diff: float
-    max_abs_ref: float
-    batches: tuple[int, ...]
-    int8: Fidelity | None = None  # the int8 model vs float32 PyTorch on real images
-    calibration_images: int = 0
-    image_source: str = ""
-    int8_form: str = ""  # the int8 form kept and why (Quantization.summary)
+__all__ = ["ATOL", "CHECK_BATCHES", "FORMATS", "RTOL", "SUFFIX", "ExportCheckError", "ExportResult", "export",
+           "require_onnx"]
 
 
 def export(
@@ -75,11 +41,11 @@ def export(
     max_rel_error: float = MAX_REL_ERROR,
     force: bool = False,
 ) -> ExportResult:
-    """Export ``weights`` to ``format`` (``"onnx"`` or ``"torchscript"``) at ``out`` (default: beside the
-    weights: ``.onnx``, ``.int8.onnx``, ``.torchscript.pt``); raises ExportCheckError, leaving no file, when the
-    check fails. A default-named file that exists is replaced only with ``force``; an explicit ``out`` is replaced.
-    ``"triton"`` (a model repository folder, :mod:`resnets.infer.triton`) and ``"keras"`` (a ``.keras`` file,
-    :mod:`resnets.keras`) are written and checked by their own modules.
+    """Export ``weights`` to ``format`` (``"onnx"`` or ``"torchscript"``: :func:`export_file`) at ``out``
+    (default: beside the weights: ``.onnx``, ``.int8.onnx``, ``.torchscript.pt``); raises ExportCheckError,
+    leaving no file, when the check fails. A default-named file that exists is replaced only with ``force``; an
+    explicit ``out`` is replaced. ``"triton"`` (a model repository folder, :mod:`resnets.infer.triton`) and
+    ``"keras"`` (a ``.keras`` file, :mod:`resnets.keras.write`) are written and checked by their own modules.
 
     ``int8``: quantise the ONNX model, calibrated on ``calibration_images`` real images from ``calibration``
     (default: the shipped sample), and require top-1 agreement >= ``min_agreement`` and relative logits error
@@ -90,115 +56,11 @@ def export(
     if int8 and format != "onnx":
         raise UserError("int8 export is ONNX only (--format onnx)")
     if format == "triton":
-        from .triton import export_triton
-
         return export_triton(weights, out=out, model_name=model_name, opset=opset, force=force)
     if format == "keras":
-        from ..keras import export_keras
+        from ..keras.write import export_keras  # numpy and the Keras writer only when asked for
 
         return export_keras(weights, out=out, model_name=model_name, force=force)
-    if format == "onnx":
-        require_onnx()
-    loaded = load_for_inference(weights, model_name)
-    model = loaded.model.eval()
-    suffix = ".int8.onnx" if int8 else SUFFIX[format]
-    out_path = Path(out) if out is not None else Path(loaded.source).with_suffix(suffix)
-    check_out_file(out_path, replace=force or out is not None, suffix=suffix)
-    if out_path.resolve() == Path(loaded.source).resolve():
-        raise UserError(f"--out {out_path} is the weights being exported; choose another --out")
-    if int8:
-        return _export_int8(model, loaded, out_path, opset, calibration, calibration_images, check_images,
-                            min_agreement, max_rel_error)
-    size = loaded.input_size
-    gen = torch.Generator().manual_seed(0)
-    inputs = [torch.randn(b, 3, size, size, generator=gen) for b in CHECK_BATCHES]
-    with torch.inference_mode():
-        refs = [model(x) for x in inputs]
-    diff = ref_max = 0.0
-
-    def write_checked(tmp: str) -> None:
-        """Export to ``tmp`` and check it; raising leaves ``out_path`` as it was."""
-        nonlocal diff, ref_max
-        with warnings.catch_warnings():  # the exporters' deprecation and constant-folding chatter
-            warnings.simplefilter("ignore", (UserWarning, FutureWarning, DeprecationWarning))
-            if format == "onnx":
-                _write_onnx(model, loaded, inputs[0], tmp, opset)
-                outs = _run_onnx(tmp, inputs)
-            else:
-                _write_torchscript(model, inputs[0], tmp)
-                scripted = torch.jit.load(tmp)
-                with torch.inference_mode():
-                    outs = [scripted(x) for x in inputs]
-        diff = max(float((o - r).abs().max()) for o, r in zip(outs, refs, strict=True))
-        ref_max = max(float(r.abs().max()) for r in refs)
-        if not diff <= ATOL + RTOL * ref_max:
-            raise ExportCheckError(f"{format} outputs differ from PyTorch by up to {diff:.3g} "
-                                   f"(allowed {ATOL + RTOL * ref_max:.3g}); nothing written")
-
-    atomic_write(out_path, write_checked)  # renamed into place only once the check passed
-    return ExportResult(str(out_path), format, diff, ref_max, CHECK_BATCHES)
-
-
-def require_onnx() -> None:
-    """A one-line UserError naming the extra to install when onnx or onnxruntime is missing."""
-    import importlib.util
-
-    if any(importlib.util.find_spec(m) is None for m in ("onnx", "onnxruntime")):
-        raise UserError("ONNX export needs the onnx and onnxruntime packages: pip install 'resnets[export]'")
-
-
-def _export_int8(model: torch.nn.Module, loaded: LoadedModel, out_path: Path, opset: int,
-                 calibration: str | os.PathLike[str] | None, n_calibration: int, n_check: int,
-                 min_agreement: float, max_rel_error: float) -> ExportResult:
-    calib, check, source = load_images(loaded, calibration, n_calibration, n_check)
-    with torch.inference_mode():
-        reference = torch.cat([model(check[s:s + BATCH]) for s in range(0, len(check), BATCH)])
-    with tempfile.TemporaryDirectory(prefix="resnets-export-") as tmp:
-        fp32 = export(loaded, "onnx", out=Path(tmp) / "fp32.onnx", opset=opset)
-        result = ExportResult(str(out_path), "onnx", fp32.max_abs_diff, fp32.max_abs_ref, fp32.batches,
-                              calibration_images=len(calib), image_source=source)
-
-        def write(path: str) -> None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", (UserWarning, FutureWarning, DeprecationWarning))
-                result.int8_form = quantize_onnx(fp32.path, path, calib).summary()
-            result.int8 = fidelity(run_session(onnx_session(path), check), reference)
-            got = result.int8
-            if not (got.top1_agreement >= min_agreement and got.rel_error <= max_rel_error):
-                raise ExportCheckError(
-                    f"int8 ({result.int8_form}) vs float32 PyTorch on {got.images} real images: top-1 agreement "
-                    f"{got.top1_agreement:.2%} (need >= {min_agreement:.2%}), logits relative error "
-                    f"{got.rel_error:.3g} (need <= {max_rel_error:.3g}); nothing written")
-        atomic_write(out_path, write)  # which gives the file the umask's mode
-    return result
-
-
-def _write_onnx(model: torch.nn.Module, loaded: LoadedModel, example: torch.Tensor, path: str, opset: int) -> None:
-    import onnx
-
-    torch.onnx.export(model, (example,), path, dynamo=False, opset_version=opset, input_names=["images"],
-                      output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-    proto = onnx.load(path)
-    meta = {"model": loaded.name, "classes": json.dumps(loaded.classes), "mean": json.dumps(loaded.mean),
-            "std": json.dumps(loaded.std), "input_size": str(loaded.input_size), "resize": str(loaded.resize)}
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.checker.check_model(proto)
-    onnx.save(proto, path)
-
-
-def _run_onnx(path: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    return [torch.from_numpy(session.run(None, {"images": x.numpy()})[0]) for x in inputs]
-
-
-def _write_torchscript(model: torch.nn.Module, example: torch.Tensor, path: str) -> None:
-    with torch.no_grad():
-        traced = torch.jit.trace(model, example, check_trace=False)
-    traced.save(path)
-
+    return export_file(weights, format, out=out, model_name=model_name, opset=opset, int8=int8,
+                       calibration=calibration, calibration_images=calibration_images, check_images=check_images,
+                       min_agreement=min_agreement, max_rel_error=max_rel_error, force=force)

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .loading import LoadedModel, expand_paths, read_batches
+from ..loading import LoadedModel
+from .loading import expand_paths, read_batches
 
 CALIBRATION_IMAGES = 256
 CHECK_IMAGES = 256

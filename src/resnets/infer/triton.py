@@ -20,9 +20,10 @@ from types import ModuleType
 from typing import Any, Literal
 
 from ..errors import UserError
+from ..loading import LoadedModel, load_for_inference
 from ..outputs import _check_writable
-from .export import ExportCheckError, ExportResult, export, require_onnx
-from .loading import LoadedModel, load_for_inference
+from .export_file import export_file
+from .export_result import ExportCheckError, ExportResult, require_onnx
 
 MAX_BATCH_SIZE = 64
 PREFERRED_BATCH_SIZES = (8, 16, 32, 64)
@@ -70,7 +71,7 @@ def export_triton(
     try:
         model_dir = tmp / name
         (model_dir / "1").mkdir(parents=True)
-        checked = export(loaded, "onnx", out=model_dir / "1" / "model.onnx", opset=opset)
+        checked = export_file(loaded, "onnx", out=model_dir / "1" / "model.onnx", opset=opset)
         (model_dir / "labels.txt").write_text("".join(f"{c}\n" for c in loaded.classes), encoding="utf-8")
         config = config_text(loaded, max_batch_size=max_batch_size, instance_kind=instance_kind)
         (model_dir / "config.pbtxt").write_text(config, encoding="utf-8")

@@ -27,12 +27,12 @@ from torch import nn
 from ..errors import UserError
 from ..models.blocks import BasicBlock, Bottleneck, TFSameConv2d, ZeroPadShortcut
 from ..models.resnet import CifarResNet, ResNet, ResNetBase
-from . import require_keras
 from .convert import CAFFE_MEAN_BGR
+from .read import require_keras
 
 if TYPE_CHECKING:
-    from ..infer.export import ExportResult
-    from ..infer.loading import LoadedModel
+    from ..infer.export_result import ExportResult
+    from ..loading import LoadedModel
 
 
 #: What the exported Keras model may take: the resnets model's own normalised input, or a ``preprocess_input`` mode.
@@ -239,8 +239,8 @@ def export_keras(weights: str | os.PathLike[str] | LoadedModel, *, out: str | os
     ``preprocessing``/``softmax``: the contract it takes and returns (see the module doc and :func:`contract`);
     with a preprocessing, the check inputs are random 0..255 images, preprocessed as Keras would.
     A default-named file that exists is replaced only with ``force``."""
-    from ..infer.export import ATOL, CHECK_BATCHES, RTOL, ExportCheckError, ExportResult
-    from ..infer.loading import load_for_inference
+    from ..infer.export_result import ATOL, CHECK_BATCHES, RTOL, ExportCheckError, ExportResult
+    from ..loading import load_for_inference
     from ..outputs import atomic_write, check_out_file
 
     keras = require_keras()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import os
 from dataclasses import replace
 from typing import Any
 
@@ -77,13 +76,11 @@ def create_model(
     *,
     num_classes: int | None = None,
     variant: str | None = None,
-    weights: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> ResNetBase:
-    """Build a ResNet by name (see ``list_models()``), freshly initialised, or with ``weights``: started from
-    trained weights (see ``from_weights``), e.g. ``create_model("resnet18", weights=FILE, num_classes=5)``, or
-    from known weights by name (``resnets.pretrained``; ``create_model("resnet50", weights="resnet50.tv2_in1k")``
-    or torchvision's tag, ``weights="IMAGENET1K_V2"``), downloaded once into the cache and checked.
+    """Build a ResNet by name (see ``list_models()``), freshly initialised. Trained weights (a file, a run
+    folder or a weights name) are :func:`resnets.create_model`'s ``weights=`` (:mod:`resnets.loading`, above
+    this package: models build fresh nets and import nothing above them).
 
     ImageNet nets default to ``num_classes=1000`` and ``variant="v1.5"``; CIFAR nets to 10 classes,
     ``variant="v1"`` and ``shortcut="A"``. Options: ``zero_init_residual``, ``in_chans``, and for CIFAR nets
@@ -96,15 +93,9 @@ def create_model(
     The returned model's ``card`` names it and records the options given (``model.spec``, the arguments that
     rebuild it).
     """
-    if weights is not None:
-        from ..pretrained import resolve_name
-
-        entry = resolve_name(weights, name)
-        if entry is not None:  # a name from the pretrained table (resnets weights list): fetched, checked, cached
-            from ..pretrained.build import build
-
-            return build(entry, num_classes=num_classes, variant=variant, **options)
-        return from_weights(name, weights, num_classes=num_classes, variant=variant, **options)
+    if "weights" in options:
+        raise UserError("resnets.models.create_model builds fresh nets; for trained weights call "
+                        f"resnets.create_model({name!r}, weights=...)")
     entry = _entry(name)
     if entry.get("speed"):
         return _speed_net(name, num_classes, variant, options)
@@ -168,35 +159,3 @@ def _blocks(name: str, blocks: Any) -> list[int]:
 def weighted_layers(kind: str, blocks: Any) -> int:
     """Convolution and fc layers of an ImageNet net with ``blocks`` per stage (the depth the name counts)."""
     return 2 + (3 if kind == "bottleneck" else 2) * sum(blocks)
-
-
-def from_weights(name: str, weights: str | os.PathLike[str], *, num_classes: int | None = None,
-                 variant: str | None = None, say: Any = None, **options: Any) -> ResNetBase:
-    """``name`` with trained ``weights``: a resnets .safetensors (its variant, class names and normalisation
-    come along) or a torchvision/timm ``.pth``/state dict, read safely. With ``num_classes`` other than the
-    weights', the head is a fresh one (fine-tuning); UserError for weights of another architecture. Option-A
-    weights laid out as akamaster's load as that code computes (see ``load_weights``; ``shortcut_pad=`` forces
-    a placement); ``say`` gets that one line."""
-    from ..weights import load_weights, read_metadata, read_state_dict
-
-    try:
-        meta: dict[str, Any] | None = read_metadata(weights)
-    except UserError:
-        meta = None  # a foreign or plain state dict
-    if meta is not None:
-        spec = meta["spec"]
-        if spec["name"] != name or (variant is not None and variant != spec.get("variant")):
-            raise UserError(f"{weights} holds a {spec['name']} ({spec.get('variant')}), not a {name}"
-                            f"{f' ({variant})' if variant else ''}: build a {spec['name']}, or load other weights")
-        variant = spec.get("variant")
-        options = {**{k: v for k, v in spec.items() if k not in ("name", "variant", "num_classes")}, **options}
-    state = read_state_dict(weights)
-    head = state.get("fc.weight", state.get("linear.weight"))
-    trained = int(head.shape[0]) if head is not None and head.ndim == 2 else None
-    model = create_model(name, num_classes=num_classes or trained, variant=variant, **options)
-    fresh_head = num_classes is not None and trained is not None and num_classes != trained
-    load_weights(model, state, reinit_head=fresh_head, say=say)
-    if meta is not None:
-        model.card.normalization = meta.get("normalization")
-        model.card.classes = None if fresh_head else meta.get("classes")
-    return model

@@ -1,5 +1,6 @@
 """Pretrained weights by name: the table (:mod:`.table`), where files live (:mod:`.cache`), careful downloads
-(:mod:`.download`, :mod:`.retrieve`) and the one step from a name to a ready model (:mod:`.build`).
+(:mod:`.download`, :mod:`.retrieve`); the step from a name to a ready model is :func:`resnets.loading.build`,
+above this package.
 
 ``resnets.create_model("resnet50", weights="resnet50.tv2_in1k")``, ``--weights NAME``, ``--init NAME`` and
 ``resnets weights get NAME`` all go through :func:`fetch`. See docs/weights.md.
