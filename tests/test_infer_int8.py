@@ -165,7 +165,7 @@ def test_quantiser_crash_leaves_no_file(trained: Path, tmp_path: Path, monkeypat
         Path(out).write_bytes(b"partial")
         raise RuntimeError("quantiser died")
 
-    monkeypatch.setattr(importlib.import_module("resnets.infer.export"), "quantize_onnx", half_write)
+    monkeypatch.setattr(importlib.import_module("resnets.infer.export_file"), "quantize_onnx", half_write)
     with pytest.raises(RuntimeError, match="quantiser died"):
         export(trained, "onnx", out=tmp_path / "x.int8.onnx", int8=True, calibration_images=8, check_images=8)
     assert os.listdir(tmp_path) == []

@@ -21,7 +21,7 @@ from resnets.infer.loading import load_for_inference
 from resnets.infer.triton import MARKER, model_config_pb2
 from resnets.weights import save_weights
 
-export_module = importlib.import_module("resnets.infer.export")
+export_module = importlib.import_module("resnets.infer.export_file")  # the ONNX/TorchScript check
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
 
