@@ -200,3 +200,19 @@ def test_speed_nets_refuse_what_they_do_not_have(name: str) -> None:
     with pytest.raises(UserError, match="--whiten"):
         resolve_config({"model": "resnet20", "whiten": True})
     assert F.pad is not None
+
+
+def test_best_checkpoint_is_the_last_one_linked_and_keeps_it_when_last_moves_on(tmp_path: Path) -> None:
+    from resnets.train.checkpoint import save_checkpoint
+    from resnets.train.trainer import _same_file
+
+    def load_checkpoint(path: Path) -> dict:
+        return torch.load(path, weights_only=True)
+
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    save_checkpoint({"step": torch.tensor(1)}, last)
+    save_checkpoint({"step": torch.tensor(0)}, best)  # an older best is replaced
+    _same_file(last, best)
+    save_checkpoint({"step": torch.tensor(2)}, last)  # the next epoch's last.pt: a new file renamed into place
+    assert int(load_checkpoint(best)["step"]) == 1 and int(load_checkpoint(last)["step"]) == 2
+    assert not list(tmp_path.glob(".*.tmp"))

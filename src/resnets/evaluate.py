@@ -78,9 +78,13 @@ def evaluate_model(
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    loss_sum, top5, n = 0.0, 0, 0
+    # summed on the device, read once at the end: no host sync per batch
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    top5 = torch.zeros((), dtype=torch.int64, device=device)
+    n = 0
     k = min(5, num_classes)
+    views = len(tta_views(torch.zeros(1, 1, 1, 1), tta, crop=1))  # how many views a batch has (unknown: refused)
     with Progress(total, "evaluating", unit="batches", enabled=progress) as bar:
         for x, y in batches:
             x = x.to(device, non_blocking=True)
@@ -94,19 +98,19 @@ def evaluate_model(
                 p = logits.float().softmax(1)
                 probs = p if probs is None else probs + p
             assert probs is not None
-            probs /= len(tta_views(x[:1], tta, crop=crop))
-            loss_sum += float(F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum"))
+            probs /= views
+            loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum").double()
             pred = probs.argmax(1)
-            top5 += int((probs.topk(k, 1).indices == y[:, None]).any(1).sum())
-            confusion += torch.bincount((y * num_classes + pred).cpu(), minlength=num_classes**2).view(
-                num_classes, num_classes)
+            top5 += (probs.topk(k, 1).indices == y[:, None]).any(1).sum()
+            confusion += torch.bincount(y * num_classes + pred, minlength=num_classes**2)
             n += len(y)
             bar.update()
     model.train(was_training)
     if n == 0:
         raise UserError("nothing to evaluate: the data set is empty")
+    confusion = confusion.cpu().view(num_classes, num_classes)
     correct = int(confusion.diag().sum())
-    return {"loss": loss_sum / n, "top1": 100.0 * correct / n, "top5": 100.0 * top5 / n, "n": n,
+    return {"loss": float(loss_sum) / n, "top1": 100.0 * correct / n, "top5": 100.0 * int(top5) / n, "n": n,
             "confusion": confusion}
 
 

@@ -36,9 +36,13 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, lr_factors: Mapping[nn.Parameter, float] | None = None
                     ) -> torch.optim.Optimizer:
-    """SGD with momentum over ``param_groups``, at the config's effective LR (times each group's factor)."""
+    """SGD with momentum over ``param_groups``, at the config's effective LR (times each group's factor); fused
+    when every parameter is on a CUDA device."""
     groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias, lr_factors, cfg.norm_bias_lr_mult)
-    return torch.optim.SGD(groups, lr=cfg.effective_lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    # on a GPU one fused kernel per step for every parameter (the default, foreach, launches several per group)
+    fused = all(p.is_cuda for g in groups for p in g["params"]) and any(g["params"] for g in groups)
+    return torch.optim.SGD(groups, lr=cfg.effective_lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           fused=fused or None)
 
 
 @dataclass

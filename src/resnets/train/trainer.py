@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import signal
 import threading
 import time
@@ -371,8 +373,8 @@ class Trainer:
         self.checkpoint()
         if self.data.found_bad is not None and env.is_main:
             _list_found_bad(self.run_dir / "bad_images.txt", self.data.found_bad(), self.log)
-        if is_best:
-            self.checkpoint("best.pt")
+        if is_best:  # the state just written to last.pt: linked (or copied), not serialised again
+            D.on_main(env, _same_file, self.run_dir / "last.pt", self.run_dir / "best.pt")
             D.on_main(env, self._save_shipped, self.run_dir / "best.safetensors", record)
         self.final = record
         return record
@@ -477,6 +479,19 @@ def _whitening_images(train: Any) -> torch.Tensor:
         raise UserError("--whiten sets its layer from training images held in memory (CIFAR, small-image "
                         "folders), not from streamed data; drop --whiten")
     return next(iter(batches.unaugmented(WHITEN_IMAGES)))[0]
+
+
+def _same_file(src: Path, dst: Path) -> None:
+    """``dst`` atomically replaced by a hard link to ``src`` (a copy where links fail); a later atomic write of
+    ``src`` renames a new file into place, so ``dst`` keeps this content."""
+    def link(tmp: str) -> None:
+        os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+    atomic_write(dst, link)
 
 
 def _quiet(message: str) -> None:
