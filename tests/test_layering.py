@@ -160,7 +160,9 @@ def test_models_weights_loading_export_triton_and_keras_form_no_import_circle() 
     circles = [c for c in cycles(graph) if not all(m.startswith("resnets.data.") for m in c)]  # data/: issue 27
     assert circles == []
     assert "resnets.loading" in graph["resnets.infer.loading"]  # the import graph is read at all
-    below = {m for m in graph if m.startswith(("resnets.models", "resnets.pretrained"))} | {"resnets.weights"}
+    models = {m for m in graph if m.split(".")[:2] == ["resnets", "models"]}
+    assert all(graph[m] <= models | {"resnets.errors"} for m in models)  # fresh nets: nothing above them
+    below = models | {m for m in graph if m.startswith("resnets.pretrained")} | {"resnets.weights"}
     assert all(not graph[m] & {"resnets.loading", "resnets.infer.loading"} for m in below)
     assert not any(graph[m] & {"resnets.infer.export"} for m in graph if m.startswith(("resnets.keras",
                                                                                        "resnets.infer.triton")))
