@@ -582,6 +582,11 @@ def _validate(cfg: TrainConfig) -> None:
         raise UserError(f"cutout must be >= 0 pixels, not {cfg.cutout}")
     if cfg.norm_bias_lr_mult <= 0:
         raise UserError(f"norm_bias_lr_mult must be positive, not {cfg.norm_bias_lr_mult}")
+    if cfg.model == "resnet18-cifar" and (cfg.freeze or cfg.freeze_epochs or cfg.linear_probe or
+                                          cfg.backbone_lr_mult is not None or cfg.lr_stage_decay is not None):
+        # its four stages (conv2_x .. conv5_x) are not the CIFAR family's three that fine-tuning names
+        raise UserError("--freeze, --freeze-epochs, --linear-probe and per-stage learning rates name the CIFAR "
+                        "family's three stages; resnet18-cifar has four: train it without them")
     if cfg.whiten and not MODELS[cfg.model].get("speed"):
         raise UserError(f"--whiten is an option of resnet9 and resnet18-cifar, not of {cfg.model}; drop --whiten")
     if cfg.val_split < 0:
