@@ -217,3 +217,21 @@ def test_best_checkpoint_is_the_last_one_linked_and_keeps_it_when_last_moves_on(
     save_checkpoint({"step": torch.tensor(2)}, last)  # the next epoch's last.pt: a new file renamed into place
     assert int(load_checkpoint(best)["step"]) == 1 and int(load_checkpoint(last)["step"]) == 2
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_stop_control_answers_for_every_reason_to_stop() -> None:
+    from resnets.train.stopping import DIST_READ_EVERY, StopControl
+
+    one = StopControl(stop_after_steps=None, total_steps=100, distributed=False)
+    assert not one.must_read(3) and one.reason(3, agreed=False) is None
+    one.requested = True  # a callback's state.stop: read now, stop after this step
+    assert one.must_read(4) and one.reason(4, agreed=False) == "stopped (on request)"
+    ranks = StopControl(stop_after_steps=None, total_steps=100, distributed=True)
+    ranks.requested = True  # several ranks: only a request agreed at a read stops
+    assert not ranks.must_read(DIST_READ_EVERY + 1) and ranks.must_read(DIST_READ_EVERY)
+    assert ranks.reason(DIST_READ_EVERY + 1, agreed=False) is None
+    assert ranks.reason(DIST_READ_EVERY, agreed=True) == "stopped (on request)"
+    limit = StopControl(stop_after_steps=5, total_steps=5, distributed=False)
+    assert limit.reason(5, agreed=False) is None  # the run is finished at its limit: no stop
+    limit = StopControl(stop_after_steps=5, total_steps=8, distributed=True)
+    assert limit.must_read(5) and limit.reason(5, agreed=False) is not None and limit.reason(4, agreed=False) is None

@@ -12,8 +12,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,9 +40,9 @@ from .optim import LRSchedule
 from .parts import DataPosition, Meters, Network, Optimization, RunClock, Window, total_steps_of
 from .plots import lr_curve
 from .probe import probe_data
+from .stopping import StopControl
 
 MAX_SKIPPED_STEPS = 5  # fp16: stop after this many consecutive non-finite steps
-DIST_READ_EVERY = 10  # several processes: agree on stop requests at least this often (steps)
 
 
 class NonFiniteLossError(UserError):
@@ -185,12 +183,13 @@ class Trainer:
             (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         else:
             self.metrics = _MemoryMetrics()
-        self.stop_requested = False  # a callback's ``state.stop`` or a signal: checkpoint and stop
+        # every stop request (signals, a callback's ``state.stop``, stop_after_steps) and the ranks' agreement
+        self.stopper = StopControl(stop_after_steps=cfg.stop_after_steps, total_steps=self.total_steps,
+                                   distributed=env.enabled)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.consistent = True  # False while a step is half done (no checkpoint then)
         self.train_size: int | None = None  # progressive resizing: this epoch's image size
         self.final: dict[str, Any] = {}  # the last epoch record
-        self.signals: _StopSignals | None = None
         self.bar: Any = None  # the progress bar, while ``running``
         self.plain = False  # while ``running`` off a terminal: a plain line per step record
         self.log(f"{'resuming' if ckpt else 'training'} {cfg.model} ({cfg.recipe}) on {self.data.description}; "
@@ -211,8 +210,7 @@ class Trainer:
 
         from ..progress import progress_mode
 
-        if threading.current_thread() is threading.main_thread():
-            self.signals = _StopSignals()
+        self.stopper.listen()
         mode = progress_mode(self.cfg.progress and self.env.is_main)
         self.plain = mode == "plain"  # not a terminal: a plain line per log step
         self.bar = tqdm(total=self.total_steps, initial=self.clock.step, unit="step", disable=mode != "bar",
@@ -223,8 +221,7 @@ class Trainer:
             self.bar.close()
             self.data.close()  # now, not at interpreter exit (persistent, pinned workers can hold it for seconds)
             self.metrics.close()
-            if self.signals is not None:
-                self.signals.restore()
+            self.stopper.restore()
 
     # ---- one epoch, one step ----------------------------------------------------------------------------------
     def epoch_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -290,14 +287,11 @@ class Trainer:
         """After a step: read the device totals when due (the loop's only host sync; raises on a non-finite
         loss), time the step, write the step record when due. Whether a stop was agreed at this read."""
         cfg, step = self.cfg, self.clock.step
-        if self.signals is not None and self.signals.requested:
-            self.stop_requested = True
         log_due = step % cfg.log_every == 0 or self.finished
-        agreed = self.stop_requested and not self.env.enabled  # several ranks: only the flag agreed at a read
-        if log_due or agreed or self._stop_after_steps() or self.position.batch >= self.steps_per_epoch \
-                or (self.env.enabled and step % DIST_READ_EVERY == 0) \
+        agreed = False  # several ranks: only a request agreed at a read counts
+        if self.stopper.must_read(step) or log_due or self.position.batch >= self.steps_per_epoch \
                 or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-            agreed = self.read_totals(self.stop_requested)
+            agreed = self.read_totals(self.stopper.requested)
         self.meters.tick(self.clock.lap())
         self.bar.update(1)
         if log_due:
@@ -306,11 +300,17 @@ class Trainer:
 
     def stop_reason(self, agreed: bool) -> str | None:
         """Why the run stops after this step (``agreed`` at the last read, a callback's ``state.stop`` with one
-        process, ``stop_after_steps``), or None to go on."""
-        if agreed or (self.stop_requested and not self.env.enabled) or self._stop_after_steps():
-            requested = self.signals is not None and self.signals.requested
-            return f"stopped ({self.signals.name if requested else 'on request'})"  # type: ignore[union-attr]
-        return None
+        process, ``stop_after_steps``), or None to go on: the stop part's answer."""
+        return self.stopper.reason(self.clock.step, agreed)
+
+    @property
+    def stop_requested(self) -> bool:
+        """A callback's ``state.stop`` or a signal asked to checkpoint and stop."""
+        return self.stopper.requested
+
+    @stop_requested.setter
+    def stop_requested(self, value: bool) -> None:
+        self.stopper.requested = bool(value)
 
     def stop(self, reason: str) -> None:
         """Checkpoint and say how to continue."""
@@ -323,7 +323,7 @@ class Trainer:
     @property
     def signalled(self) -> bool:
         """Ctrl-C or SIGTERM asked the run to stop."""
-        return self.signals is not None and self.signals.requested
+        return self.stopper.signalled
 
     def stop_interrupted(self) -> None:
         """A KeyboardInterrupt came from outside the loop's stop (a callback, a second Ctrl-C): checkpoint if the
@@ -417,10 +417,6 @@ class Trainer:
                               f"{MAX_SKIPPED_STEPS} steps in a row" if self.network.scaler is not None else "")
         self.meters.fold(loss, hits, seen)
         return stop_any
-
-    def _stop_after_steps(self) -> bool:
-        limit = self.cfg.stop_after_steps
-        return limit is not None and self.clock.step >= limit and not self.finished
 
     def _log_step(self) -> None:
         """The step record of the steps since the last one: metrics files, the bar, a plain line off a terminal."""
@@ -534,25 +530,3 @@ def _raise_non_finite(value: float, step: int, epoch: int, run_dir: Path, detail
     raise NonFiniteLossError(f"loss became {value} {where} (epoch {epoch + 1})"
                              f"{' for ' + detail if detail else ''}; training stopped and {kept}; "
                              "try a lower --lr or --precision fp32")
-
-
-class _StopSignals:
-    """SIGINT/SIGTERM -> ``requested`` (the loop checkpoints and stops); a second SIGINT raises at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.name = ""
-        self._old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        for s in self._old:
-            signal.signal(s, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        self.name = signal.Signals(signum).name
-
-    def restore(self) -> None:
-        for s, handler in self._old.items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(s, handler)
