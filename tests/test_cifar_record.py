@@ -198,6 +198,8 @@ def test_speed_nets_refuse_what_they_do_not_have(name: str) -> None:
         create_model(name, shortcut="B")
     with pytest.raises(UserError, match="--whiten"):
         resolve_config({"model": "resnet20", "whiten": True})
+    other = resolve_config({"model": "resnet20", "recipe": "cifar-record"})  # the recipe's whitening is left out
+    assert not other.whiten and other.flip_mode == "alternate" and other.tta == "flip-translate"
     if name == "resnet18-cifar":  # four stages: the CIFAR family's stage names would leave conv5_x training
         with pytest.raises(UserError, match="four"):
             resolve_config({"model": name, "freeze": ["conv1"]})

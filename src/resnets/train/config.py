@@ -396,6 +396,8 @@ def _recipe_values(recipe: str, model: str, merged: dict[str, Any]) -> dict[str,
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise UserError(f"unknown recipe '{recipe}'; {hint}choose one of: {', '.join(RECIPES)}")
     values: dict[str, Any] = dict(RECIPES[recipe])
+    if values.get("whiten") and not MODELS[model].get("speed"):  # cifar-record on a net without the layer
+        values["whiten"] = False
     if recipe == "cifar-paper" and MODELS[model]["family"] == "cifar" \
             and MODELS[model]["depth"] >= PAPER_WARMUP_MIN_DEPTH:
         values.update(PAPER_WARMUP)
