@@ -18,25 +18,25 @@ from resnets.errors import UserError
 
 
 def _watch_decoders(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[str]]:
-    """Count the images torchvision's fast JPEG decoder decodes and list the paths Pillow decodes, in
-    ``decode_files``. The fast decoder must be present: torchvision ships it, and without it a comparison of
-    the bulk decoder with ``read_rgb`` would compare Pillow with Pillow."""
-    codec = decode_module._jpeg_codec()
-    assert codec is not None, "torchvision.io.decode_jpeg is not importable: the fast decoder cannot be tested"
-    decode_jpeg, read_mode = codec
+    """Count the images the fast JPEG decoder (TorchCodec's) decodes and list the paths Pillow decodes, in
+    ``decode_files``. The fast decoder must be present: TorchCodec is a dependency, and without it a comparison
+    of the bulk decoder with ``read_rgb`` would compare Pillow with Pillow."""
+    codec = decode_module.jpeg_decoder()
+    assert codec is not None and codec[0] == "torchcodec", f"the fast decoder is {codec}, not TorchCodec's"
+    name, decode = codec
     fast: list[int] = []
     slow: list[str] = []
 
-    def counting_decode_jpeg(data, **kwargs):
-        fast.append(len(data) if isinstance(data, list) else 1)
-        return decode_jpeg(data, **kwargs)
+    def counting_decode(data):
+        fast.append(len(data))
+        return decode(data)
 
     def listing_decode_rgb(data, path, **kwargs):
         slow.append(path)
         return decode_rgb(data, path, **kwargs)
 
     decode_rgb = decode_module.decode_rgb
-    monkeypatch.setattr(decode_module, "_jpeg_codec", lambda: (counting_decode_jpeg, read_mode))
+    monkeypatch.setattr(decode_module, "jpeg_decoder", lambda: (name, counting_decode))
     monkeypatch.setattr(decode_module, "decode_rgb", listing_decode_rgb)
     return fast, slow
 

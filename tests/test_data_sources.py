@@ -69,7 +69,7 @@ def source(kind: str, tmp_path: Path) -> str:
 
 
 @pytest.mark.parametrize("kind, batches, full_size, resizable",
-                         [("memory", DeviceBatches, 8, True), ("streamed", StreamedBatches, 32, False),
+                         [("memory", DeviceBatches, 8, True), ("streamed", StreamedBatches, 32, True),
                           ("shards", ShardBatches, 8, False)])
 def test_train_and_eval_read_every_source(tmp_path: Path, kind: str, batches: type, full_size: int,
                                           resizable: bool) -> None:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..errors import UserError
 from ..runtime import derive_seed
 from .augment import FLIP_MODES, apply_cutout, plan_cutout, plan_flips
-from .sources import TrainBatches
+from .contract import TrainBatches
 from .tensors import ImageTensors
 
 

@@ -50,10 +50,10 @@ from ..outputs import atomic_write
 from ..progress import Progress
 from ..runtime import derive_seed
 from .cifar import DATASETS
+from .contract import TrainBatches
 from .folder import find_classes, scan_split
 from .images import MAX_IMAGE_PIXELS, BadImageError, decode_rgb
 from .normalization import IMAGENET_MEAN, IMAGENET_STD
-from .sources import TrainBatches
 from .tars import CappedTarInfo, HeaderTooLarge, StreamTooLarge, check_end
 
 INDEX_NAME = "index.json"

@@ -12,75 +12,25 @@ Training batches of every kind are :class:`TrainBatches`: batches per epoch, an 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import UserError
+from .contract import EvalData, TrainBatches, TrainData
+
+__all__ = ["EvalData", "StreamedBatches", "TrainBatches", "TrainData", "TrainDataSpec", "is_streaming_folder",
+           "open_eval", "open_train"]
 
 if TYPE_CHECKING:
+    from .feed import DeviceFeed
     from .streaming import StreamingLoader
 
 #: Images whose longer side exceeds this many pixels are streamed from disk rather than held in memory.
 STREAM_ABOVE = 64
-
-
-class TrainBatches(Protocol):
-    """Training batches (x normalised float NCHW, y int64) of this process, epoch by epoch, resumable.
-
-    ``full_size``: the side of the training images (e.g. 32, 224); ``resizable``: whether
-    :meth:`set_image_size` (progressive resizing) works.
-    """
-
-    full_size: int
-    resizable: bool = False
-
-    def __len__(self) -> int:
-        """Batches (optimiser steps) per epoch."""
-        ...
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order and augmentation the next ``iter_from`` replays."""
-        ...
-
-    def iter_from(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The epoch's batches from index ``start``, exactly as if the first ``start`` were skipped."""
-        ...
-
-    def set_image_size(self, size: int | None) -> None:
-        """Train on images of side ``size`` from now on (None: ``full_size``); UserError unless ``resizable``."""
-        raise UserError("progressive resizing works with small images held in memory (CIFAR, small-image "
-                        "folders), not with streamed data")
-
-    def close(self) -> None:
-        """Release what the batches hold beyond memory (worker processes); nothing by default."""
-
-
-@dataclass
-class TrainData:
-    """What a run needs from its data: batches, class names and the input normalisation."""
-
-    train: TrainBatches
-    val: Iterable[tuple[torch.Tensor, torch.Tensor]]
-    classes: list[str]
-    mean: list[float]
-    std: list[float]
-    generator: torch.Generator | None  # the generator whose state a checkpoint saves (None: nothing to save)
-    description: str
-    held_out: str  # what ``val`` is: "validation" (a val split held out of train) or "test"
-    bad_images: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) skipped while opening
-    found_bad: Callable[[], list[tuple[str, str]]] | None = None  # streamed: those skipped so far, while training
-    resize: int | None = None  # large images: the shorter side before the held-out centre crop of train.full_size
-
-    def close(self) -> None:
-        """Stop the loaders' worker processes (training is over); the batches are not read after this."""
-        for batches in (self.train, self.val):
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()
 
 
 @dataclass
@@ -117,24 +67,17 @@ class TrainDataSpec:
         return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
 
 
-@dataclass
-class EvalData:
-    """Evaluation batches of a data set's test/val split, and what evaluating them needs to know."""
-
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
-    classes: list[str]
-    crop: int | None  # 10-crop: the side of the crops cut from the (larger) batches; None: the batches' own
-    bad_images: list[tuple[str, str]]  # skipped; streamed: filled in as the batches are read
-    missing_classes: list[str]  # classes with no image in the split
-
-
 class StreamedBatches(TrainBatches):
     """A streaming training DataLoader made resumable: its :class:`~resnets.data.streaming.EpochSampler` makes
     the order a function of (seed, epoch) and each sample's augmentation one of (seed, epoch, index), whatever
-    the workers; ``iter_from`` starts the sampler at the batch's first sample, loading nothing before it."""
+    the workers; ``iter_from`` starts the sampler at the batch's first sample, loading nothing before it. The
+    loader's uint8 batches go to the device through ``feed`` (:class:`~resnets.data.feed.DeviceFeed`).
+    Progressive resizing: :meth:`set_image_size` sets the side the workers crop to from the next epoch on."""
 
-    def __init__(self, loader: StreamingLoader, full_size: int) -> None:
-        self.loader, self.full_size, self.epoch = loader, full_size, 0
+    resizable = True
+
+    def __init__(self, loader: StreamingLoader, full_size: int, feed: DeviceFeed) -> None:
+        self.loader, self.full_size, self.feed, self.epoch = loader, full_size, feed, 0
 
     def __len__(self) -> int:
         n, size = len(self.loader.dataset), self.loader.batch_size  # type: ignore[arg-type]
@@ -144,9 +87,14 @@ class StreamedBatches(TrainBatches):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def set_image_size(self, size: int | None) -> None:
+        if size is not None and size < 1:
+            raise UserError(f"image size must be positive, got {size}")
+        self.loader.sampler.size = None if size in (None, self.full_size) else int(size)  # type: ignore
+
     def iter_from(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.loader.sampler.set_position(self.epoch, max(0, start) * self.loader.batch_size)  # type: ignore
-        yield from self.loader
+        yield from self.feed(self.loader)
 
     def close(self) -> None:
         self.loader.close()
@@ -244,6 +192,7 @@ def _open_streamed_folder(spec: TrainDataSpec, device: torch.device,
                           norm: tuple[Sequence[float], Sequence[float]] | None) -> TrainData:
     """A folder of large images, streamed: train/ (less a ``val_split`` held out) and val/ or test/; the
     ``train_images``/``test_images`` subsets and ``flip`` apply as for images held in memory."""
+    from .feed import DeviceFeed, FedBatches
     from .folder import find_classes, scan_split
     from .normalization import IMAGENET_MEAN, IMAGENET_STD
     from .splits import VAL_SPLIT_SEED, subset_indices
@@ -275,13 +224,15 @@ def _open_streamed_folder(spec: TrainDataSpec, device: torch.device,
     mean, std = (list(norm[0]), list(norm[1])) if norm else (list(IMAGENET_MEAN), list(IMAGENET_STD))
     common: dict[str, Any] = dict(batch_size=spec.batch_size, workers=spec.workers, image_size=spec.image_size,
                                   resize=spec.resize, skip_bad_images=spec.skip_bad_images,
-                                  pin_memory=device.type == "cuda", mean=mean, std=std)
+                                  pin_memory=device.type == "cuda")
     train = streaming_loader(root / "train", classes, train=True, seed=spec.seed, flip=spec.flip,
                              indices=train_idx, **common)
     val = streaming_loader(val_dir, classes, train=False, indices=val_idx, **common)
+    feed = DeviceFeed(device, mean, std, channels_last=spec.channels_last)
     what = _held_out(spec)
-    desc = f"{root} (streamed): {len(train_idx)} train / {len(val_idx)} {what} images, {len(classes)} classes"
-    return TrainData(StreamedBatches(train, spec.image_size), val, classes,
+    desc = (f"{root} (streamed, {spec.workers} loader worker{'s' if spec.workers != 1 else ''}): {len(train_idx)} "
+            f"train / {len(val_idx)} {what} images, {len(classes)} classes")
+    return TrainData(StreamedBatches(train, spec.image_size, feed), FedBatches(val, feed), classes,
                      mean, std, None, desc, what,
                      found_bad=lambda: train.bad_images + val.bad_images, resize=spec.resize)
 
@@ -354,7 +305,10 @@ def open_eval(data: str, device: torch.device, *, mean: Sequence[float], std: Se
     path = Path(data).expanduser()
     split_dir = eval_split_dir(path) if path.is_dir() else None
     if split_dir is not None and is_streaming_folder(split_dir):
-        return _eval_streamed_folder(path, split_dir, mean, std, batch_size=batch_size, workers=workers, tta=tta,
+        from .feed import DeviceFeed
+
+        feed = DeviceFeed(device, mean, std, channels_last=channels_last)
+        return _eval_streamed_folder(path, split_dir, feed, batch_size=batch_size, workers=workers, tta=tta,
                                      crop=crop, resize=resize, skip_bad_images=skip_bad_images,
                                      max_images=max_images, classes=classes)
     from .batches import DeviceBatches
@@ -367,10 +321,12 @@ def open_eval(data: str, device: torch.device, *, mean: Sequence[float], std: Se
     return EvalData(batches, list(test.classes), None, list(report.bad_images), list(report.missing_classes))
 
 
-def _eval_streamed_folder(root: Path, split_dir: Path, mean: Sequence[float], std: Sequence[float], *,
+def _eval_streamed_folder(root: Path, split_dir: Path, feed: DeviceFeed, *,
                           batch_size: int, workers: int, tta: str | None, crop: int, resize: int,
                           skip_bad_images: bool, max_images: int | None, classes: list[str] | None) -> EvalData:
-    """A folder of large images, streamed: resized to ``resize``, centre crops of ``crop`` (10-crop: whole)."""
+    """A folder of large images, streamed: resized to ``resize``, centre crops of ``crop`` (10-crop: whole),
+    normalised on the device by ``feed``."""
+    from .feed import FedBatches
     from .folder import find_classes
     from .splits import subset_indices
     from .streaming import streaming_loader
@@ -379,15 +335,15 @@ def _eval_streamed_folder(root: Path, split_dir: Path, mean: Sequence[float], st
         train = root / "train"
         classes = find_classes(train if split_dir != root and train.is_dir() else split_dir, allow_empty=True)
     loader = streaming_loader(split_dir, classes, train=False, batch_size=batch_size, workers=workers,
-                              image_size=resize if tta == "10crop" else crop, resize=resize, mean=mean, std=std,
-                              skip_bad_images=skip_bad_images)
+                              image_size=resize if tta == "10crop" else crop, resize=resize,
+                              skip_bad_images=skip_bad_images, pin_memory=feed.device.type == "cuda")
     dataset = loader.dataset
     samples = dataset.samples
     dataset.samples = [samples[i] for i in sorted(subset_indices(len(samples), max_images))]
     counts = {c: 0 for c in classes}
     for _, label in dataset.samples:
         counts[classes[label]] += 1
-    return EvalData(loader, list(classes), crop if tta == "10crop" else None, loader.bad_images,
+    return EvalData(FedBatches(loader, feed), list(classes), crop if tta == "10crop" else None, loader.bad_images,
                     [c for c, n in counts.items() if n == 0])
 
 
