@@ -228,11 +228,12 @@ def _open_streamed_folder(spec: TrainDataSpec, device: torch.device,
     train = streaming_loader(root / "train", classes, train=True, seed=spec.seed, flip=spec.flip,
                              indices=train_idx, **common)
     val = streaming_loader(val_dir, classes, train=False, indices=val_idx, **common)
-    feed = DeviceFeed(device, mean, std, channels_last=spec.channels_last)
+    feed = DeviceFeed(device, mean, std, channels_last=spec.channels_last)  # the trainer may set its dtype
     what = _held_out(spec)
     desc = (f"{root} (streamed, {spec.workers} loader worker{'s' if spec.workers != 1 else ''}): {len(train_idx)} "
             f"train / {len(val_idx)} {what} images, {len(classes)} classes")
-    return TrainData(StreamedBatches(train, spec.image_size, feed), FedBatches(val, feed), classes,
+    val_feed = DeviceFeed(device, mean, std, channels_last=spec.channels_last)  # float32, whatever the step's
+    return TrainData(StreamedBatches(train, spec.image_size, feed), FedBatches(val, val_feed), classes,
                      mean, std, None, desc, what,
                      found_bad=lambda: train.bad_images + val.bad_images, resize=spec.resize)
 

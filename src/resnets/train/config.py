@@ -138,8 +138,8 @@ class TrainConfig:
     tta: str | None = option(None, "test-time augmentation of the run's evaluations: flip, or flip-translate "
                              "(flips and one-pixel shifts)", flag="--tta", choices=("flip", "flip-translate"))
     resize_from: int | None = option(None, "progressive resizing: train at this image size first, growing to full "
-                                     "size (in-memory data such as CIFAR; see --resize-until)", flag="--resize-from",
-                                     metavar="PIXELS")
+                                     "size (in-memory data and streamed folders; see --resize-until)",
+                                     flag="--resize-from", metavar="PIXELS")
     resize_until: float = option(0.5, "with --resize-from: reach the full size after this fraction of the epochs "
                                  "(default 0.5)", flag="--resize-until", metavar="FRACTION")
     # the flag also sets fit_images and resize (see cli/train.py)
@@ -162,7 +162,8 @@ class TrainConfig:
     deterministic: bool | None = option(None, "deterministic kernels (default: on for CPU, so resume is bit-exact; "
                                         "off for CUDA, where cudnn.benchmark picks the fastest kernels)",
                                         flag="--deterministic", cli="on-off")
-    workers: int = option(help="loader processes for streamed (ImageNet-size) data",
+    workers: int = option(help="loader processes for streamed (ImageNet-size) data (default: with CUDA, the "
+                          "cores per local GPU less one; else the cores, at most 4)",
                           default_factory=lambda: default_workers(), flag="--workers", resumable=True)
     # output
     out: str | None = option(None, "run folder (default runs/<model>-<recipe>-<time>)", flag="--out")
@@ -198,11 +199,28 @@ RESUMABLE = frozenset(name for name, opt in options().items() if opt.resumable)
 
 
 def default_workers() -> int:
-    """Loader processes by default: the CPU cores this process may use, at most 4."""
+    """Loader processes by default. With CUDA: the CPU cores this process may use per local GPU (the local
+    processes, ``LOCAL_WORLD_SIZE``, under torchrun; else the GPUs it sees), less one for the main process, at
+    least 1 (16 cores and one GPU: 15). Without: those cores, at most 4. ``--workers`` wins."""
     import os
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    gpus = _local_gpus()
+    if gpus:
+        return max(1, cores // gpus - 1)
     return max(1, min(4, cores))
+
+
+def _local_gpus() -> int:
+    """The GPUs this host's processes of the run share its cores between (0 without CUDA)."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return int(local) if local.isdigit() and int(local) > 0 else max(1, torch.cuda.device_count())
 
 
 # The recipes: only what differs from the TrainConfig defaults.

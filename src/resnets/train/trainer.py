@@ -155,6 +155,9 @@ class Trainer:
         self.network = Network(cfg, self.data.classes, env, self.data.train.full_size, init=init, log=self.log,
                                whiten_images=whiten)
         del whiten
+        feed = getattr(self.data.train, "feed", None)  # streamed: uint8 batches normalised on the device
+        if feed is not None and env.device.type == "cuda" and self.network.amp_dtype is not None:
+            feed.dtype = self.network.amp_dtype  # straight into the step's format (autocast casts to it anyway)
         self.family = model_family(cfg.model)
         self.optim = Optimization(cfg, self.network.model, self.total_steps, self.steps_per_epoch)
         if (note := self.optim.schedule.warmup_note()) is not None:
