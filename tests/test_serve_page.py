@@ -94,7 +94,7 @@ def browser() -> Iterator[Browser]:
     exe = shutil.which("chromium")
     if exe is None:
         pytest.fail("chromium is not installed, and the serve page test needs a real browser: "
-                    "apt-get install -y chromium (.ci/run does this)")
+                    "make test installs it (its browser target, scripts/need_chromium.sh), or apt-get install -y chromium")
     expect.set_options(timeout=TIMEOUT_MS)  # the 5 s default is tight on two busy cores
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])

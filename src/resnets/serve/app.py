@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import importlib.resources
+import importlib.util
 import logging
 import os
 import sys
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -41,6 +44,9 @@ from .slots import Slots
 LOG = logging.getLogger("resnets.serve")
 
 STATIC = Path(__file__).parent / "static"
+#: Swagger UI's files for /docs come from this maintained package (swagger-ui-dist's bundle, no CDN); it has no
+#: ReDoc, so there is no /redoc.
+DOCS_ASSETS = "fastapi_swagger.resources"
 _IMAGES = {"type": "array", "items": {"type": "string", "format": "binary"}}
 IMAGE_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
@@ -91,7 +97,7 @@ def create_app(settings: ServeSettings, loaded: LoadedModel | Engine | None = No
 
                 multiprocess.mark_process_dead(os.getpid())
 
-    app = FastAPI(title="resnets", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="resnets", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="ResNet inference: top-k labels, embeddings, Grad-CAM, KServe v2.")
     state = app.state
     state.settings = settings
@@ -100,7 +106,7 @@ def create_app(settings: ServeSettings, loaded: LoadedModel | Engine | None = No
     state.batcher = None
     state.ready = False
     app.add_middleware(InternalErrors)  # inside the metrics, which count its 500s
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.routes)
     _add_error_handlers(app)
     auth = [Depends(_key_check(api_key))]
 
@@ -206,9 +212,33 @@ def create_app(settings: ServeSettings, loaded: LoadedModel | Engine | None = No
             raise ApiError(404, "the web page is not installed (resnets/serve/static/index.html is missing)")
         return FileResponse(index)
 
+    assets = _docs_assets()
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> Response:
+        """Swagger UI on the OpenAPI document, its script and style served from /docs-static/."""
+        if assets is None:
+            raise ApiError(404, "the API docs need fastapi-swagger (Swagger UI's files): pip install 'resnets[serve]'")
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - API docs",
+            swagger_js_url=f"{root}/docs-static/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs-static/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs-static/favicon-32x32.png")
+
+    if assets is not None:
+        app.mount("/docs-static", StaticFiles(directory=assets), name="docs-static")
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _docs_assets() -> Path | None:
+    """The folder of Swagger UI's files that fastapi-swagger ships, or None when it is not installed."""
+    if importlib.util.find_spec(DOCS_ASSETS.partition(".")[0]) is None:
+        return None
+    folder = Path(str(importlib.resources.files(DOCS_ASSETS)))
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
 
 
 def app_from_env() -> FastAPI:

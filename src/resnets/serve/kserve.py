@@ -107,6 +107,7 @@ def _ready(request: Request, name: str, version: str) -> Response:
 
 async def _infer(request: Request, name: str, version: str) -> Response:
     engine = _engine(request, name, version)
+    _check_content_type(request.headers.get("content-type"), request.headers.get(HEADER_LENGTH))
     state = request.app.state
     loop = asyncio.get_running_loop()
     with state.batcher.arriving() as arrival:  # a batch forming meanwhile waits for this tensor
@@ -137,6 +138,16 @@ def _engine(request: Request, name: str, version: str) -> Any:
     return engine
 
 
+def _check_content_type(content_type: str | None, header_length: str | None) -> None:
+    """415 unless the body is declared JSON, or JSON then binary tensors (``application/octet-stream`` with
+    ``Inference-Header-Content-Length``); no Content-Type at all (as tritonclient sends) is taken as JSON."""
+    media = (content_type or "").partition(";")[0].strip().lower()
+    if media in ("", "application/json") or (media == "application/octet-stream" and header_length is not None):
+        return
+    raise ApiError(415, f"an infer request is JSON (Content-Type: application/json), or JSON then binary tensors "
+                        f"(application/octet-stream with Inference-Header-Content-Length), not {_shown(media)}")
+
+
 def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
     """The JSON header of an infer request and the binary tensor data after it."""
     if header_length is None:
@@ -152,11 +163,16 @@ def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], byte
         raise ApiError(413, f"the request's JSON is {size} bytes, over the limit of {MAX_JSON_BYTES}; send large "
                             "tensors as binary data (Inference-Header-Content-Length, binary_data_size)")
     try:
-        head = json.loads(body[:size])
+        text = body[:size].decode("utf-8")
+    except UnicodeDecodeError:  # json.loads would guess UTF-16 or -32 from bytes: the protocol's JSON is UTF-8
+        raise ApiError(415, "the request is not JSON text in UTF-8; send the infer request as JSON "
+                            "(Content-Type: application/json)") from None
+    try:
+        head = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"the request is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "the request is not valid JSON (not UTF-8 text, or a number too long)") from None
+    except ValueError:
+        raise ApiError(400, "the request's JSON holds a number too long") from None
     except RecursionError:
         raise ApiError(400, "the request's JSON is nested too deeply") from None
     if not isinstance(head, dict):

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: F401 - re-exported
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -50,9 +52,10 @@ class Metrics:
 class MetricsMiddleware:
     """ASGI middleware counting each HTTP request by its route template and status, and timing it."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute] = ()) -> None:
         self.app = app
         self.metrics = metrics
+        self.routes = routes  # the app's, read at each request: those that leave no ``scope["route"]``
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,6 +63,8 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        where = {"type": "http", "path": scope.get("path", ""), "root_path": scope.get("root_path", ""),
+                 "method": scope.get("method", "")}  # as it comes: a mount changes the scope's root_path
 
         async def counting_send(message: Message) -> None:
             nonlocal status
@@ -72,8 +77,15 @@ class MetricsMiddleware:
             await self.app(scope, receive, counting_send)
         finally:
             self.metrics.in_flight.dec()
-            route = scope.get("route")
-            template = getattr(route, "path", None) or (
-                "/static" if scope.get("path", "").startswith("/static/") else "unmatched")
+            template = getattr(scope.get("route"), "path", None) or self._template(where)
             self.metrics.requests.labels(template, scope.get("method", ""), str(status)).inc()
             self.metrics.latency.labels(template).observe(time.perf_counter() - start)
+
+    def _template(self, where: Scope) -> str:
+        """The path of the route or mount ``where`` goes to, for those that do not say it in the scope (FastAPI
+        sets ``scope["route"]`` for its own routes only: not /openapi.json, /docs or a mount); else unmatched."""
+        for route in self.routes:
+            path = getattr(route, "path", None)
+            if path and route.matches(where)[0] is Match.FULL:
+                return str(path)
+        return "unmatched"
