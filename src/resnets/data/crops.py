@@ -23,7 +23,7 @@ import random
 import numpy as np
 import torch
 
-from .decode import _fast_ok, decode_bytes
+from .decode import _fast_ok, decode_bytes, jpeg_header
 from .images import MAX_IMAGE_PIXELS
 
 #: RandomResizedCrop's ranges: the crop's share of the image area, and its aspect ratio (width / height).
@@ -69,7 +69,9 @@ def train_crop(data: bytes, path: str, seed: int, size: int, *, flip: bool = Tru
     """A ``size`` x ``size`` random-resized crop of the encoded image ``data``, flipped with probability 1/2 if
     ``flip``, drawn from ``seed``; ``reduced``: decode JPEGs at a reduced DCT scale where the crop allows.
     :class:`~resnets.data.images.BadImageError` (naming ``path``) for an image that cannot be decoded."""
-    probe = _plain_jpeg(data, max_pixels) if reduced else None
+    header = jpeg_header(data) if reduced else None
+    # a box is at most the image: no reduced scale unless both sides are at least twice the output
+    probe = _plain_jpeg(data, max_pixels) if header is not None and min(header[:2]) >= 2 * size else None
     if probe is not None:
         im, height, width, orientation = probe
         rng = random.Random(seed)
