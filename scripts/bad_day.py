@@ -23,8 +23,11 @@ Issue 24's points 2 and 5 add their cases to sections 1 (no ``--out`` is an inpu
 (search takes a run folder, a short fine-tune's warm-up and ``--freeze`` said, a batch larger than the data,
 ResNet-D weights as v1.5, ``bench infer --images``) and 6 (a created folder said, the stage named conv4_x).
 
-Not run: a user error under plain ``torchrun`` (not the ``resnets`` command; tests/test_bad_day.py covers it)
-and ``serve`` (no such command here).
+Issue 24's point 4 adds section 7, the service: a real ``resnets serve`` (started by a small probe, see
+``served``) whose ``/docs`` needs nothing off the server, whose ``/metrics`` counts ``/docs`` and ``/openapi.json``
+under their routes, and whose KServe infer answers a body that is not JSON with 415.
+
+Not run: a user error under plain ``torchrun`` (not the ``resnets`` command; tests/test_bad_day.py covers it).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import json
 import os
 import pty
 import re
+import shlex
 import shutil
 import signal
 import struct
@@ -293,6 +297,70 @@ def no_train_cache(cache: Path) -> Callable[[Result], str | None]:
     return check
 
 
+#: Section 7's probe, run by this Python: ``resnets serve --weights W --port 0`` started, one check of ``WHAT``
+#: (docs, metrics, kserve) made over HTTP, one line printed, the server stopped; exit 1 when the check fails.
+SERVE_PROBE = r"""
+import json, re, subprocess, sys, threading, time, urllib.error, urllib.request
+resnets, weights, what = sys.argv[1:4]
+proc = subprocess.Popen([resnets, "serve", "--weights", weights, "--port", "0", "--threads", "1"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+url = None
+for line in proc.stderr:
+    if m := re.search(r" on (http://127\.0\.0\.1:\d+) ", line):
+        url = m.group(1)
+        break
+threading.Thread(target=proc.stderr.read, daemon=True).start()
+def get(path, data=None, ctype=None):
+    req = urllib.request.Request(url + path, data=data, headers={"Content-Type": ctype} if ctype else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+try:
+    if url is None:
+        sys.exit("resnets serve printed no address")
+    while True:  # the address is printed just before uvicorn listens
+        try:
+            if get("/readyz")[0] == 200:
+                break
+        except urllib.error.URLError:
+            if proc.poll() is not None:
+                sys.exit(f"resnets serve exited with {proc.returncode}")
+        time.sleep(0.2)
+    ok = True
+    if what == "docs":
+        links = re.findall(r"(?:src|href)=[\"']([^\"']+)[\"']", get("/docs")[1])
+        away = [u for u in links if not u.startswith("/")] + [u for u in links if u.startswith("/") and get(u)[0] != 200]
+        ok = bool(links) and not away
+        print(f"/docs: {len(links)} assets, all served here" if ok else f"/docs asks for {away or 'nothing'}")
+    elif what == "metrics":
+        get("/docs"), get("/openapi.json")
+        time.sleep(0.5)
+        text = get("/metrics")[1]
+        seen = [r for r in ("/docs", "/openapi.json") if f'route="{r}"' in text]
+        ok = len(seen) == 2
+        print(f"/metrics counts routes {', '.join(seen) or 'neither'} (of /docs, /openapi.json)")
+    else:
+        name = json.loads(get("/v1/model")[1])["name"]
+        code, body = get(f"/v2/models/{name}/infer", b"inputs=images", "application/x-www-form-urlencoded")
+        ok = code == 415
+        print(f"infer, a form body: {code} {body}")
+    sys.exit(0 if ok else 1)
+finally:
+    proc.terminate()
+    proc.wait(30)
+"""
+
+
+def served(what: str, weights: str) -> str:
+    """Section 7's shell line: :data:`SERVE_PROBE` checking ``what`` on a server of ``weights``."""
+    resnets = str(Path(sys.executable).with_name("resnets"))
+    if not Path(resnets).is_file():
+        resnets = shutil.which("resnets") or "resnets"
+    return " ".join(shlex.quote(a) for a in (sys.executable, "-c", SERVE_PROBE, resnets, weights, what))
+
+
 # ---- the cases -----------------------------------------------------------------------------------------
 
 
@@ -511,6 +579,13 @@ def cases(fx: Fixtures, resnets: str) -> list[Case]:
         Case("6", "explain --out in folders that do not exist: their creation said; the stage named conv4_x",
              ["explain", "--weights", weights, image, "--out", str(out("-new") / "deeper" / "cam.png")], 0,
              check=all_of(has("created folder"), has("Grad-CAM on conv4_x", "stdout")), show="Grad-CAM"),
+        # 7. the service (issue 24, point 4)
+        Case("7", "serve /docs offline: Swagger UI's files from the server, none from a CDN",
+             served("docs", weights), 0, check=has("all served here", "stdout"), show="/docs"),
+        Case("7", "serve /metrics counts /docs and /openapi.json under their routes",
+             served("metrics", weights), 0, check=has("routes /docs, /openapi.json", "stdout"), show="/metrics"),
+        Case("7", "serve KServe infer with a body that is not JSON: 415 with the reason",
+             served("kserve", weights), 0, check=has("415", "stdout"), show="infer"),
     ]
 
 
