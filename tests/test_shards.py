@@ -291,6 +291,7 @@ def test_oversized_tar_header_is_refused(tmp_path: Path) -> None:
 def test_shard_loaders_pin_memory_for_cuda(folder: Path, tmp_path: Path, device: str, pinned: bool,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import resnets.data.shards as shards_module
+    from resnets.data.feed import DeviceFeed
     from resnets.data.sources import TrainDataSpec, open_train
     from resnets.train import resolve_config
 
@@ -298,7 +299,9 @@ def test_shard_loaders_pin_memory_for_cuda(folder: Path, tmp_path: Path, device:
     write_shards(folder, out, max_count=4, log=lambda _: None)
     cfg = resolve_config({"data": str(out), "batch_size": 6, "workers": 1, "epochs": 1})
     bundle = open_train(TrainDataSpec.of(cfg), torch.device(device))  # builds, runs nothing
-    assert bundle.train.pin_memory is pinned and bundle.val.pin_memory is pinned
+    assert bundle.train.pin_memory is pinned and bundle.val.loader.pin_memory is pinned
+    assert bundle.train.feed.device.type == device  # the batches are normalised there
+    bundle.train.feed = DeviceFeed("cpu", bundle.mean, bundle.std)  # no CUDA here to copy to
     made: list[bool] = []
     real = shards_module.DataLoader
 
@@ -433,7 +436,7 @@ def test_train_flags_set_the_shard_limits(folder: Path, tmp_path: Path) -> None:
                           "max_shard_gb": 1})
     bundle = open_train(TrainDataSpec.of(cfg), torch.device("cpu"))
     want = ShardLimits(member_bytes=2 << 20, buffer_bytes=8 << 20, shard_bytes=1 << 30)
-    assert bundle.train.limits == want and bundle.val.dataset.limits == want
+    assert bundle.train.limits == want and bundle.val.loader.dataset.limits == want
     assert ShardLimits.of(resolve_config({})) == ShardLimits()  # the documented defaults
     with pytest.raises(UserError, match=r"^--max-member-mb must be a whole number of at least 1, not 0$"):
         ShardLimits.of(TrainDataSpec(max_member_mb=0))

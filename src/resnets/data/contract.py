@@ -15,7 +15,8 @@ from ..errors import UserError
 
 
 class TrainBatches(Protocol):
-    """Training batches (x normalised float NCHW, y int64) of this process, epoch by epoch, resumable.
+    """Training batches (x normalised float NCHW on the run's device, y int64) of this process, epoch by epoch,
+    resumable.
 
     ``full_size``: the side of the training images (e.g. 32, 224); ``resizable``: whether
     :meth:`set_image_size` (progressive resizing) works.
@@ -38,8 +39,8 @@ class TrainBatches(Protocol):
 
     def set_image_size(self, size: int | None) -> None:
         """Train on images of side ``size`` from now on (None: ``full_size``); UserError unless ``resizable``."""
-        raise UserError("progressive resizing works with small images held in memory (CIFAR, small-image "
-                        "folders), not with streamed data")
+        raise UserError("progressive resizing works with images held in memory, streamed folders and large-image "
+                        "shards, not with small-image shards")
 
     def close(self) -> None:
         """Release what the batches hold beyond memory (worker processes); nothing by default."""

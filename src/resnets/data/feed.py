@@ -27,12 +27,13 @@ class DeviceFeed:
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise UserError(f"mean and std need 3 values (std > 0), got {list(mean)} and {list(std)}")
         self.device = torch.device(device)
+        self.mean, self.std = list(mean), list(std)
         self.channels_last = channels_last
         self.dtype = dtype
         std_t = torch.tensor(list(std), dtype=torch.float64)
-        self._scale = (1.0 / (255.0 * std_t)).to(torch.float32).view(1, 3, 1, 1).to(self.device)
-        self._shift = (torch.tensor(list(mean), dtype=torch.float64) / std_t).to(torch.float32).view(1, 3, 1, 1).to(
-            self.device)
+        self._scale = (1.0 / (255.0 * std_t)).to(torch.float32).view(1, 3, 1, 1)
+        self._shift = (torch.tensor(list(mean), dtype=torch.float64) / std_t).to(torch.float32).view(1, 3, 1, 1)
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # moved on first use, not when built
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """A uint8 NCHW batch on the device as normalised ``dtype``: computed in float32, rounded once."""
@@ -40,7 +41,10 @@ class DeviceFeed:
             return x
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         out = torch.empty(x.shape, dtype=torch.float32, device=x.device, memory_format=fmt)
-        out.copy_(x).mul_(self._scale).sub_(self._shift)
+        if x.device not in self._on:
+            self._on[x.device] = (self._scale.to(x.device), self._shift.to(x.device))
+        scale, shift = self._on[x.device]
+        out.copy_(x).mul_(scale).sub_(shift)
         return out if self.dtype == torch.float32 else out.to(self.dtype, memory_format=fmt)
 
     def __call__(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]

@@ -9,7 +9,9 @@ their sample counts, image sizes and the training split's per-channel mean and s
 Reading (:class:`ShardBatches`): a spec is a brace pattern (``shards/train-{000000..000099}.tar``), one
 ``.tar``, a folder holding ``index.json``, or any URL or ``pipe:`` command WebDataset opens. Each epoch the
 shard list is permuted by (seed, epoch); rank ``r`` of ``W`` takes shards ``r::W``; the rank's loader worker
-``s`` of ``S`` takes shards ``s::S`` of those and reads them through a seeded shuffle buffer. Every rank
+``s`` of ``S`` takes shards ``s::S`` of those and reads them through a seeded shuffle buffer; the workers are kept
+from epoch to epoch (the epoch reaches them through shared memory). Large images come out as uint8 random-resized
+crops (:mod:`resnets.data.crops`), normalised on the device, at the epoch's side (progressive resizing). Every rank
 yields the same number of batches (``total // global batch``); a stream that runs dry starts its shards
 again in a new order. The order is a pure function of (seed, epoch, rank, world size, workers), so
 ``iter_from(b)`` replays an epoch from batch ``b`` exactly, skipping earlier samples without decoding them.
@@ -40,7 +42,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -51,10 +53,14 @@ from ..progress import Progress
 from ..runtime import derive_seed
 from .cifar import DATASETS
 from .contract import TrainBatches
+from .crops import train_crop
 from .folder import find_classes, scan_split
 from .images import MAX_IMAGE_PIXELS, BadImageError, decode_rgb
 from .normalization import IMAGENET_MEAN, IMAGENET_STD
 from .tars import CappedTarInfo, HeaderTooLarge, StreamTooLarge, check_end
+
+if TYPE_CHECKING:
+    from .feed import DeviceFeed
 
 INDEX_NAME = "index.json"
 FORMAT = "resnets-shards-1"
@@ -611,48 +617,71 @@ def _skip(exc: BadImageError, skip_bad_images: bool) -> None:
 class _TrainStream(IterableDataset):
     """Batches ``start..steps-1`` of one rank's epoch; DataLoader worker ``i`` makes every ``S``-th of them.
 
-    ``skipped`` counts the bad samples skipped in this process.
+    The epoch, the first batch and the crop side are read from ``position`` (a shared-memory tensor the main
+    process sets before each pass), so persistent workers follow the epochs; the rank's shards of the epoch are
+    drawn here from it, and stream ``s`` of ``S`` reads shards ``s::S`` of them. ``crop``: random-resized crops of
+    the epoch's side (:func:`~resnets.data.crops.train_crop`, uint8, flipped if ``flip``), each drawn from (seed,
+    epoch, rank, batch, slot); else ``transform`` of the decoded image, its randomness drawn from the batch's
+    seed. ``skipped`` counts the bad samples skipped in this process.
     """
 
-    def __init__(self, shards: list[str], *, per_rank: int, steps: int, start: int, streams: int, seed: int,
-                 transform: Callable[[torch.Tensor], torch.Tensor], skip_bad_images: bool,
-                 limits: ShardLimits | None = None) -> None:
-        self.shards, self.per_rank, self.steps, self.start = shards, per_rank, steps, start
-        self.streams, self.seed, self.transform, self.skip_bad_images = streams, seed, transform, skip_bad_images
+    def __init__(self, urls: list[str], *, per_rank: int, steps: int, streams: int, seed: int, rank: int,
+                 world_size: int, position: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None,
+                 crop: bool, flip: bool, skip_bad_images: bool, limits: ShardLimits | None = None) -> None:
+        self.urls, self.per_rank, self.steps, self.streams = urls, per_rank, steps, streams
+        self.base_seed, self.rank, self.world_size, self.position = seed, rank, world_size, position
+        self.transform, self.crop, self.flip, self.skip_bad_images = transform, crop, flip, skip_bad_images
         self.limits, self.skipped = limits or ShardLimits(), 0
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch, start, size = (int(v) for v in self.position.tolist())
+        shards = rank_shards(self.urls, self.base_seed, epoch, self.rank, self.world_size)
+        seed = derive_seed("shards", self.base_seed, epoch, self.rank)
         info = get_worker_info()
         worker = info.id if info is not None else 0
         stride = self.streams if info is not None else 1
         # DataLoader output j comes from worker j % S; output j is batch start + j, of stream (start + j) % S.
-        first = self.start + worker
+        first = start + worker
         if first >= self.steps:
             return
         stream = first % stride
         position = first // stride  # batches of this stream already consumed
-        samples = stream_samples(self.shards[stream::stride] or self.shards,
-                                 derive_seed("shards", self.seed, stream), limits=self.limits)
+        samples = stream_samples(shards[stream::stride] or shards, derive_seed("shards", seed, stream),
+                                 limits=self.limits)
         for _ in range(position * self.per_rank):
             next(samples)
         for b in range(first, self.steps, stride):
+            if self.crop:
+                yield self._batch(samples, seed, b, size)
+                continue
             with torch.random.fork_rng(devices=[]):
                 # augmentation is a function of the batch
-                torch.manual_seed(derive_seed("shards", self.seed, "batch", b))
-                batch = self._batch(samples)
+                torch.manual_seed(derive_seed("shards", seed, "batch", b))
+                batch = self._batch(samples, seed, b, size)
             yield batch
 
-    def _batch(self, samples: Iterator[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch(self, samples: Iterator[dict[str, Any]], seed: int, b: int,
+               size: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
         while len(images) < self.per_rank:
             sample = next(samples)
             try:
-                image, label = decode_sample(sample)
+                if self.crop:
+                    _check_members(sample)
+                    ext, data = _image_bytes(sample)
+                    path = f"{sample.get('__url__')}:{sample.get('__key__')}.{ext}"
+                    image = train_crop(data, path, derive_seed("shards", seed, "crop", b, len(images)), size,
+                                       flip=self.flip)
+                    label = _label(sample)
+                else:
+                    image, label = decode_sample(sample)
+                    assert self.transform is not None
+                    image = self.transform(image)
             except BadImageError as exc:
                 _skip(exc, self.skip_bad_images)
                 self.skipped += 1
                 continue
-            images.append(self.transform(image))
+            images.append(image)
             labels.append(label)
         return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
@@ -694,18 +723,20 @@ def eval_transform(mean: Sequence[float], std: Sequence[float]) -> Callable[[tor
 class ShardBatches(TrainBatches):
     """Training batches streamed from shards: ``len`` global steps per epoch, ``set_epoch``, ``iter_from``.
 
-    Each rank yields ``batch_size // world_size`` images per step (``batch_size`` is the global batch), as
-    float tensors, normalised and augmented: CIFAR-style (pad, crop, flip) for small images, else
-    ``transform`` (e.g. ImageNet's random-resized crop) making images of side ``image_size`` (``full_size``;
-    default: the shards' image height, :data:`SMALL_IMAGE_MAX_SIDE` if it varies). ``limits``: what reading
-    may cost (:class:`ShardLimits`; its defaults if None).
+    Each rank yields ``batch_size // world_size`` images per step (``batch_size`` is the global batch), on the
+    device through ``feed`` (:class:`~resnets.data.feed.DeviceFeed`; None: the CPU batches as they are):
+    ``random_resized_crop``: uint8 random-resized crops of side ``image_size`` (``full_size``), normalised by the
+    feed, resizable (progressive resizing); else CIFAR-style (pad, crop, flip) float images, or ``transform``'s,
+    of the shards' image height (:data:`SMALL_IMAGE_MAX_SIDE` if it varies). The loader's ``workers`` are kept
+    from epoch to epoch (:meth:`close` stops them). ``limits``: what reading may cost (:class:`ShardLimits`).
     """
 
     def __init__(self, shards: ShardSet, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
                  workers: int = 0, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  pad: int = 4, flip: bool = True, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  image_size: int | None = None, skip_bad_images: bool = False,
-                 limits: ShardLimits | None = None, pin_memory: bool = False) -> None:
+                 limits: ShardLimits | None = None, pin_memory: bool = False, random_resized_crop: bool = False,
+                 feed: DeviceFeed | None = None) -> None:
         if batch_size % world_size:
             raise UserError(f"the global batch size {batch_size} must be divisible by the number of processes "
                             f"{world_size}")
@@ -714,10 +745,17 @@ class ShardBatches(TrainBatches):
         self.rank, self.world_size, self.workers = rank, world_size, max(0, workers)
         self.mean = list(mean or shards.mean or IMAGENET_MEAN)
         self.std = list(std or shards.std or IMAGENET_STD)
-        self.transform = transform or small_image_transform(pad, flip, self.mean, self.std)
+        self.crop, self.flip, self.feed = random_resized_crop, flip, feed
+        self.resizable = random_resized_crop
+        self.transform = None if random_resized_crop else transform or small_image_transform(pad, flip, self.mean,
+                                                                                              self.std)
         self.skip_bad_images, self.limits = skip_bad_images, limits or ShardLimits()
         self.pin_memory = pin_memory  # CUDA: page-locked batches, so the copy to the GPU overlaps compute
         self.epoch = 0
+        self.size = self.full_size
+        self._position = torch.zeros(3, dtype=torch.int64).share_memory_()  # epoch, start, size: seen by workers
+        self._loader: DataLoader | None = None
+        self._stream: _TrainStream | None = None
 
     def __len__(self) -> int:
         return self.shards.total // self.batch_size
@@ -726,22 +764,40 @@ class ShardBatches(TrainBatches):
         """Select the epoch whose order the next iteration replays."""
         self.epoch = int(epoch)
 
+    def set_image_size(self, size: int | None) -> None:
+        """Crop to side ``size`` from the next pass on (None: ``full_size``); random-resized crops only."""
+        if not self.resizable:
+            TrainBatches.set_image_size(self, size)
+        if size is not None and size < 1:
+            raise UserError(f"image size must be positive, got {size}")
+        self.size = self.full_size if size is None else int(size)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iter_from(0)
 
     def iter_from(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's batches of the current epoch from step ``start`` on."""
-        mine = rank_shards(self.shards.urls, self.seed, self.epoch, self.rank, self.world_size)
-        workers = min(self.workers, len(mine))
-        stream = _TrainStream(mine, per_rank=self.batch_size // self.world_size, steps=len(self),
-                              start=max(0, start), streams=max(1, workers),
-                              seed=derive_seed("shards", self.seed, self.epoch, self.rank), transform=self.transform,
-                              skip_bad_images=self.skip_bad_images, limits=self.limits)
-        if workers == 0:
-            yield from stream
-            return
-        loader = DataLoader(stream, batch_size=None, num_workers=workers, in_order=True, pin_memory=self.pin_memory)
-        yield from loader
+        if self._stream is None:
+            mine = rank_shards(self.shards.urls, self.seed, 0, self.rank, self.world_size)  # as many every epoch
+            workers = min(self.workers, len(mine))
+            self._stream = _TrainStream(
+                self.shards.urls, per_rank=self.batch_size // self.world_size, steps=len(self),
+                streams=max(1, workers), seed=self.seed, rank=self.rank, world_size=self.world_size,
+                position=self._position, transform=self.transform, crop=self.crop, flip=self.flip,
+                skip_bad_images=self.skip_bad_images, limits=self.limits)
+            if workers:
+                self._loader = DataLoader(self._stream, batch_size=None, num_workers=workers, in_order=True,
+                                          pin_memory=self.pin_memory, persistent_workers=True)
+        self._position.copy_(torch.tensor([self.epoch, max(0, start), self.size]))  # before the workers resume
+        batches = self._loader if self._loader is not None else self._stream
+        yield from (self.feed(batches) if self.feed is not None else batches)
+
+    def close(self) -> None:
+        """Stop the worker processes now (they are otherwise kept as long as these batches)."""
+        loader, self._loader, self._stream = self._loader, None, None
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
 
 
 class _EvalStream(IterableDataset):

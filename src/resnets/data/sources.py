@@ -242,6 +242,7 @@ def _open_shards(spec: TrainDataSpec, device: torch.device, rank: int, world_siz
                  norm: tuple[Sequence[float], Sequence[float]] | None) -> TrainData:
     """WebDataset shards, streamed: this rank's shards for training, its share of the test shards."""
     from . import shards as wd
+    from .feed import DeviceFeed, FedBatches
     from .normalization import IMAGENET_MEAN, IMAGENET_STD
     from .streaming import imagenet_transforms
 
@@ -265,17 +266,18 @@ def _open_shards(spec: TrainDataSpec, device: torch.device, rank: int, world_siz
     std = list(train_set.std) if small and train_set.std else list(IMAGENET_STD)
     if norm:
         mean, std = list(norm[0]), list(norm[1])
-    train_tf = None if small else imagenet_transforms(True, spec.image_size, spec.resize, mean, std, spec.flip)
     eval_tf = wd.eval_transform(mean, std) if small else imagenet_transforms(False, spec.image_size, spec.resize,
-                                                                             mean, std)
+                                                                             mean, std, normalize=False)
     pin = device.type == "cuda"
+    feed = DeviceFeed(device, mean, std, channels_last=spec.channels_last)  # the trainer may set its dtype
     train = wd.ShardBatches(train_set, spec.batch_size, seed=spec.seed, rank=rank, world_size=world_size,
                             workers=spec.workers, mean=mean, std=std, pad=spec.pad, flip=spec.flip,
-                            transform=train_tf, image_size=None if small else spec.image_size,
-                            skip_bad_images=spec.skip_bad_images, limits=limits, pin_memory=pin)
+                            image_size=None if small else spec.image_size, random_resized_crop=not small,
+                            skip_bad_images=spec.skip_bad_images, limits=limits, pin_memory=pin, feed=feed)
     val = wd.eval_loader(test_set, max(spec.batch_size // world_size, 256), rank=rank, world_size=world_size,
                          workers=min(spec.workers, 2), transform=eval_tf, skip_bad_images=spec.skip_bad_images,
                          limits=limits, pin_memory=pin)
+    val = FedBatches(val, DeviceFeed(device, mean, std, channels_last=spec.channels_last))
     desc = (f"{spec.data} (streamed shards): {train_set.total} train / {test_set.total} {test_set.split} images, "
             f"{len(train_set.classes)} classes")
     return TrainData(train, val, list(train_set.classes), mean, std, None, desc, _held_out(spec),
@@ -301,8 +303,10 @@ def open_eval(data: str, device: torch.device, *, mean: Sequence[float], std: Se
     crop = image_size or 224
     resize = resize or round(crop * 256 / 224)
     if is_shard_spec(data):
-        return _eval_shards(data, mean, std, batch_size=batch_size, workers=workers, tta=tta, crop=crop,
-                            resize=resize, skip_bad_images=skip_bad_images)
+        from .feed import DeviceFeed
+
+        return _eval_shards(data, DeviceFeed(device, mean, std, channels_last=channels_last), batch_size=batch_size,
+                            workers=workers, tta=tta, crop=crop, resize=resize, skip_bad_images=skip_bad_images)
     path = Path(data).expanduser()
     split_dir = eval_split_dir(path) if path.is_dir() else None
     if split_dir is not None and is_streaming_folder(split_dir):
@@ -348,10 +352,12 @@ def _eval_streamed_folder(root: Path, split_dir: Path, feed: DeviceFeed, *,
                     [c for c, n in counts.items() if n == 0])
 
 
-def _eval_shards(data: str, mean: Sequence[float], std: Sequence[float], *, batch_size: int, workers: int,
+def _eval_shards(data: str, feed: DeviceFeed, *, batch_size: int, workers: int,
                  tta: str | None, crop: int, resize: int, skip_bad_images: bool) -> EvalData:
-    """Shards: the val/test split beside named training shards, else the shards named."""
+    """Shards: the val/test split beside named training shards, else the shards named; uint8 crops of large
+    images normalised on the device by ``feed``."""
     from . import shards as wd
+    from .feed import FedBatches
     from .streaming import imagenet_transforms
 
     named = wd.open_shards(data)
@@ -359,11 +365,12 @@ def _eval_shards(data: str, mean: Sequence[float], std: Sequence[float], *, batc
     if split is None:
         raise UserError(f"{data}: no val or test split in an index.json beside the shards; name the test "
                         "shards themselves (e.g. --data SHARDS/test-{000000..000001}.tar)")
+    mean, std = feed.mean, feed.std
     if split.small_images:
         transform = wd.eval_transform(mean, std)
     else:
-        transform = imagenet_transforms(False, resize if tta == "10crop" else crop, resize, mean, std)
+        transform = imagenet_transforms(False, resize if tta == "10crop" else crop, resize, normalize=False)
     loader = wd.eval_loader(split, batch_size, workers=min(workers, 2), transform=transform,
-                            skip_bad_images=skip_bad_images)
-    return EvalData(loader, list(split.classes), crop if tta == "10crop" and not split.small_images else None, [],
+                            skip_bad_images=skip_bad_images, pin_memory=feed.device.type == "cuda")
+    return EvalData(FedBatches(loader, feed), list(split.classes), crop if tta == "10crop" and not split.small_images else None, [],
                     [])

@@ -138,7 +138,7 @@ class TrainConfig:
     tta: str | None = option(None, "test-time augmentation of the run's evaluations: flip, or flip-translate "
                              "(flips and one-pixel shifts)", flag="--tta", choices=("flip", "flip-translate"))
     resize_from: int | None = option(None, "progressive resizing: train at this image size first, growing to full "
-                                     "size (in-memory data and streamed folders; see --resize-until)",
+                                     "size (in-memory data, streamed folders, large-image shards; see --resize-until)",
                                      flag="--resize-from", metavar="PIXELS")
     resize_until: float = option(0.5, "with --resize-from: reach the full size after this fraction of the epochs "
                                  "(default 0.5)", flag="--resize-until", metavar="FRACTION")

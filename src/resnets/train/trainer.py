@@ -147,8 +147,8 @@ class Trainer:
             raise UserError(f"the training set ({self.data.description}) is smaller than one batch "
                             f"({cfg.batch_size}); give a smaller --batch-size")
         if cfg.resize_from is not None and not self.data.train.resizable:
-            raise UserError("resize_from (progressive resizing) works with small images held in memory (CIFAR, "
-                            "small-image folders), not with streamed data; drop it")
+            raise UserError("resize_from (progressive resizing) works with images held in memory, streamed folders "
+                            "and large-image shards, not with small-image shards; drop it")
         self.total_steps = total_steps_of(cfg, self.steps_per_epoch)
         self.num_epochs = -(-self.total_steps // self.steps_per_epoch)
         whiten = _whitening_images(self.data.train) if cfg.whiten and ckpt is None and init is None else None
