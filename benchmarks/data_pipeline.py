@@ -14,7 +14,9 @@ small val/. Every figure is images/s after warm-up, at the same batch size and o
   (b) ``resnets train`` end to end as a user runs it (its metrics after the first log interval), (c) the plain
   loop above feeding the same model, normalised on the GPU.
 
-One JSON line per row; figures depend on the machine and on what else runs on it.
+``--cifar-decode DIR`` instead gives the small-image figures: decoding CIFAR-10 JPEGs into the cache (cold,
+cached) and DeviceBatches throughput. One JSON line per row (plain lines for ``--cifar-decode``); figures depend
+on the machine and on what else runs on it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -130,7 +133,8 @@ def model_alone(args: argparse.Namespace) -> float:
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             yield x, y
 
     return rate(steps(), 5, args.batches)
@@ -155,7 +159,8 @@ def plain_with_model(args: argparse.Namespace, folder: Path) -> float:
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             yield x, y
 
     return rate(steps(), 2 * max(1, args.workers), args.batches)
@@ -168,11 +173,41 @@ def train_end_to_end(args: argparse.Namespace, folder: Path) -> float:
     cmd = [sys.executable, "-m", "resnets", "train", "--model", args.model, "--data", str(folder),
            "--recipe", "imagenet-fast", "--device", args.device, "--batch-size", str(args.batch),
            "--iterations", str(every * 5), "--log-every", str(every), "--eval-every", "1000",
-           "--workers", str(args.workers), "--out", str(out), "--no-progress"]
+           "--workers", str(args.workers), "--image-size", str(args.size), "--out", str(out), "--no-progress"]
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    shutil.rmtree(out, ignore_errors=True)
     steps = [r["images_per_s"] for r in records if "images_per_s" in r and r.get("train_loss") is not None]
     return float(np.mean(steps[1:])) if len(steps) > 1 else float("nan")
+
+
+def cifar_decode(data: Path, batch_size: int = 128, batches: int = 100) -> None:
+    """Decoding the CIFAR-10 JPEGs into the cache (cold, cached) and DeviceBatches throughput."""
+    import tempfile
+
+    from resnets.data import DeviceBatches, load_image_folder
+    from resnets.data.decode import decode_files
+    from resnets.data.folder import find_classes, scan_split
+
+    rows = scan_split(data, find_classes(data))
+    subset = [data / r[0] for r in rows[:: max(1, len(rows) // 10000)]][:10000]
+    for workers in (1, 2):
+        start = time.perf_counter()
+        decode_files(subset, workers=workers)
+        print(f"decode {len(subset)} files, {workers} thread(s): {len(subset) / (time.perf_counter() - start):,.0f} "
+              "images/s")
+    cache = Path(tempfile.mkdtemp(prefix="resnets-bench-"))
+    try:
+        images, report = load_image_folder(data, cache_dir=cache)
+        print(f"cold (decode + write cache): {len(images):,} images in {report.seconds:.1f} s")
+        images, report = load_image_folder(data, cache_dir=cache)
+        print(f"cached (scan + read cache):  {len(images):,} images in {report.seconds:.2f} s")
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    loader = DeviceBatches(images, batch_size, train=True, mean=images.mean(), std=images.std(), seed=0)
+    r = rate(loader.iter_from(0), 1, min(batches, len(loader) - 1))
+    print(f"DeviceBatches train (pad 4 + crop + flip + normalise, channels_last) batch {batch_size}, CPU: "
+          f"{r:,.0f} images/s")
 
 
 def main() -> None:
@@ -186,7 +221,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8, help="timed batches after warm-up")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--cifar-decode", type=Path, default=None, metavar="DIR",
+                        help="only the small-image figures, on DIR (e.g. ../shared/data/cifar10-jpeg/train)")
     args = parser.parse_args()
+    if args.cifar_decode is not None:
+        cifar_decode(args.cifar_decode)
+        return
     folder = build_folder(args.folder or ROOT / "runs" / f"imagenet-size-{args.images}", args.images, args.cifar)
     sizes = [p.stat().st_size for p in (folder / "train").rglob("*.jpg")]
     emit({"machine": f"{os.cpu_count()} CPUs", "load_average": round(os.getloadavg()[0], 1),

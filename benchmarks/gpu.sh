@@ -10,7 +10,7 @@
 # .gpu/cifar10-jpeg, unpacked from .gpu/cifar10-jpeg.tgz if that is what the call carried. Prepare .gpu/ here:
 #
 #   mkdir -p .gpu && tar czf .gpu/cifar10-jpeg.tgz -C ../shared/data cifar10-jpeg
-#   pip download --no-deps --only-binary=:all: -d .gpu/wheels webdataset braceexpand
+#   pip download --no-deps --only-binary=:all: -d .gpu/wheels webdataset braceexpand torchcodec
 #
 # and carry [".gpu"]. Each step has its own time limit, so one failure cannot eat the budget; results go to
 # OUT_DIR as JSON and logs, and a summary is printed last.
@@ -76,6 +76,17 @@ if [ -d "$data/train" ]; then
     rm -rf "$out/cache"
 else
     echo "== cifar10_resnet20 skipped: no data at $data"; status=1
+fi
+# 5. Issue 25, the data pipeline on an ImageNet-size folder built from the CIFAR copy (2,560 JPEGs of 500x375):
+#    the loaders alone per worker, (a) ResNet-50 alone on device-resident data, (c) the plain torchvision loop
+#    feeding it, (b) resnets train end to end; then the data tests that need CUDA (side-stream copy).
+if [ -d "$data/train" ]; then
+    step data_pipeline 150 "$py" benchmarks/data_pipeline.py --device cuda --cifar "$data" --images 2560 \
+        --folder "$out/imagenet-size" --workers 15 --batch 256 --batches 6
+    rm -rf "$out/imagenet-size"
+    if "$py" -c "import pytest" 2>/dev/null; then
+        step data_cuda_tests 60 "$py" -m pytest -q -p no:cacheprovider tests/test_data_device.py
+    fi
 fi
 
 echo "== summary"
