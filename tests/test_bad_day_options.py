@@ -126,7 +126,8 @@ def test_streamed_folder_takes_val_split_subsets_and_flip(tmp_path: Path, capsys
     assert main(["train", *STREAMED, "--data", str(data), "--val-split", "4", "--train-images", "6",
                  "--test-images", "3", "--set", "flip=false", "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    assert f"{data} (streamed): 6 train / 3 validation images, 2 classes" in out and "3 steps of 2" in out
+    assert f"{data} (streamed, 0 loader workers): 6 train / 3 validation images, 2 classes" in out
+    assert "3 steps of 2" in out
     import torch
 
     from resnets.data.sources import TrainDataSpec, open_train
@@ -135,9 +136,9 @@ def test_streamed_folder_takes_val_split_subsets_and_flip(tmp_path: Path, capsys
     cfg = resolve_config({"model": "resnet18", "data": str(data), "val_split": 4, "flip": False, "workers": 0,
                           "epochs": 1})
     bundle = open_train(TrainDataSpec.of(cfg), torch.device("cpu"))
-    steps = [type(t).__name__ for t in bundle.train.loader.dataset.transform.transforms]
-    assert "RandomHorizontalFlip" not in steps and "RandomResizedCrop" in steps
-    held_out = {p for p, _ in bundle.val.dataset.samples}
+    dataset = bundle.train.loader.dataset
+    assert dataset.train is True and dataset.flip is False  # random-resized crops, never flipped
+    held_out = {p for p, _ in bundle.val.loader.dataset.samples}
     assert len(held_out) == 4 and not held_out & {p for p, _ in bundle.train.loader.dataset.samples}
 
 
