@@ -389,17 +389,22 @@ def read_records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_progressive_resizing_is_refused_for_streamed_data(tmp_path: Path) -> None:
+def test_progressive_resizing_reaches_streamed_data(tmp_path: Path) -> None:
+    """--resize-from on a streamed folder: the workers crop each epoch to its scheduled side (issue 25)."""
+    import numpy as np
     from PIL import Image
 
+    rng = np.random.default_rng(0)
     for split in ("train", "val"):
         (tmp_path / split / "a").mkdir(parents=True)
-        Image.new("RGB", (80, 80), (200, 10, 10)).save(tmp_path / split / "a" / "0.png")
-    cfg = resolve_config({"model": "resnet18", "data": str(tmp_path), "batch_size": 1, "epochs": 1,
-                          "workers": 0, "image_size": 64, "resize": 72, "resize_from": 32, "progress": False,
-                          "out": str(tmp_path / "run")})
-    with pytest.raises(UserError, match="small images held in memory"):
-        train(cfg, log=lambda _: None)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(tmp_path / split / "a" / f"{i}.png")
+    cfg = resolve_config({"model": "resnet18", "data": str(tmp_path), "batch_size": 2, "epochs": 2,
+                          "workers": 0, "image_size": 64, "resize": 72, "resize_from": 32, "resize_until": 1.0,
+                          "progress": False, "out": str(tmp_path / "run")})
+    result = train(cfg, log=lambda _: None)
+    sizes = [r.get("train_size") for r in read_records(result.run_dir) if r["kind"] == "epoch"]
+    assert sizes == [32, 48]
 
 
 def test_eval_every_evaluates_every_nth_epoch_and_the_last(tmp_path: Path) -> None:
