@@ -184,7 +184,7 @@ def test_bulk_decoder_matches_pillow_and_keeps_order(tmp_path, monkeypatch):
         paths.append(path)
     fast, slow = _watch_decoders(monkeypatch)
     results = decode_files(paths, workers=2)
-    # every JPEG went through torchvision's decoder (in batches, not one by one) and only the PNGs through Pillow
+    # every JPEG went through TorchCodec's decoder (in batches, not one by one) and only the PNGs through Pillow
     assert sum(fast) == 200 and len(fast) == 2 and sorted(slow) == sorted(str(p) for p in paths if p.suffix == ".png")
     monkeypatch.undo()  # read_rgb below is Pillow, unwatched
     for path, result in zip(paths, results, strict=True):
