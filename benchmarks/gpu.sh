@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Every GPU check in one run: about 9 minutes; each step has its own limit, and the limits add up to
-# 16.1 minutes (the device tool's budget is 15 minutes a task, the machine's start included: a session short of
-# time drops step 6, issue 25's, or runs it alone).
+# Every GPU check in one run. By default the steps of the open GPU issues, whose limits add up to 8 minutes
+# (the device tool lends 15 minutes a task, the machine's start and the transfers included): issue 26's CIFAR-10
+# record (5 seeds, 120 s), issue 25's data pipeline (120 s) and its CUDA tests (45 s), then the like-for-like
+# ResNet-50 training (120 s) and inference (75 s) pairs. STEPS picks others, in this order:
+# STEPS="record data train infer resnet20" (resnet20: the cifar-fast runs, eager and compiled, 330 s more),
+# or STEPS=all.
 #
 #   benchmarks/gpu.sh OUT_DIR [CIFAR10_JPEG_DIR]
 #
@@ -42,6 +45,10 @@ if [ ! -d "$data/train" ] && [ -f .gpu/cifar10-jpeg.tgz ]; then
     tar xzf .gpu/cifar10-jpeg.tgz -C .gpu
 fi
 
+steps=${STEPS:-record data train infer}
+[ "$steps" = all ] && steps="record data train infer resnet20"
+want() { [[ " $steps " == *" $1 "* ]]; }
+
 step() {  # step NAME SECONDS COMMAND...
     local name=$1 limit=$2; shift 2
     echo "== $name (limit ${limit}s)"
@@ -57,31 +64,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.
     >>"$out/gpu.txt" 2>&1
 cat "$out/gpu.txt"
 
-# 1. ResNet-50 training, synthetic data, like for like: ours as resnets train runs it by default (bf16 autocast,
-#    channels_last), eager and compiled, against torchvision with the same recipe, eager and compiled
-#    (and torchvision eager fp32 with PyTorch's defaults, for context).
-step train_resnet50 210 "$py" benchmarks/gpu_train.py --model resnet50 --batch 256 --steps 30
-# 2. ResNet-50 inference, batch 256, the same pairs, plus both with BN folded and bf16 weights.
-step infer_resnet50 150 "$py" benchmarks/gpu_infer.py --batch 256 --iters 50
-# 3. ResNet-20 on full CIFAR-10 with the fast recipe: wall time and test accuracy.
-if [ -d "$data/train" ]; then
-    step cifar10_resnet20 180 "$py" -m resnets train --model resnet20 --data "$data" --recipe cifar-fast \
-        --device cuda --precision bf16 --out "$out/cifar10_resnet20" --cache-dir "$out/cache" --no-progress --json
-    # 4. The same with --compile: how much of the small net's launch overhead compilation removes.
-    step cifar10_resnet20_compiled 150 "$py" -m resnets train --model resnet20 --data "$data" --recipe cifar-fast \
-        --device cuda --precision bf16 --compile --out "$out/cifar10_resnet20_compiled" --cache-dir "$out/cache" \
-        --no-progress --json
-    # 5. Issue 26: resnet9 with the cifar-record recipe, 5 seeds (mean +- sd accuracy with TTA, CUDA-event time a run).
+if [ ! -d "$data/train" ] && { want record || want data || want resnet20; }; then
+    echo "== CIFAR-10 steps skipped: no data at $data"; status=1
+fi
+# 1. Issue 26: resnet9 with the cifar-record recipe, 5 seeds (mean +- sd accuracy with TTA, CUDA-event time a run).
+if want record && [ -d "$data/train" ]; then
     step cifar_record_resnet9 120 "$py" benchmarks/cifar_record.py --model resnet9 --data "$data" --seeds 5 \
         --device cuda --cache-dir "$out/cache"
-    rm -rf "$out/cache"
-else
-    echo "== cifar10_resnet20 skipped: no data at $data"; status=1
 fi
-# 6. Issue 25, the data pipeline on an ImageNet-size folder built from the CIFAR copy (1,280 JPEGs of 500x375):
+# 2. Issue 25, the data pipeline on an ImageNet-size folder built from the CIFAR copy (1,280 JPEGs of 500x375):
 #    the loaders alone per worker, (a) ResNet-50 alone on device-resident data, (c) the plain torchvision loop
 #    feeding it, (b) resnets train end to end; then the data tests that need CUDA (side-stream copy).
-if [ -d "$data/train" ]; then
+if want data && [ -d "$data/train" ]; then
     step data_pipeline 120 "$py" benchmarks/data_pipeline.py --device cuda --cifar "$data" --images 1280 \
         --folder "$out/imagenet-size" --workers 15 --batch 256 --batches 4
     rm -rf "$out/imagenet-size"
@@ -89,6 +83,21 @@ if [ -d "$data/train" ]; then
         step data_cuda_tests 45 "$py" -m pytest -q -p no:cacheprovider tests/test_data_device.py
     fi
 fi
+# 3. ResNet-50 training, synthetic data, like for like: ours as resnets train runs it by default (bf16 autocast,
+#    channels_last), eager and compiled, against torchvision with the same recipe, eager and compiled
+#    (and torchvision eager fp32 with PyTorch's defaults, for context).
+want train && step train_resnet50 120 "$py" benchmarks/gpu_train.py --model resnet50 --batch 256 --steps 20
+# 4. ResNet-50 inference, batch 256, the same pairs, plus both with BN folded and bf16 weights.
+want infer && step infer_resnet50 75 "$py" benchmarks/gpu_infer.py --batch 256 --iters 30
+# 5. ResNet-20 on full CIFAR-10 with the fast recipe (wall time and test accuracy), then with --compile.
+if want resnet20 && [ -d "$data/train" ]; then
+    step cifar10_resnet20 180 "$py" -m resnets train --model resnet20 --data "$data" --recipe cifar-fast \
+        --device cuda --precision bf16 --out "$out/cifar10_resnet20" --cache-dir "$out/cache" --no-progress --json
+    step cifar10_resnet20_compiled 150 "$py" -m resnets train --model resnet20 --data "$data" --recipe cifar-fast \
+        --device cuda --precision bf16 --compile --out "$out/cifar10_resnet20_compiled" --cache-dir "$out/cache" \
+        --no-progress --json
+fi
+rm -rf "$out/cache"
 
 echo "== summary"
 for f in "$out"/train_resnet50.log "$out"/infer_resnet50.log; do  # the ratios (or the last row, if cut short)
@@ -102,4 +111,5 @@ for f in "$out"/cifar10_resnet20.log "$out"/cifar10_resnet20_compiled.log; do
     grep -h '^epoch 30:' "$f" 2>/dev/null | tail -n 1
 done
 tail -n 1 "$out/cifar_record_resnet9.log" 2>/dev/null
+tail -n 2 "$out/data_pipeline.log" 2>/dev/null
 exit $status
