@@ -78,7 +78,7 @@ def test_export_never_replaces_the_runs_files(run: Path, capsys: pytest.CaptureF
     assert main(["export", "--weights", str(run / "best.safetensors"), "--format", "torchscript", "--force"]) == 0
     line = one_line_error(capsys, ["export", "--weights", str(run / "best.safetensors"), "--out",
                                    str(run / "best.safetensors")])
-    assert "is the weights being exported" in line
+    assert "which this command reads" in line
     assert {k: v for k, v in hashes(run).items() if k in before} == before
 
 
