@@ -433,7 +433,16 @@ STATE_DICT_DIGESTS = {
 }
 
 
-@pytest.mark.parametrize("name", list_models())
+# The CIFAR speed-record nets (issue 26) have no variants or shortcut options: one digest of their own layout,
+# recorded when they were added.
+SPEED_NET_DIGESTS = {"resnet9": "b11badf09a14fc02", "resnet18-cifar": "c07bd9ddb5605158"}
+
+
+def test_every_registered_net_has_a_recorded_layout() -> None:
+    assert set(list_models()) == set(STATE_DICT_DIGESTS) | set(SPEED_NET_DIGESTS)
+
+
+@pytest.mark.parametrize("name", list(STATE_DICT_DIGESTS))
 def test_state_dict_keys_and_shapes_are_unchanged(name: str) -> None:
     cifar = model_family(name) == "cifar"
     digest = hashlib.sha256()
@@ -442,6 +451,13 @@ def test_state_dict_keys_and_shapes_are_unchanged(name: str) -> None:
             state = meta_model(name, variant=variant, **options).state_dict()
             digest.update(json.dumps([[k, list(t.shape)] for k, t in state.items()]).encode())
     assert digest.hexdigest()[:16] == STATE_DICT_DIGESTS[name]
+
+
+@pytest.mark.parametrize("name", list(SPEED_NET_DIGESTS))
+def test_speed_net_state_dict_keys_and_shapes_are_unchanged(name: str) -> None:
+    state = meta_model(name).state_dict()
+    digest = hashlib.sha256(json.dumps([[k, list(t.shape)] for k, t in state.items()]).encode())
+    assert digest.hexdigest()[:16] == SPEED_NET_DIGESTS[name]
 
 
 @pytest.mark.parametrize("name, stem, reductions, channels", [
