@@ -121,9 +121,9 @@ def test_decode_queue_full_answers_503(weights: Path, images: list[Path],  # noq
     real = inputs.decode_resized
     go = threading.Event()
 
-    def held(*args: Any) -> torch.Tensor:
+    def held(*args: Any, **kwargs: Any) -> torch.Tensor:
         go.wait(30)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(inputs, "decode_resized", held)
     live = LiveServer(settings_for(weights, max_decode_queue=1, max_wait_ms=0))
@@ -249,7 +249,7 @@ def test_internal_errors_answer_a_reference_and_log_the_detail(server: LiveServe
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     import resnets.serve.inputs as inputs
 
-    def broken(*_: object) -> Any:
+    def broken(*_: object, **__: object) -> Any:
         raise RuntimeError(SECRET)
 
     caplog.set_level(logging.ERROR, logger="resnets.serve")

@@ -40,6 +40,9 @@ _ORIENT: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
 #: the rules of resnets.data.images to the small image ("I" is scaled as 16-bit, as "I;16" is).
 _REDUCIBLE = {"PA": "RGBA", "1": "L", "I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I"}
 _STRIP_ROWS = 256  # rows converted and reduced at a time
+#: decode_resized(as_float=True) resizes in float32 when the decoded image has at most this many times the
+#: output's pixels (a float copy of at most 4 x 3 x 256 x 341 x 4 bytes, 4 MB, for an ImageNet model).
+FLOAT_RESIZE_RATIO = 4
 
 
 def resized_size(height: int, width: int, resize: int) -> tuple[int, int]:
@@ -58,7 +61,7 @@ def centre_crop(image: torch.Tensor, crop: int) -> torch.Tensor:
 
 
 def normalised(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """A uint8 N x 3 x S x S batch scaled to 0..1 and normalised, in one float32 tensor: the values
+    """A uint8 (or float32 0..255) N x 3 x S x S batch scaled to 0..1 and normalised, in one float32 tensor: the values
     ``preprocess`` gives each image (the same operations, done in place)."""
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -70,10 +73,16 @@ def bad_image(name: str | None, reason: str) -> ApiError:
     return ApiError(400, f"cannot read image {name or '<body>'}: {reason}")
 
 
-def decode_resized(data: bytes, name: str | None, resize: int, max_pixels: int) -> torch.Tensor:
+def decode_resized(data: bytes, name: str | None, resize: int, max_pixels: int, *,
+                   as_float: bool = False) -> torch.Tensor:
     """The uint8 3 x h x w RGB image in ``data`` with its shorter side scaled to ``resize`` (the mode rules of
     :mod:`resnets.data.images`); a 400 naming the reason, never an exception's text, when it cannot be read
-    or is over ``max_pixels`` (checked on the header, before any pixel is decoded)."""
+    or is over ``max_pixels`` (checked on the header, before any pixel is decoded).
+
+    ``as_float``: float32 values 0..255 instead, and where the decoded image has at most
+    :data:`FLOAT_RESIZE_RATIO` times the output's pixels (an upscale, or a mild downscale) the resize itself runs
+    in float32, unrounded, as predict's does: a uint8 resize rounds each value to half a level, enough to turn a
+    near tie (a 32-px photo upscaled to 64) another way than predict. Larger images are resized in uint8."""
     if not data:
         raise bad_image(name, "empty file (0 bytes)")
     try:
@@ -120,7 +129,11 @@ def decode_resized(data: bytes, name: str | None, resize: int, max_pixels: int) 
     if not array.flags.writeable:
         array = array.copy()
     x = torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)  # channels_last, as uint8 resizing likes it
+    if as_float and x.shape[-2] * x.shape[-1] <= FLOAT_RESIZE_RATIO * fh * fw:
+        x = x.float()  # at most FLOAT_RESIZE_RATIO x the output in float32: small, and exact
     x = _resize(x, fh, fw, extent)[0]
+    if as_float:
+        x = x.float()
     if orientation in _ORIENT:  # as ImageOps.exif_transpose, after the resize (they commute)
         x = _ORIENT[orientation](x)
     return x.contiguous()

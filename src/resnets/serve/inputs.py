@@ -105,13 +105,14 @@ async def read_uploads(request: Request, limit: int) -> list[tuple[str | None, b
 
 async def decode_all(uploads: list[tuple[str | None, bytes]], loaded: LoadedModel, max_pixels: int,
                      executor: Executor) -> torch.Tensor:
-    """The uploads decoded at reduced size, resized and centre-cropped in ``executor`` (each a uint8 crop
-    until all are done), then normalised as one float32 N x 3 x S x S batch: the network input ``resnets
-    predict`` makes of the same files."""
+    """The uploads decoded at reduced size, resized (in float32 where the image is small, see
+    ``decode_resized``) and centre-cropped in ``executor``, then normalised as one float32 N x 3 x S x S batch:
+    the network input ``resnets predict`` makes of the same files."""
     loop = asyncio.get_running_loop()
 
     def one(data: bytes, name: str | None) -> torch.Tensor:
-        return centre_crop(decode_resized(data, name, loaded.resize, max_pixels), loaded.input_size)
+        image = decode_resized(data, name, loaded.resize, max_pixels, as_float=True)
+        return centre_crop(image, loaded.input_size).clone()  # the crop alone, not the resized image behind it
 
     crops = await asyncio.gather(*(loop.run_in_executor(executor, one, data, name) for name, data in uploads))
     return await loop.run_in_executor(executor, lambda: normalised(torch.stack(crops), loaded.mean, loaded.std))
